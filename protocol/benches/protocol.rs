@@ -1,0 +1,198 @@
+//! Criterion benches of the protocol core's hot paths, each beside the raw
+//! primitive it wraps so `scripts/bench.sh` can print the ratio:
+//!
+//! | bench | raw primitive |
+//! |---|---|
+//! | `receipts/verify_batch_1024` (decode + batch verify + body decode of signed receipts) | `raw/ed25519_verify_batch_1024` |
+//! | `seal/seal_8MiB`, `seal/open_8MiB` (STREAM, 64 KiB chunks) | `raw/xchacha20poly1305_8MiB` |
+//! | `content/manifest_8MiB` (1 MiB chunks) | `raw/blake3_8MiB` |
+//! | `merkle/root_1M`, `merkle/proof_verify_1M` | - |
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::hint::black_box;
+
+use chacha20poly1305::aead::{AeadInOut, KeyInit};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use rendertrust_protocol::content::ManifestBuilder;
+use rendertrust_protocol::identity::{NodeId, NodeKey};
+use rendertrust_protocol::merkle::{MerkleTree, root_of};
+use rendertrust_protocol::seal::{self, JobKey};
+use rendertrust_protocol::signed::{KeyCache, Signed, verify_batch};
+use rendertrust_protocol::wire::{JobId, Receipt, ResourceUsage, TaskId};
+
+const BATCH: usize = 1024;
+const WORKERS: usize = 256;
+const MIB8: usize = 8 << 20;
+
+fn receipts(c: &mut Criterion) {
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let keys: Vec<NodeKey> = (0..WORKERS).map(|_| NodeKey::generate(&mut rng)).collect();
+    let signed: Vec<Signed<Receipt>> = (0..BATCH)
+        .map(|i| {
+            let k = &keys[i % WORKERS];
+            let r = Receipt {
+                task: TaskId {
+                    job: JobId([(i % 7) as u8; 32]),
+                    index: i as u32,
+                },
+                worker: k.node_id(),
+                creator: NodeId::from_bytes([1; 32]),
+                scheduler: NodeId::from_bytes([2; 32]),
+                attempt: 0,
+                output_hash: [3; 32],
+                usage: ResourceUsage {
+                    gpu_ms: 10_000 + i as u64,
+                    cpu_ms: 2_000,
+                    peak_mem_bytes: 1 << 30,
+                },
+                started_at_ms: 1_780_000_000_000,
+                finished_at_ms: 1_780_000_010_000,
+                price: 7,
+            };
+            Signed::sign(k, &r).unwrap()
+        })
+        .collect();
+    let frames: Vec<Vec<u8>> = signed.iter().map(|s| s.as_bytes().to_vec()).collect();
+
+    let mut g = c.benchmark_group("receipts");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    // From wire bytes to verified receipts: frame checks, batch signature
+    // verification, canonical body decode. The key cache is warm, as on a
+    // ledger that has seen these workers before.
+    let mut cache = KeyCache::default();
+    g.bench_function("verify_batch_1024", |b| {
+        b.iter_batched(
+            || frames.clone(),
+            |frames| {
+                let items: Vec<Signed<Receipt>> = frames
+                    .into_iter()
+                    .map(|f| Signed::from_bytes(f).unwrap())
+                    .collect();
+                let out = verify_batch(&items, &mut cache);
+                assert!(out.iter().all(|r| r.is_ok()));
+                out
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("verify_single", |b| {
+        b.iter(|| black_box(&signed[0]).verify().unwrap())
+    });
+    g.finish();
+
+    // Raw ed25519-dalek batch verification of same-size messages, keys already
+    // decompressed: the ceiling for the bench above.
+    let sk: Vec<SigningKey> = (0..WORKERS)
+        .map(|_| SigningKey::generate(&mut rng))
+        .collect();
+    let msgs: Vec<Vec<u8>> = signed.iter().map(|s| s.as_bytes()[96..].to_vec()).collect();
+    let sigs: Vec<Signature> = (0..BATCH).map(|i| sk[i % WORKERS].sign(&msgs[i])).collect();
+    let vks: Vec<VerifyingKey> = (0..BATCH)
+        .map(|i| sk[i % WORKERS].verifying_key())
+        .collect();
+    let msg_refs: Vec<&[u8]> = msgs.iter().map(|m| m.as_slice()).collect();
+    let mut g = c.benchmark_group("raw");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.bench_function("ed25519_verify_batch_1024", |b| {
+        b.iter(|| ed25519_dalek::verify_batch(black_box(&msg_refs), &sigs, &vks).unwrap())
+    });
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("ed25519_verify_single", |b| {
+        b.iter(|| vks[0].verify_strict(black_box(&msgs[0]), &sigs[0]).unwrap())
+    });
+    g.finish();
+}
+
+fn sealing(c: &mut Criterion) {
+    let key = JobKey::from_bytes([9; 32]);
+    let plain = vec![0x5au8; MIB8];
+    let mut rng = ChaCha20Rng::seed_from_u64(2);
+    let sealed = seal::seal_to_vec(&key, b"bench", &plain, &mut rng).unwrap();
+
+    let mut g = c.benchmark_group("seal");
+    g.throughput(Throughput::Bytes(MIB8 as u64));
+    g.sample_size(20);
+    // Streams through Read/Write with two chunk buffers: the constant-memory path.
+    g.bench_function("seal_8MiB", |b| {
+        let mut out = Vec::with_capacity(sealed.len());
+        b.iter(|| {
+            out.clear();
+            seal::seal_stream(&key, b"bench", &mut rng, plain.as_slice(), &mut out).unwrap()
+        })
+    });
+    g.bench_function("open_8MiB", |b| {
+        let mut out = Vec::with_capacity(MIB8);
+        b.iter(|| {
+            out.clear();
+            seal::open_stream(&key, b"bench", sealed.as_slice(), &mut out).unwrap()
+        })
+    });
+    g.finish();
+
+    // Raw XChaCha20-Poly1305 over the same bytes in 64 KiB in-place pieces.
+    let cipher = XChaCha20Poly1305::new(&[7u8; 32].into());
+    let mut g = c.benchmark_group("raw");
+    g.throughput(Throughput::Bytes(MIB8 as u64));
+    g.sample_size(20);
+    g.bench_function("xchacha20poly1305_8MiB", |b| {
+        let mut buf = plain.clone();
+        b.iter(|| {
+            for (i, piece) in buf.chunks_mut(64 * 1024).enumerate() {
+                let mut nonce = [0u8; 24];
+                nonce[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                let tag = cipher
+                    .encrypt_inout_detached(&XNonce::from(nonce), b"", piece.into())
+                    .unwrap();
+                black_box(tag);
+            }
+        })
+    });
+    g.finish();
+}
+
+fn content(c: &mut Criterion) {
+    let data = vec![0xa5u8; MIB8];
+    let mut g = c.benchmark_group("content");
+    g.throughput(Throughput::Bytes(MIB8 as u64));
+    g.sample_size(20);
+    g.bench_function("manifest_8MiB", |b| {
+        b.iter(|| {
+            let mut m = ManifestBuilder::new(1 << 20).unwrap();
+            m.update(black_box(&data));
+            m.finish()
+        })
+    });
+    g.finish();
+    let mut g = c.benchmark_group("raw");
+    g.throughput(Throughput::Bytes(MIB8 as u64));
+    g.sample_size(20);
+    g.bench_function("blake3_8MiB", |b| b.iter(|| blake3::hash(black_box(&data))));
+    g.finish();
+}
+
+fn merkle(c: &mut Criterion) {
+    let leaves: Vec<[u8; 32]> = (0u32..1_000_000)
+        .map(|i| *blake3::hash(&i.to_le_bytes()).as_bytes())
+        .collect();
+    let mut g = c.benchmark_group("merkle");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(leaves.len() as u64));
+    g.bench_function("root_1M", |b| b.iter(|| root_of(black_box(&leaves))));
+    let tree = MerkleTree::from_leaves(leaves.clone());
+    let root = tree.root();
+    let proof = tree.proof(777_777).unwrap();
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(100);
+    g.bench_function("proof_verify_1M", |b| {
+        b.iter(|| proof.verify(black_box(&leaves[777_777]), &root).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, receipts, sealing, content, merkle);
+criterion_main!(benches);

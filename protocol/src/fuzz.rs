@@ -1,0 +1,308 @@
+//! Fuzz entry points: one function per decoder of peer input.
+//!
+//! The cargo-fuzz targets in `fuzz/fuzz_targets/` call these, and so does the
+//! corpus replay test (`protocol/tests/fuzz_corpus.rs`), which runs every seed
+//! and corpus file on the stable toolchain in `cargo test`. Each function must
+//! return normally for every input: a panic is a bug.
+//!
+//! [`seeds`] yields valid inputs for each target (deterministic keys), so the
+//! fuzzer starts past the outer checks. `scripts/fuzz.sh` writes them into
+//! `fuzz/seeds/`.
+//!
+//! Not part of the stable API.
+
+use serde::{Deserialize, Serialize};
+
+use crate::capacity::{CapacityConfig, CapacityTable};
+use crate::codec;
+use crate::content::{Manifest, ManifestBuilder};
+use crate::identity::{NodeId, NodeKey};
+use crate::merkle::{InclusionProof, MerkleTree};
+use crate::seal::{self, JobKey, WrapSecret, WrappedKey};
+use crate::signed::{KeyCache, Signed, verify_batch};
+use crate::wire::{
+    CapacityAdvert, JobSpec, Progress, Receipt, ReceiptAcceptance, RollupHeader, TaskAccept,
+    TaskOffer, TaskResult, WireMessage,
+};
+
+/// Names of the fuzz targets, as in `fuzz/fuzz_targets/`.
+pub const TARGETS: [&str; 6] = [
+    "signed_frames",
+    "wire_bodies",
+    "sealed_stream",
+    "wrapped_key",
+    "manifest",
+    "merkle_proof",
+];
+
+/// Runs the named target on one input. Unknown names do nothing.
+pub fn run(target: &str, data: &[u8]) {
+    match target {
+        "signed_frames" => signed_frames(data),
+        "wire_bodies" => wire_bodies(data),
+        "sealed_stream" => sealed_stream(data),
+        "wrapped_key" => wrapped_key(data),
+        "manifest" => manifest(data),
+        "merkle_proof" => merkle_proof(data),
+        _ => {}
+    }
+}
+
+const NOW_MS: u64 = 1_780_000_000_000;
+const CONTEXT: &[u8] = b"fuzz job / input 0";
+
+fn fuzz_job_key() -> JobKey {
+    JobKey::from_bytes([0x42; 32])
+}
+
+fn fuzz_wrap_secret() -> WrapSecret {
+    WrapSecret::from_bytes([0x24; 32])
+}
+
+fn frame_as<T: WireMessage>(frame: &[u8]) {
+    if let Ok(s) = Signed::<T>::from_slice(frame) {
+        let _ = s.id();
+        let _ = s.signer();
+        let _ = s.verify();
+        let _ = verify_batch(std::slice::from_ref(&s), &mut KeyCache::new(4));
+    }
+}
+
+/// Signed frames of every message kind, and the capacity table fed with them.
+pub fn signed_frames(data: &[u8]) {
+    frame_as::<CapacityAdvert>(data);
+    frame_as::<JobSpec>(data);
+    frame_as::<TaskOffer>(data);
+    frame_as::<TaskAccept>(data);
+    frame_as::<Progress>(data);
+    frame_as::<TaskResult>(data);
+    frame_as::<Receipt>(data);
+    frame_as::<ReceiptAcceptance>(data);
+    frame_as::<RollupHeader>(data);
+    let mut table = CapacityTable::new(CapacityConfig::default());
+    let _ = table.handle_frame(data, NOW_MS);
+}
+
+fn body_as<T: WireMessage>(data: &[u8]) {
+    if let Ok(v) = codec::decode::<T>(data, T::MAX_BODY) {
+        let _ = v.validate();
+    }
+}
+
+/// Message bodies decoded directly (as after a signature check).
+pub fn wire_bodies(data: &[u8]) {
+    body_as::<CapacityAdvert>(data);
+    body_as::<JobSpec>(data);
+    body_as::<TaskOffer>(data);
+    body_as::<TaskAccept>(data);
+    body_as::<Progress>(data);
+    body_as::<TaskResult>(data);
+    body_as::<Receipt>(data);
+    body_as::<ReceiptAcceptance>(data);
+    body_as::<RollupHeader>(data);
+}
+
+/// A sealed stream opened with a fixed key, from a slice and through `Read`.
+pub fn sealed_stream(data: &[u8]) {
+    let key = fuzz_job_key();
+    let _ = seal::open_slice(&key, CONTEXT, data);
+    let mut sink = Vec::new();
+    let _ = seal::open_stream(&key, CONTEXT, data, &mut sink);
+}
+
+/// A wrapped job key decoded and unwrapped with a fixed secret.
+pub fn wrapped_key(data: &[u8]) {
+    if let Ok(w) = codec::decode::<WrappedKey>(data, 128) {
+        let _ = seal::unwrap_key(&fuzz_wrap_secret(), &w, CONTEXT);
+    }
+}
+
+/// Fuzz input of the manifest target: a manifest and a chunk claimed for it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ManifestInput {
+    /// The manifest as a peer sends it.
+    pub manifest: Manifest,
+    /// Chunk index claimed.
+    pub index: u32,
+    /// Chunk bytes.
+    pub chunk: Vec<u8>,
+}
+
+/// A content manifest and a chunk verified against it.
+pub fn manifest(data: &[u8]) {
+    if let Ok(input) = codec::decode::<ManifestInput>(data, 1 << 20) {
+        let _ = input.manifest.id();
+        if input.manifest.validate().is_ok() {
+            let _ = input.manifest.chunk_len(input.index);
+            let _ = input.manifest.verify_chunk(input.index, &input.chunk);
+        }
+    }
+}
+
+/// Fuzz input of the Merkle target: a proof as a peer sends it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ProofInput {
+    /// Leaf (receipt id).
+    pub leaf: [u8; 32],
+    /// Root it should lead to.
+    pub root: [u8; 32],
+    /// The proof.
+    pub proof: InclusionProof,
+}
+
+/// A Merkle inclusion proof decoded and verified.
+pub fn merkle_proof(data: &[u8]) {
+    if let Ok(input) = codec::decode::<ProofInput>(data, 8 * 1024) {
+        let _ = input.proof.verify(&input.leaf, &input.root);
+    }
+}
+
+/// Valid inputs for every target, from fixed keys (deterministic).
+pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let mut out = Vec::new();
+    let key = NodeKey::from_secret_bytes(&[7; 32]);
+    let id = key.node_id();
+    let other = NodeId::from_bytes([9; 32]);
+    let mut rng = SeedRng(0x5eed);
+
+    let receipt = Receipt {
+        task: crate::wire::TaskId {
+            job: crate::wire::JobId::derive(&other, 1),
+            index: 3,
+        },
+        worker: id,
+        creator: other,
+        scheduler: other,
+        attempt: 0,
+        output_hash: [1; 32],
+        usage: crate::wire::ResourceUsage {
+            gpu_ms: 1000,
+            cpu_ms: 200,
+            peak_mem_bytes: 1 << 20,
+        },
+        started_at_ms: NOW_MS,
+        finished_at_ms: NOW_MS + 1000,
+        price: 5,
+    };
+    let advert = CapacityAdvert {
+        node: id,
+        seq: 1,
+        issued_at_ms: NOW_MS,
+        wrap_key: fuzz_wrap_secret().public(),
+        roles: vec![crate::wire::Role::Worker],
+        cpu_cores: 8,
+        cpu_model: "fuzz cpu".into(),
+        ram_bytes: 16 << 30,
+        disk_free_bytes: 100 << 30,
+        gpus: vec![],
+        runtimes: vec![crate::wire::RuntimeInfo {
+            kind: crate::wire::RuntimeKind::Builtin,
+            version: "1".into(),
+        }],
+        bench_mfpm: 60_000,
+        running_tasks: 0,
+        max_tasks: 2,
+        price_per_task: 5,
+        region: "local".into(),
+    };
+    let rollup = RollupHeader {
+        epoch: 1,
+        root: [2; 32],
+        count: 3,
+        ledger: id,
+        prev: [0; 32],
+        closed_at_ms: NOW_MS,
+    };
+    for frame in [
+        Signed::sign(&key, &receipt).map(Signed::into_bytes),
+        Signed::sign(&key, &advert).map(Signed::into_bytes),
+        Signed::sign(&key, &rollup).map(Signed::into_bytes),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let body = frame[codec::PAYLOAD_OFFSET + codec::PAYLOAD_HEADER_LEN..].to_vec();
+        out.push(("signed_frames", frame));
+        out.push(("wire_bodies", body));
+    }
+
+    let plain: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    for len in [0usize, 1, 4096, 10_000] {
+        if let Ok(sealed) = seal::seal_to_vec_with_chunk_size(
+            &fuzz_job_key(),
+            CONTEXT,
+            &plain[..len],
+            4096,
+            &mut rng,
+        ) {
+            out.push(("sealed_stream", sealed));
+        }
+    }
+
+    if let Ok(w) = seal::wrap_key(
+        &fuzz_job_key(),
+        &fuzz_wrap_secret().public(),
+        CONTEXT,
+        &mut rng,
+    ) && let Ok(bytes) = codec::encode(&w)
+    {
+        out.push(("wrapped_key", bytes));
+    }
+
+    if let Ok(mut b) = ManifestBuilder::new(4096) {
+        b.update(&plain);
+        let m = b.finish();
+        let input = ManifestInput {
+            manifest: m,
+            index: 1,
+            chunk: plain[4096..8192].to_vec(),
+        };
+        if let Ok(bytes) = codec::encode(&input) {
+            out.push(("manifest", bytes));
+        }
+    }
+
+    let leaves: Vec<[u8; 32]> = (0u8..13).map(|i| [i; 32]).collect();
+    let tree = MerkleTree::from_leaves(leaves.clone());
+    if let Ok(proof) = tree.proof(5) {
+        let input = ProofInput {
+            leaf: leaves[5],
+            root: tree.root(),
+            proof,
+        };
+        if let Ok(bytes) = codec::encode(&input) {
+            out.push(("merkle_proof", bytes));
+        }
+    }
+    out
+}
+
+/// A tiny deterministic RNG for seed generation only (SplitMix64): the seeds
+/// must be byte-identical on every run so the committed files stay stable.
+struct SeedRng(u64);
+
+impl rand_core::TryRng for SeedRng {
+    type Error = core::convert::Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        Ok(self.try_next_u64()? as u32)
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Ok(z ^ (z >> 31))
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        for chunk in dst.chunks_mut(8) {
+            let v = self.try_next_u64()?.to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+        Ok(())
+    }
+}
+
+impl rand_core::TryCryptoRng for SeedRng {}

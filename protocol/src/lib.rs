@@ -1,0 +1,34 @@
+//! # rendertrust-protocol
+//!
+//! The protocol core of RenderTrust: everything that two peers must agree on,
+//! and every rule of the mesh, as plain data and pure functions.
+//!
+//! This crate is **sans-IO**. It owns no socket, reads no clock and draws no
+//! global randomness: time comes in as an argument (milliseconds since the Unix
+//! epoch, `now_ms`), randomness as a `&mut impl CryptoRng`, and effects go out
+//! as returned values. The node (`node/`) and the simulator (`sim/`) drive the
+//! same code. `scripts/test.sh` fails if this crate ever depends on tokio.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`capacity`] | the capacity table machine: newest signed advert per node, expiry, rejection counters |
+//! | [`codec`] | the one bincode configuration, bounded decoding, canonical encodings, envelope framing |
+//! | [`identity`] | [`NodeId`](identity::NodeId), node signing keys, the round trip with libp2p `PeerId` |
+//! | [`signed`] | [`Signed<T>`](signed::Signed): signatures with a domain tag per message kind, batch verification |
+//! | [`wire`] | the versioned messages of the mesh (capacity, jobs, offers, progress, results, receipts, rollups) |
+//! | [`seal`] | per-job keys, chunked STREAM XChaCha20-Poly1305, key wrapping to X25519 |
+//! | [`content`] | BLAKE3 content addressing: fixed-size chunks and a manifest |
+//! | [`merkle`] | domain-separated (RFC 6962 style) Merkle trees and inclusion proofs |
+#![deny(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod capacity;
+pub mod codec;
+pub mod content;
+#[doc(hidden)]
+pub mod fuzz;
+pub mod identity;
+pub mod merkle;
+pub mod seal;
+pub mod signed;
+pub mod wire;

@@ -1,0 +1,61 @@
+#!/bin/sh
+# scripts/test.sh — the whole RenderTrust test suite, as CI runs it.
+#
+# Usage: scripts/test.sh [--quick] [--help]
+#
+# Steps, in order; the first failure stops the run:
+#   1. scripts/deps.sh         install whatever the tests need (idempotent)
+#   2. cargo fmt --check       formatting
+#   3. cargo clippy -D warnings  lints on every crate and target
+#   4. sans-IO check           rendertrust-protocol must not depend on tokio,
+#                              sled or the libp2p swarm
+#   5. cargo test --workspace  unit, property, fuzz-corpus replay and
+#                              multi-process tests
+#
+#   --quick   skip step 3 (clippy) for a faster local loop
+#   --help    this text
+#
+# Environment: CARGO_TARGET_DIR and RUST_LOG are honoured. CI runs this script
+# from .ci/run on a fresh clone.
+set -eu
+
+usage() { sed -n '2,/^set -eu/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+
+quick=0
+for arg in "$@"; do
+  case "$arg" in
+    --help|-h) usage; exit 0 ;;
+    --quick) quick=1 ;;
+    *) echo "test.sh: unknown argument: $arg (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+cd "$(dirname "$0")/.."
+step() { printf '\n==> %s\n' "$*"; }
+start=$(date +%s)
+
+step "dependencies"
+scripts/deps.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+if [ "$quick" = 0 ]; then
+  step "cargo clippy (-D warnings)"
+  cargo clippy --workspace --all-targets --locked -- -D warnings
+fi
+
+step "sans-IO check: rendertrust-protocol"
+tree=$(cargo tree -p rendertrust-protocol -e normal,build --prefix none --locked)
+bad=$(printf '%s\n' "$tree" | grep -E '^(tokio|sled|libp2p-swarm|mio|async-std) ' || true)
+if [ -n "$bad" ]; then
+  echo "rendertrust-protocol must stay sans-IO, but depends on:" >&2
+  printf '%s\n' "$bad" | sort -u >&2
+  exit 1
+fi
+echo "ok: no tokio, sled, mio or libp2p-swarm under rendertrust-protocol"
+
+step "cargo test --workspace"
+cargo test --workspace --locked
+
+printf '\nscripts/test.sh: all steps passed in %ss\n' "$(( $(date +%s) - start ))"

@@ -1,0 +1,167 @@
+//! Shared support for RenderTrust's multi-process tests (`tests/*.rs`).
+//!
+//! The tests start the real `rendertrust` and `rendertrust-bootstrap` binaries
+//! on loopback (built by `scripts/test.sh` before `cargo test`; run
+//! `cargo build --workspace --bins` first when running a test alone). This
+//! library holds what the tests share; it reuses the devnet's process
+//! helpers and the CLI's API client, and contains no mock of the network.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub use rendertrust_node::api::{CapacityResponse, RoleProviders, StatusView};
+pub use rendertrust_node::cli::ApiClient;
+pub use rendertrust_node::devnet::{self, Proc};
+/// The protocol crate, re-exported so tests need one import.
+pub use rendertrust_protocol as protocol;
+
+/// A mesh of real processes on loopback: one bootstrap peer and some nodes.
+pub struct Mesh {
+    /// Temporary directory holding every data dir (removed on drop).
+    pub dir: tempfile::TempDir,
+    /// Bootstrap multiaddr with /p2p/.
+    pub bootstrap_addr: String,
+    /// The bootstrap process.
+    pub bootstrap: Proc,
+    /// Nodes, by index; `None` after [`Mesh::kill`].
+    pub nodes: Vec<Option<NodeProc>>,
+}
+
+/// A running node and its API client.
+pub struct NodeProc {
+    /// The process.
+    pub proc: Proc,
+    /// Its API.
+    pub api: ApiClient,
+    /// Its API URL.
+    pub url: String,
+}
+
+impl Mesh {
+    /// Starts a bootstrap peer and `n` nodes (devnet role plan: nodes 0 and 1
+    /// schedulers, node 2 ledger), each with `extra` arguments.
+    pub async fn start(n: usize, extra: &[&str]) -> Mesh {
+        let dir = tempfile::tempdir().unwrap();
+        let (bootstrap, bootstrap_addr) = devnet::start_bootstrap(dir.path()).await.unwrap();
+        let mut mesh = Mesh {
+            dir,
+            bootstrap_addr,
+            bootstrap,
+            nodes: Vec::new(),
+        };
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut procs = Vec::new();
+        for i in 0..n {
+            procs.push(
+                devnet::start_node(mesh.dir.path(), i, &mesh.bootstrap_addr, &extra).unwrap(),
+            );
+        }
+        for mut p in procs {
+            let url = devnet::wait_api_url(&mut p, Duration::from_secs(120))
+                .await
+                .unwrap();
+            let api = ApiClient::new(&url, None).unwrap();
+            mesh.nodes.push(Some(NodeProc { proc: p, api, url }));
+        }
+        mesh
+    }
+
+    /// Path of node `i`'s data dir.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node-{i}"))
+    }
+
+    /// The API client of node `i` (panics if it was killed).
+    pub fn api(&self, i: usize) -> &ApiClient {
+        &self.nodes[i].as_ref().expect("node was killed").api
+    }
+
+    /// Live nodes' indices.
+    pub fn live(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].is_some())
+            .collect()
+    }
+
+    /// SIGKILLs node `i` (no clean shutdown).
+    pub async fn kill(&mut self, i: usize) {
+        let mut n = self.nodes[i].take().expect("node already killed");
+        n.proc.child.start_kill().unwrap();
+        n.proc.child.wait().await.unwrap();
+    }
+
+    /// Restarts node `i` on the same data dir.
+    pub async fn restart(&mut self, i: usize, extra: &[&str]) {
+        assert!(self.nodes[i].is_none(), "node {i} is running");
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut p = devnet::start_node(self.dir.path(), i, &self.bootstrap_addr, &extra).unwrap();
+        let url = devnet::wait_api_url(&mut p, Duration::from_secs(120))
+            .await
+            .unwrap();
+        let api = ApiClient::new(&url, None).unwrap();
+        self.nodes[i] = Some(NodeProc { proc: p, api, url });
+    }
+
+    /// Stops everything cleanly.
+    pub async fn stop(mut self) {
+        let mut procs: Vec<Proc> = self.nodes.drain(..).flatten().map(|n| n.proc).collect();
+        devnet::stop_all(&mut procs, Duration::from_secs(10)).await;
+        devnet::stop_all(
+            std::slice::from_mut(&mut self.bootstrap),
+            Duration::from_secs(5),
+        )
+        .await;
+    }
+}
+
+/// Polls `check` every `every` until it returns `Some`, or panics with `what`
+/// and the last observation after `timeout`. Bounded waits, no timing asserts.
+pub async fn eventually<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut check: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    let mut last = String::from("(not checked yet)");
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(e) => last = e,
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}; last: {last}");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// The node ids a node's capacity table lists.
+pub async fn capacity_nodes(api: &ApiClient) -> Result<Vec<String>, String> {
+    let c: CapacityResponse = api.get("/v1/capacity").await.map_err(|e| e.to_string())?;
+    let mut ids: Vec<String> = c.nodes.into_iter().map(|n| n.node).collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// A node's peer id.
+pub async fn peer_id(api: &ApiClient) -> String {
+    let s: StatusView = api.get("/v1/status").await.unwrap();
+    s.peer_id
+}
+
+/// True when running under CI (`CI` set): missing components fail instead of skipping.
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some()
+}
+
+/// Reads a file, or an empty string.
+pub fn read_lossy(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
