@@ -72,8 +72,10 @@ END {
   # what each figure is compared with, and the issue target
   raw["receipts/verify_batch_1024"] = "raw/ed25519_verify_batch_1024"; tgt["receipts/verify_batch_1024"] = ">= 60k/s"
   raw["receipts/verify_single"] = "raw/ed25519_verify_single"; tgt["receipts/verify_single"] = "-"
-  raw["seal/seal_8MiB"] = "raw/xchacha20poly1305_8MiB"; tgt["seal/seal_8MiB"] = ">= 1.2 GB/s"
-  raw["seal/open_8MiB"] = "raw/xchacha20poly1305_8MiB"; tgt["seal/open_8MiB"] = ">= 1.2 GB/s"
+  raw["seal/seal_chunks_8MiB"] = "raw/xchacha20poly1305_8MiB"; tgt["seal/seal_chunks_8MiB"] = ">= 1.2 GB/s"
+  raw["seal/open_chunks_8MiB"] = "raw/xchacha20poly1305_8MiB"; tgt["seal/open_chunks_8MiB"] = ">= 1.2 GB/s"
+  raw["seal/seal_8MiB"] = "raw/xchacha20poly1305_8MiB"; tgt["seal/seal_8MiB"] = "(via io)"
+  raw["seal/open_8MiB"] = "raw/xchacha20poly1305_8MiB"; tgt["seal/open_8MiB"] = "(via io)"
   raw["content/manifest_8MiB"] = "raw/blake3_8MiB"; tgt["content/manifest_8MiB"] = ">= 4 GB/s"
   tgt["merkle/root_1M"] = "< 1 s"; tgt["merkle/proof_verify_1M"] = "< 20 µs"
   printf "%-34s %12s %14s %12s  %s\n", "benchmark", "time/iter", "throughput", "target", "ratio to raw"

@@ -9,7 +9,8 @@
 #   3. cargo clippy -D warnings  lints on every crate and target
 #   4. sans-IO check           rendertrust-protocol must not depend on tokio,
 #                              sled or the libp2p swarm
-#   5. cargo test --workspace  unit, property, fuzz-corpus replay and
+#   5. cargo build --bins      the binaries the multi-process tests start
+#   6. cargo test --workspace  unit, property, fuzz-corpus replay and
 #                              multi-process tests
 #
 #   --quick   skip step 3 (clippy) for a faster local loop
@@ -54,6 +55,9 @@ if [ -n "$bad" ]; then
   exit 1
 fi
 echo "ok: no tokio, sled, mio or libp2p-swarm under rendertrust-protocol"
+
+step "cargo build --workspace --bins (the multi-process tests start them)"
+cargo build --workspace --bins --locked
 
 step "cargo test --workspace"
 cargo test --workspace --locked
