@@ -159,7 +159,8 @@ fn sealing(c: &mut Criterion) {
     g.bench_function("open_chunks_8MiB", |b| {
         let mut buf = Vec::with_capacity(chunk + seal::TAG_LEN);
         b.iter(|| {
-            let mut opener = seal::Opener::new(&key, b"bench", &sealed[..seal::HEADER_LEN]).unwrap();
+            let mut opener =
+                seal::Opener::new(&key, b"bench", &sealed[..seal::HEADER_LEN]).unwrap();
             let (last, rest) = sealed_chunks.split_last().unwrap();
             for c in rest {
                 buf.clear();

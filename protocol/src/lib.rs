@@ -18,6 +18,7 @@
 //! | [`wire`] | the versioned messages of the mesh (capacity, jobs, offers, progress, results, receipts, rollups) |
 //! | [`seal`] | per-job keys, chunked STREAM XChaCha20-Poly1305, key wrapping to X25519 |
 //! | [`content`] | BLAKE3 content addressing: fixed-size chunks and a manifest |
+//! | [`scheduler`] | the scheduler machine: task split, placement, offer → accept, tracking, re-offers, HRW election, snapshots |
 //! | [`merkle`] | domain-separated (RFC 6962 style) Merkle trees and inclusion proofs |
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -29,6 +30,7 @@ pub mod content;
 pub mod fuzz;
 pub mod identity;
 pub mod merkle;
+pub mod scheduler;
 pub mod seal;
 pub mod signed;
 pub mod wire;

@@ -138,8 +138,10 @@ pub struct TaskId {
     pub index: u32,
 }
 
-/// Roles a node can take.
+/// Roles a node can take. (Serde names are lowercase, as in the CLI and in
+/// config files; bincode encodes the variant index, so names are not on the wire.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Runs tasks.
     Worker,

@@ -129,12 +129,11 @@ where
     Fut: Future<Output = Result<T, String>>,
 {
     let start = Instant::now();
-    let mut last = String::from("(not checked yet)");
     loop {
-        match check().await {
+        let last = match check().await {
             Ok(v) => return v,
-            Err(e) => last = e,
-        }
+            Err(e) => e,
+        };
         if start.elapsed() > timeout {
             panic!("timed out after {timeout:?} waiting for {what}; last: {last}");
         }

@@ -1,0 +1,433 @@
+//! The node's configuration: one [`Config`] with serde defaults.
+//!
+//! Precedence, highest first: command-line flags ([`ConfigOverrides`]),
+//! environment (`RENDERTRUST_<FIELD>`, lists comma-separated), the TOML file,
+//! the defaults below. `node/rendertrust.toml` documents every field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use libp2p::Multiaddr;
+use libp2p::multiaddr::Protocol;
+use rendertrust_protocol::wire::Role;
+use serde::{Deserialize, Serialize};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(ConfigError::Invalid {
+                field: "log_format",
+                reason: format!("{other:?}: expected text or json"),
+            }),
+        }
+    }
+}
+
+/// Every setting of a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Data dir: keys, store, logs. Default `$XDG_DATA_HOME/rendertrust` or `~/.local/share/rendertrust`.
+    pub data_dir: PathBuf,
+    /// Listen multiaddrs.
+    pub listen: Vec<String>,
+    /// Bootstrap peers: multiaddrs ending in `/p2p/<peer id>`.
+    pub bootstrap: Vec<String>,
+    /// Roles this node takes.
+    pub roles: Vec<Role>,
+    /// Local API address.
+    pub api: SocketAddr,
+    /// Bearer token for the API; required when `api` is not loopback.
+    pub api_token: Option<String>,
+    /// Region label for proximity.
+    pub region: String,
+    /// Asking price per task, credits.
+    pub price_per_task: u64,
+    /// Tasks run at once.
+    pub max_tasks: u16,
+    /// Seconds between capacity adverts.
+    pub advert_interval_secs: u64,
+    /// Seconds a node stays in the capacity table after its last advert.
+    pub capacity_ttl_secs: u64,
+    /// Run Kademlia in server mode (answer queries).
+    pub kad_server: bool,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("rendertrust");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/share/rendertrust"),
+        None => PathBuf::from("rendertrust-data"),
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: default_data_dir(),
+            listen: vec![
+                "/ip4/0.0.0.0/udp/0/quic-v1".into(),
+                "/ip4/0.0.0.0/tcp/0".into(),
+            ],
+            bootstrap: vec![],
+            roles: vec![Role::Worker],
+            api: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            api_token: None,
+            region: String::new(),
+            price_per_task: 10,
+            max_tasks: 1,
+            advert_interval_secs: 10,
+            capacity_ttl_secs: 30,
+            kad_server: true,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// Values given on the command line (each `None` leaves the lower layers).
+#[derive(Debug, Clone, Default)]
+pub struct ConfigOverrides {
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--listen` (all of them).
+    pub listen: Option<Vec<String>>,
+    /// `--bootstrap` (all of them).
+    pub bootstrap: Option<Vec<String>>,
+    /// `--roles`.
+    pub roles: Option<String>,
+    /// `--api`.
+    pub api: Option<SocketAddr>,
+    /// `--api-token`.
+    pub api_token: Option<String>,
+    /// `--advert-interval-secs`.
+    pub advert_interval_secs: Option<u64>,
+    /// `--capacity-ttl-secs`.
+    pub capacity_ttl_secs: Option<u64>,
+    /// `--log-format`.
+    pub log_format: Option<String>,
+}
+
+/// Why the configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config file {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for a config.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// Parser message.
+        message: String,
+    },
+    /// A value is wrong.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The setting.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Parses `worker,scheduler,…`.
+pub fn parse_roles(text: &str) -> Result<Vec<Role>, ConfigError> {
+    let mut roles = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let r: Role = part
+            .parse()
+            .map_err(
+                |e: rendertrust_protocol::wire::ValidationError| ConfigError::Invalid {
+                    field: "roles",
+                    reason: e.to_string(),
+                },
+            )?;
+        if !roles.contains(&r) {
+            roles.push(r);
+        }
+    }
+    if roles.is_empty() {
+        return Err(ConfigError::Invalid {
+            field: "roles",
+            reason: "no role given; expected e.g. worker,scheduler".into(),
+        });
+    }
+    Ok(roles)
+}
+
+fn list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn parse_env<T: std::str::FromStr>(field: &'static str, v: &str) -> Result<T, ConfigError> {
+    v.trim().parse().map_err(|_| ConfigError::Invalid {
+        field,
+        reason: format!(
+            "RENDERTRUST_{}={v:?} does not parse",
+            field.to_ascii_uppercase()
+        ),
+    })
+}
+
+impl Config {
+    /// Loads defaults, then the file (if any), then the environment, then `overrides`.
+    pub fn load(file: Option<&Path>, overrides: &ConfigOverrides) -> Result<Config, ConfigError> {
+        let mut c = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                })?
+            }
+            None => Config::default(),
+        };
+        c.apply_env(|k| std::env::var(k).ok())?;
+        c.apply_overrides(overrides)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Applies `RENDERTRUST_*` variables read through `get`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = get("RENDERTRUST_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = get("RENDERTRUST_LISTEN") {
+            self.listen = list(&v);
+        }
+        if let Some(v) = get("RENDERTRUST_BOOTSTRAP") {
+            self.bootstrap = list(&v);
+        }
+        if let Some(v) = get("RENDERTRUST_ROLES") {
+            self.roles = parse_roles(&v)?;
+        }
+        if let Some(v) = get("RENDERTRUST_API_ADDR") {
+            self.api = parse_env("api", &v)?;
+        }
+        if let Some(v) = get("RENDERTRUST_API_TOKEN") {
+            self.api_token = Some(v);
+        }
+        if let Some(v) = get("RENDERTRUST_REGION") {
+            self.region = v;
+        }
+        if let Some(v) = get("RENDERTRUST_PRICE_PER_TASK") {
+            self.price_per_task = parse_env("price_per_task", &v)?;
+        }
+        if let Some(v) = get("RENDERTRUST_MAX_TASKS") {
+            self.max_tasks = parse_env("max_tasks", &v)?;
+        }
+        if let Some(v) = get("RENDERTRUST_ADVERT_INTERVAL_SECS") {
+            self.advert_interval_secs = parse_env("advert_interval_secs", &v)?;
+        }
+        if let Some(v) = get("RENDERTRUST_CAPACITY_TTL_SECS") {
+            self.capacity_ttl_secs = parse_env("capacity_ttl_secs", &v)?;
+        }
+        if let Some(v) = get("RENDERTRUST_KAD_SERVER") {
+            self.kad_server = parse_env("kad_server", &v)?;
+        }
+        if let Some(v) = get("RENDERTRUST_LOG_FORMAT") {
+            self.log_format = v.parse()?;
+        }
+        Ok(())
+    }
+
+    fn apply_overrides(&mut self, o: &ConfigOverrides) -> Result<(), ConfigError> {
+        if let Some(v) = &o.data_dir {
+            self.data_dir = v.clone();
+        }
+        if let Some(v) = &o.listen {
+            self.listen = v.clone();
+        }
+        if let Some(v) = &o.bootstrap {
+            self.bootstrap = v.clone();
+        }
+        if let Some(v) = &o.roles {
+            self.roles = parse_roles(v)?;
+        }
+        if let Some(v) = o.api {
+            self.api = v;
+        }
+        if let Some(v) = &o.api_token {
+            self.api_token = Some(v.clone());
+        }
+        if let Some(v) = o.advert_interval_secs {
+            self.advert_interval_secs = v;
+        }
+        if let Some(v) = o.capacity_ttl_secs {
+            self.capacity_ttl_secs = v;
+        }
+        if let Some(v) = &o.log_format {
+            self.log_format = v.parse()?;
+        }
+        Ok(())
+    }
+
+    /// Checks values that do not depend on the machine.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_multiaddrs()?;
+        self.bootstrap_multiaddrs()?;
+        if !self.api.ip().is_loopback() && self.api_token.as_deref().is_none_or(str::is_empty) {
+            return Err(ConfigError::Invalid {
+                field: "api",
+                reason: format!(
+                    "{} is not a loopback address: set api_token (or RENDERTRUST_API_TOKEN) so the API is not open to the network",
+                    self.api
+                ),
+            });
+        }
+        if self.advert_interval_secs == 0 || self.capacity_ttl_secs <= self.advert_interval_secs {
+            return Err(ConfigError::Invalid {
+                field: "capacity_ttl_secs",
+                reason: format!(
+                    "must exceed advert_interval_secs (ttl {} s, interval {} s), or live nodes expire between adverts",
+                    self.capacity_ttl_secs, self.advert_interval_secs
+                ),
+            });
+        }
+        if self.roles.is_empty() {
+            return Err(ConfigError::Invalid {
+                field: "roles",
+                reason: "no role given".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Parsed listen addresses.
+    pub fn listen_multiaddrs(&self) -> Result<Vec<Multiaddr>, ConfigError> {
+        self.listen
+            .iter()
+            .map(|a| {
+                a.parse().map_err(|e| ConfigError::Invalid {
+                    field: "listen",
+                    reason: format!("{a:?} is not a multiaddr: {e}"),
+                })
+            })
+            .collect()
+    }
+
+    /// Parsed bootstrap addresses; each must end in `/p2p/<peer id>`.
+    pub fn bootstrap_multiaddrs(&self) -> Result<Vec<Multiaddr>, ConfigError> {
+        self.bootstrap
+            .iter()
+            .map(|a| {
+                let m: Multiaddr = a.parse().map_err(|e| ConfigError::Invalid {
+                    field: "bootstrap",
+                    reason: format!("{a:?} is not a multiaddr: {e}"),
+                })?;
+                if !matches!(m.iter().last(), Some(Protocol::P2p(_))) {
+                    return Err(ConfigError::Invalid {
+                        field: "bootstrap",
+                        reason: format!("{a:?} must end in /p2p/<peer id> (the bootstrap peer prints its full address)"),
+                    });
+                }
+                Ok(m)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_file_parses_to_defaults() {
+        let text = include_str!("../rendertrust.toml");
+        let c: Config = toml::from_str(text).unwrap();
+        let d = Config::default();
+        assert_eq!(
+            Config {
+                data_dir: d.data_dir.clone(),
+                ..c
+            },
+            d
+        );
+    }
+
+    #[test]
+    fn precedence_flags_over_env_over_file() {
+        let mut c: Config =
+            toml::from_str("region = \"file\"\nmax_tasks = 3\nroles = [\"scheduler\"]").unwrap();
+        c.apply_env(|k| match k {
+            "RENDERTRUST_REGION" => Some("env".into()),
+            "RENDERTRUST_ROLES" => Some("worker,ledger".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.region, "env");
+        assert_eq!(c.max_tasks, 3);
+        assert_eq!(c.roles, vec![Role::Worker, Role::Ledger]);
+        c.apply_overrides(&ConfigOverrides {
+            roles: Some("scheduler".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.roles, vec![Role::Scheduler]);
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        assert!(parse_roles("worker,boss").is_err());
+        let mut c = Config {
+            api: "0.0.0.0:7700".parse().unwrap(),
+            ..Config::default()
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid { field: "api", .. })
+        ));
+        c.api_token = Some("t".into());
+        assert!(c.validate().is_ok());
+        let c = Config {
+            bootstrap: vec!["/ip4/127.0.0.1/udp/1/quic-v1".into()],
+            ..Config::default()
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                field: "bootstrap",
+                ..
+            })
+        ));
+        let c = Config {
+            listen: vec!["not an addr".into()],
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        assert!(toml::from_str::<Config>("unknown_key = 1").is_err());
+    }
+}

@@ -1,0 +1,257 @@
+//! `rendertrust devnet`: a whole mesh on loopback, as child processes.
+//!
+//! Starts one `rendertrust-bootstrap` and N `rendertrust node start`
+//! processes, each with its own data dir under `--dir` (kept, so a second run
+//! reuses the same identities) and OS-assigned free ports (QUIC on
+//! `127.0.0.1:0`, API on `127.0.0.1:0`; a node writes its API URL to
+//! `<data_dir>/api.url`). Prints each node's API URL, then waits; Ctrl-C or
+//! SIGTERM stops every child (SIGTERM, then SIGKILL after a grace period).
+//!
+//! Role plan: node 0 and node 1 (when present) are schedulers, node 2 is a
+//! ledger; every node is a worker. Logs go to `<dir>/<name>/node.log`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Options of `rendertrust devnet`.
+#[derive(Debug, Clone)]
+pub struct DevnetOptions {
+    /// Number of nodes.
+    pub nodes: usize,
+    /// Directory for data dirs and logs.
+    pub dir: PathBuf,
+}
+
+/// A started child process.
+#[derive(Debug)]
+pub struct Proc {
+    /// Display name ("bootstrap", "node-0", …).
+    pub name: String,
+    /// The process.
+    pub child: Child,
+    /// Its data dir.
+    pub data_dir: PathBuf,
+}
+
+/// Finds a sibling binary of the running executable (same target dir).
+pub fn sibling_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the running executable")?;
+    let dir = exe.parent().context("executable has no parent directory")?;
+    // Test binaries live in target/<profile>/deps; the binaries one level up.
+    for candidate in [dir.join(name), dir.join("..").join(name)] {
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "cannot find `{name}` next to {}: build it first (`cargo build --release --workspace`, or use scripts/devnet.sh)",
+        exe.display()
+    )
+}
+
+/// Roles of node `i` in the devnet plan.
+pub fn roles_for(i: usize) -> &'static str {
+    match i {
+        0 | 1 => "worker,scheduler",
+        2 => "worker,ledger",
+        _ => "worker",
+    }
+}
+
+/// Sends SIGTERM to a child (no-op if it already exited).
+pub fn terminate(child: &Child) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
+
+/// Starts the bootstrap peer; returns it and its full multiaddr (first stdout line).
+pub async fn start_bootstrap(dir: &Path) -> Result<(Proc, String)> {
+    let bin = sibling_binary("rendertrust-bootstrap")?;
+    let data_dir = dir.join("bootstrap");
+    std::fs::create_dir_all(&data_dir)?;
+    let log = std::fs::File::create(data_dir.join("bootstrap.log"))?;
+    let mut child = Command::new(bin)
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .args([
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting rendertrust-bootstrap")?;
+    let stdout = child.stdout.take().context("bootstrap stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .context("bootstrap did not print its address within 30 s")??
+        .context("bootstrap exited before printing its address")?;
+    if !addr.contains("/p2p/") {
+        bail!("bootstrap printed {addr:?}, expected a multiaddr with /p2p/");
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((
+        Proc {
+            name: "bootstrap".into(),
+            child,
+            data_dir,
+        },
+        addr,
+    ))
+}
+
+/// Starts node `i` with the given bootstrap address and extra arguments.
+pub fn start_node(dir: &Path, i: usize, bootstrap: &str, extra: &[String]) -> Result<Proc> {
+    let bin = sibling_binary("rendertrust")?;
+    let name = format!("node-{i}");
+    let data_dir = dir.join(&name);
+    std::fs::create_dir_all(&data_dir)?;
+    let _ = std::fs::remove_file(data_dir.join("api.url"));
+    let log = std::fs::File::create(data_dir.join("node.log"))?;
+    let child = Command::new(bin)
+        .args(["node", "start", "--data-dir"])
+        .arg(&data_dir)
+        .args([
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ])
+        .args([
+            "--bootstrap",
+            bootstrap,
+            "--api",
+            "127.0.0.1:0",
+            "--roles",
+            roles_for(i),
+        ])
+        .args(extra)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    Ok(Proc {
+        name,
+        child,
+        data_dir,
+    })
+}
+
+/// Waits until a node has written its API URL; fails if it exits first.
+pub async fn wait_api_url(p: &mut Proc, timeout: Duration) -> Result<String> {
+    let file = p.data_dir.join("api.url");
+    let start = Instant::now();
+    loop {
+        if let Ok(s) = std::fs::read_to_string(&file) {
+            let url = s.trim().to_owned();
+            if !url.is_empty() {
+                return Ok(url);
+            }
+        }
+        if let Some(status) = p.child.try_wait()? {
+            bail!(
+                "{} exited ({status}) before its API was up; see {}",
+                p.name,
+                p.data_dir.join("node.log").display()
+            );
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "{}: API not up after {:?}; see {}",
+                p.name,
+                timeout,
+                p.data_dir.join("node.log").display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Stops every child: SIGTERM, then SIGKILL after `grace`.
+pub async fn stop_all(procs: &mut [Proc], grace: Duration) {
+    for p in procs.iter() {
+        terminate(&p.child);
+    }
+    let deadline = Instant::now() + grace;
+    for p in procs.iter_mut() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if tokio::time::timeout(left, p.child.wait()).await.is_err() {
+            let _ = p.child.start_kill();
+            let _ = p.child.wait().await;
+        }
+    }
+}
+
+/// Runs the devnet until Ctrl-C or SIGTERM.
+#[allow(clippy::print_stdout)]
+pub async fn run(opts: DevnetOptions) -> Result<()> {
+    if opts.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    std::fs::create_dir_all(&opts.dir)
+        .with_context(|| format!("creating {}", opts.dir.display()))?;
+    let dir = opts.dir.canonicalize()?;
+    println!("devnet in {}", dir.display());
+    let (boot, addr) = start_bootstrap(&dir).await?;
+    println!("bootstrap  {addr}");
+    let mut procs = vec![boot];
+    let result = async {
+        for i in 0..opts.nodes {
+            procs.push(start_node(&dir, i, &addr, &[])?);
+        }
+        for p in procs.iter_mut().skip(1) {
+            let url = wait_api_url(p, Duration::from_secs(120)).await?;
+            println!(
+                "{:<10} {url}   roles {}",
+                p.name,
+                roles_for(p.name[5..].parse().unwrap_or(99))
+            );
+        }
+        println!(
+            "\n{} nodes up. Try: rendertrust mesh capacity --api <URL>. Ctrl-C stops the devnet.",
+            opts.nodes
+        );
+        tokio::select! {
+            _ = crate::node::shutdown_signal() => Ok(()),
+            r = watch_children(&mut procs) => r,
+        }
+    }
+    .await;
+    println!("stopping {} processes", procs.len());
+    stop_all(&mut procs, Duration::from_secs(10)).await;
+    result
+}
+
+async fn watch_children(procs: &mut [Proc]) -> Result<()> {
+    loop {
+        for p in procs.iter_mut() {
+            if let Some(status) = p.child.try_wait()? {
+                bail!(
+                    "{} exited unexpectedly ({status}); see its log in {}",
+                    p.name,
+                    p.data_dir.display()
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

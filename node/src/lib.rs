@@ -1,0 +1,29 @@
+//! The RenderTrust node: drivers that feed events into the `rendertrust-protocol`
+//! state machines and carry out their actions (networking, storage, runtimes,
+//! local API). No protocol rule lives here: if a driver needs a rule, the rule
+//! goes into `rendertrust-protocol` and the driver calls it.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`config`] | the `Config` struct: TOML file, env, flags, defaults |
+//! | [`keys`] | identity and wrap keys on disk (mode 0600) |
+//! | [`store`] | the sled store: one tree per module, schema version, migrations |
+//! | [`probe`] | what this machine has: CPU, RAM, disk, GPUs, runtimes, benchmark score |
+//! | [`runtime`] | task runtimes (builtin renderer, …) |
+//! | [`net`] | the libp2p swarm and its event loop; [`net::NetHandle`] for the rest of the node |
+//! | [`api`] | the local HTTP API and its OpenAPI document |
+//! | [`cli`] | client commands that talk to a node's API |
+//! | [`devnet`] | a whole mesh on loopback as child processes |
+//! | [`node`] | wiring: `rendertrust node start` |
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod devnet;
+pub mod keys;
+pub mod net;
+pub mod node;
+pub mod probe;
+pub mod runtime;
+pub mod store;

@@ -1,0 +1,330 @@
+//! Real swarms on loopback: no mocks. Waits are bounded polls, never timing asserts.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::gossipsub::{self, MessageAcceptance};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, identify};
+use rendertrust_protocol::identity::{NodeId, NodeKey};
+use rendertrust_protocol::signed::Signed;
+use rendertrust_protocol::wire::{
+    CapacityAdvert, GpuInfo, GpuVendor, Role, RuntimeInfo, RuntimeKind,
+};
+use tokio::sync::{oneshot, watch};
+
+use super::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn key(seed: u8) -> NodeKey {
+    NodeKey::from_secret_bytes(&[seed; 32])
+}
+
+fn template(node: NodeId, roles: &[Role]) -> CapacityAdvert {
+    CapacityAdvert {
+        node,
+        seq: 0,
+        issued_at_ms: 0,
+        wrap_key: [7; 32],
+        roles: roles.to_vec(),
+        cpu_cores: 8,
+        cpu_model: "test cpu".into(),
+        ram_bytes: 16 << 30,
+        disk_free_bytes: 100 << 30,
+        gpus: vec![GpuInfo {
+            vendor: GpuVendor::Nvidia,
+            model: "test gpu".into(),
+            vram_bytes: 8 << 30,
+        }],
+        runtimes: vec![RuntimeInfo {
+            kind: RuntimeKind::Builtin,
+            version: "1".into(),
+        }],
+        bench_mfpm: 1000,
+        running_tasks: 0,
+        max_tasks: 2,
+        price_per_task: 5,
+        region: "test".into(),
+    }
+}
+
+fn loopback() -> Vec<Multiaddr> {
+    vec![
+        "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap(),
+        "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
+    ]
+}
+
+struct TestNode {
+    id: NodeId,
+    net: NetHandle,
+    task: tokio::task::JoinHandle<()>,
+    advert: watch::Sender<CapacityAdvert>,
+}
+
+impl TestNode {
+    async fn start(seed: u8, roles: &[Role], bootstrap: Vec<Multiaddr>) -> TestNode {
+        let k = key(seed);
+        let (tx, rx) = watch::channel(template(k.node_id(), roles));
+        let config = NetConfig {
+            listen: loopback(),
+            bootstrap,
+            roles: roles.to_vec(),
+            kad_server: true,
+            advert_interval: Duration::from_secs(1),
+            ..NetConfig::default()
+        };
+        let (net, task) = spawn(&k, config, rx).await.unwrap();
+        TestNode {
+            id: k.node_id(),
+            net,
+            task,
+            advert: tx,
+        }
+    }
+
+    async fn first_addr(&self) -> Multiaddr {
+        let status = self.net.status().await.unwrap();
+        status.listen_addrs[0].parse().unwrap()
+    }
+
+    async fn table_nodes(&self) -> BTreeSet<NodeId> {
+        self.net
+            .capacity()
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.advert.node)
+            .collect()
+    }
+
+    async fn stop(self) {
+        self.net.shutdown().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, for at most `WAIT`.
+async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn status_reports_bound_addresses_and_bad_bootstrap_is_refused() {
+    let node = TestNode::start(40, &[Role::Worker], vec![]).await;
+    let status = node.net.status().await.unwrap();
+    assert_eq!(status.node_id, node.id);
+    assert_eq!(status.roles, vec![Role::Worker]);
+    assert_eq!(status.listen_addrs.len(), 2);
+    assert!(
+        status.listen_addrs[0].contains("/quic-v1/"),
+        "QUIC first: {:?}",
+        status.listen_addrs
+    );
+    let json = serde_json::to_value(&status).unwrap();
+    assert_eq!(
+        json["node_id"],
+        serde_json::Value::String(node.id.to_string())
+    );
+    for a in &status.listen_addrs {
+        assert!(a.ends_with(&format!("/p2p/{}", status.peer_id)), "{a}");
+        assert!(
+            !a.contains("/udp/0/") && !a.contains("/tcp/0/"),
+            "port not resolved: {a}"
+        );
+    }
+    // A node lists itself, and re-advertises as soon as its template changes.
+    assert_eq!(node.table_nodes().await, BTreeSet::from([node.id]));
+    let first_seq = node.net.capacity().await.unwrap()[0].advert.seq;
+    node.advert.send_modify(|t| t.running_tasks = 2);
+    wait_for("the changed advert to be applied", || async {
+        let entry = node.net.capacity().await.unwrap().pop()?;
+        (entry.advert.running_tasks == 2 && entry.advert.seq > first_seq).then_some(())
+    })
+    .await;
+    node.stop().await;
+
+    let k = key(41);
+    let (_tx, rx) = watch::channel(template(k.node_id(), &[]));
+    let config = NetConfig {
+        listen: loopback(),
+        bootstrap: vec!["/ip4/127.0.0.1/tcp/4001".parse().unwrap()],
+        ..NetConfig::default()
+    };
+    assert!(matches!(
+        spawn(&k, config, rx).await,
+        Err(NetError::BootstrapAddr(_))
+    ));
+}
+
+#[tokio::test]
+async fn mesh_gossips_capacity_and_finds_roles() {
+    let boot = TestNode::start(1, &[], vec![]).await;
+    let boot_addr = boot.first_addr().await;
+    let schedulers = [Role::Worker, Role::Scheduler];
+    let n1 = TestNode::start(2, &schedulers, vec![boot_addr.clone()]).await;
+    let n2 = TestNode::start(3, &schedulers, vec![boot_addr.clone()]).await;
+    let n3 = TestNode::start(4, &[Role::Worker, Role::Ledger], vec![boot_addr]).await;
+    let nodes = [&boot, &n1, &n2, &n3];
+    let all: BTreeSet<NodeId> = nodes.iter().map(|n| n.id).collect();
+
+    for node in nodes {
+        wait_for("every table to list every node", || async {
+            (node.table_nodes().await == all).then_some(())
+        })
+        .await;
+    }
+
+    let expected: Vec<NodeId> = BTreeSet::from([n1.id, n2.id]).into_iter().collect();
+    for node in nodes {
+        wait_for("find_role(scheduler) to return the schedulers", || async {
+            (node.net.find_role(Role::Scheduler).await.unwrap() == expected).then_some(())
+        })
+        .await;
+    }
+    wait_for("find_role(ledger) to return the ledger", || async {
+        (n1.net.find_role(Role::Ledger).await.unwrap() == vec![n3.id]).then_some(())
+    })
+    .await;
+
+    let peers = n1.net.peers().await.unwrap();
+    let boot_peer = boot.id.to_string();
+    let b = peers.iter().find(|p| p.peer_id == boot_peer).unwrap();
+    assert!(b.connected);
+    assert!(
+        b.agent_version
+            .as_deref()
+            .is_some_and(|a| a.starts_with("rendertrust/"))
+    );
+    let stats = n1.net.capacity_stats().await.unwrap();
+    assert_eq!(stats.invalid, 0);
+
+    for node in [boot, n1, n2, n3] {
+        node.stop().await;
+    }
+}
+
+/// A bare gossipsub peer, to send what no RenderTrust node would.
+#[derive(NetworkBehaviour)]
+struct RawBehaviour {
+    gossipsub: gossipsub::Behaviour,
+    identify: identify::Behaviour,
+}
+
+#[tokio::test]
+async fn invalid_adverts_are_rejected_and_charged_to_the_sender() {
+    let receiver = TestNode::start(20, &[Role::Worker], vec![]).await;
+    let receiver_addr = receiver.first_addr().await;
+    let receiver_peer = receiver.id.to_peer_id().unwrap();
+
+    let raw_key = key(21);
+    let mut raw = swarm::build_server_swarm(raw_key.to_libp2p().unwrap(), |k| {
+        Ok(RawBehaviour {
+            gossipsub: swarm::gossipsub_behaviour(k)?,
+            identify: swarm::identify_behaviour(k.public()),
+        })
+    })
+    .unwrap();
+    let raw_peer = *raw.local_peer_id();
+    swarm::subscribe_live_topics(&mut raw.behaviour_mut().gossipsub).unwrap();
+    swarm::listen_all(&mut raw, &loopback()[..1]).await.unwrap();
+    raw.dial(receiver_addr).unwrap();
+
+    // A valid advert by the raw peer's own key, then two bad frames.
+    let now = unix_now_ms();
+    let mut good = template(raw_key.node_id(), &[Role::Worker]);
+    good.seq = 1;
+    good.issued_at_ms = now;
+    let good = Signed::sign(&raw_key, &good).unwrap().into_bytes();
+    let garbage = b"definitely not a capacity advert".to_vec();
+    let other = key(22);
+    let mut forged = template(other.node_id(), &[Role::Worker]);
+    forged.seq = 1;
+    forged.issued_at_ms = now;
+    let mut forged = Signed::sign(&other, &forged).unwrap().into_bytes();
+    forged[40] ^= 0x01; // inside the signature
+
+    let (send_bad_tx, mut send_bad_rx) = oneshot::channel::<()>();
+    let driver = tokio::spawn(async move {
+        let topic = Topic::Capacity.hash();
+        let mut subscribed = false;
+        let mut send_bad = false;
+        loop {
+            tokio::select! {
+                event = raw.select_next_some() => match event {
+                    SwarmEvent::Behaviour(RawBehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic: t }))
+                        if peer_id == receiver_peer && t == topic && !subscribed =>
+                    {
+                        subscribed = true;
+                        raw.behaviour_mut().gossipsub.publish(topic.clone(), good.clone()).unwrap();
+                    }
+                    SwarmEvent::Behaviour(RawBehaviourEvent::Gossipsub(gossipsub::Event::Message { propagation_source, message_id, .. })) => {
+                        raw.behaviour_mut().gossipsub.report_message_validation_result(&message_id, &propagation_source, MessageAcceptance::Ignore);
+                    }
+                    _ => {}
+                },
+                r = &mut send_bad_rx, if !send_bad => {
+                    r.unwrap();
+                    send_bad = true;
+                    raw.behaviour_mut().gossipsub.publish(topic.clone(), garbage.clone()).unwrap();
+                    raw.behaviour_mut().gossipsub.publish(topic.clone(), forged.clone()).unwrap();
+                }
+            }
+        }
+    });
+
+    let expected = BTreeSet::from([receiver.id, raw_key.node_id()]);
+    wait_for("the valid advert to be applied", || async {
+        (receiver.table_nodes().await == expected).then_some(())
+    })
+    .await;
+    let before = receiver.net.capacity_stats().await.unwrap();
+    send_bad_tx.send(()).unwrap();
+
+    let after = wait_for("both bad frames to be counted", || async {
+        let s = receiver.net.capacity_stats().await.unwrap();
+        (s.invalid >= before.invalid + 2).then_some(s)
+    })
+    .await;
+    assert!(after.invalid >= before.invalid + 2);
+    assert_eq!(
+        receiver.table_nodes().await,
+        expected,
+        "the table must not change"
+    );
+
+    let raw_peer = raw_peer.to_string();
+    let score = wait_for("the sender's score to drop below zero", || async {
+        let peers = receiver.net.peers().await.unwrap();
+        let score = peers
+            .iter()
+            .find(|p| p.peer_id == raw_peer)?
+            .gossipsub_score?;
+        (score < 0.0).then_some(score)
+    })
+    .await;
+    assert!(score < 0.0);
+
+    driver.abort();
+    receiver.stop().await;
+}

@@ -1,0 +1,73 @@
+//! Gossipsub topics: typed, with versioned names.
+//!
+//! A topic's name carries the version of the messages on it
+//! (`rendertrust/<name>/<version>`): a change of message format gets a new
+//! topic, so old and new peers never feed each other frames they cannot read.
+//! Only [`Topic::Capacity`] is live; the others are reserved names for the
+//! receipt and rollup gossip to come.
+
+use libp2p::gossipsub::{IdentTopic, TopicHash};
+
+/// A gossipsub topic of the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Topic {
+    /// Signed [`CapacityAdvert`](rendertrust_protocol::wire::CapacityAdvert)s.
+    Capacity,
+    /// Signed receipts (reserved: not subscribed yet).
+    Receipts,
+    /// Signed rollup headers (reserved: not subscribed yet).
+    Rollups,
+}
+
+impl Topic {
+    /// Every topic, in a fixed order.
+    pub const ALL: [Topic; 3] = [Topic::Capacity, Topic::Receipts, Topic::Rollups];
+
+    /// The topics a peer subscribes to today (those whose messages it can validate).
+    pub const LIVE: [Topic; 1] = [Topic::Capacity];
+
+    /// The topic's name on the wire.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Topic::Capacity => "rendertrust/capacity/1",
+            Topic::Receipts => "rendertrust/receipts/1",
+            Topic::Rollups => "rendertrust/rollups/1",
+        }
+    }
+
+    /// The gossipsub topic (names are sent as they are, not hashed).
+    pub fn ident(self) -> IdentTopic {
+        IdentTopic::new(self.name())
+    }
+
+    /// The gossipsub topic hash.
+    pub fn hash(self) -> TopicHash {
+        self.ident().hash()
+    }
+
+    /// The topic with this hash, if it is one of ours.
+    pub fn from_hash(hash: &TopicHash) -> Option<Topic> {
+        Topic::ALL.into_iter().find(|t| t.name() == hash.as_str())
+    }
+}
+
+impl std::fmt::Display for Topic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_through_hashes() {
+        for t in Topic::ALL {
+            assert_eq!(Topic::from_hash(&t.hash()), Some(t));
+            assert!(t.name().starts_with("rendertrust/") && t.name().ends_with("/1"));
+        }
+        assert_eq!(Topic::from_hash(&TopicHash::from_raw("other")), None);
+    }
+}

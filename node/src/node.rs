@@ -1,0 +1,135 @@
+//! `rendertrust node start`: wires the node's parts together and runs until
+//! SIGINT or SIGTERM.
+//!
+//! Order at start: data dir → keys → store → hardware probe → benchmark
+//! (cached per hardware fingerprint) → swarm → API. The API's bound address is
+//! written to `<data_dir>/api.url` once it listens (tools such as `devnet`
+//! wait for it), and removed on a clean stop. On stop the store is flushed.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rendertrust_protocol::capacity::CapacityConfig;
+use tokio::sync::watch;
+
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::net::{self, NetConfig};
+use crate::{keys, probe, runtime, store};
+
+/// Writes `contents` to `path` atomically (temp file, fsync, rename).
+pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// Resolves when the process gets SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// Runs a node with this configuration until a shutdown signal.
+pub async fn start(config: Config) -> Result<()> {
+    let data_dir = config.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let key = keys::load_or_create_identity(&data_dir)?;
+    let wrap = keys::load_or_create_wrap_key(&data_dir)?;
+    let store = store::Store::open(&data_dir)?;
+    tracing::info!(peer_id = %key.node_id(), data_dir = %data_dir.display(), "node starting");
+
+    let hw = probe::probe(&data_dir);
+    let hw_for_bench = hw.clone();
+    let store_for_bench = store.clone();
+    let bench = tokio::task::spawn_blocking(move || {
+        probe::benchmark_score(
+            &store_for_bench,
+            &hw_for_bench,
+            runtime::builtin::benchmark_mfpm,
+        )
+    })
+    .await
+    .context("benchmark task")?;
+    tracing::info!(frames_per_minute = bench as f64 / 1000.0, "benchmark score");
+
+    let template = hw.to_advert_template(
+        key.node_id(),
+        wrap.public(),
+        config.roles.clone(),
+        bench,
+        config.price_per_task,
+        config.max_tasks,
+        config.region.clone(),
+    );
+    let (_advert_tx, advert_rx) = watch::channel(template);
+
+    let net_config = NetConfig {
+        listen: config.listen_multiaddrs()?,
+        bootstrap: config.bootstrap_multiaddrs()?,
+        roles: config.roles.clone(),
+        kad_server: config.kad_server,
+        capacity: CapacityConfig {
+            ttl_ms: config.capacity_ttl_secs.saturating_mul(1000),
+            ..CapacityConfig::default()
+        },
+        advert_interval: Duration::from_secs(config.advert_interval_secs.max(1)),
+        ..NetConfig::default()
+    };
+    let (net, net_task) = net::spawn(&key, net_config, advert_rx)
+        .await
+        .context("starting the libp2p swarm")?;
+
+    let state = ApiState {
+        net: net.clone(),
+        token: config.api_token.as_deref().map(Arc::from),
+        data_dir: Arc::from(data_dir.display().to_string()),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (bound, api_task) = api::serve(config.api, state, async {
+        let _ = stop_rx.await;
+    })
+    .await
+    .with_context(|| format!("binding the API on {}", config.api))?;
+    let url_file = data_dir.join("api.url");
+    write_atomic(&url_file, format!("http://{bound}\n").as_bytes())
+        .with_context(|| format!("writing {}", url_file.display()))?;
+    tracing::info!(api = %format!("http://{bound}"), "API listening");
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = std::fs::remove_file(&url_file);
+    let _ = stop_tx.send(());
+    let _ = net.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), net_task).await;
+    store.flush_async().await?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! The node's store: sled in `<data_dir>/store`, one tree per module.
+//!
+//! A `meta` tree holds `schema_version` (u32 LE). [`Store::open`] runs the
+//! migration steps from the stored version up to [`SCHEMA_VERSION`] and
+//! refuses a store written by a newer binary. Writes that must survive a
+//! crash call [`Store::flush`] (or [`Store::flush_async`]) before they are
+//! acknowledged.
+
+use std::path::{Path, PathBuf};
+
+/// Current schema version.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Trees the node uses, one per module.
+pub const TREES: [&str; 4] = ["capacity", "jobs", "ledger", "receipts"];
+
+/// Why the store could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// sled failed.
+    #[error("store at {path}: {source}")]
+    Sled {
+        /// Store path.
+        path: PathBuf,
+        /// Cause.
+        source: sled::Error,
+    },
+    /// The store was written by a newer binary.
+    #[error(
+        "store at {path} has schema version {found}, newer than this binary's {supported}: upgrade rendertrust"
+    )]
+    TooNew {
+        /// Store path.
+        path: PathBuf,
+        /// Version found.
+        found: u32,
+        /// Version supported.
+        supported: u32,
+    },
+    /// The stored version is unreadable.
+    #[error("store at {path}: schema_version is not a u32")]
+    BadVersion {
+        /// Store path.
+        path: PathBuf,
+    },
+}
+
+/// The node's store (cheap to clone).
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) the store under `data_dir` and migrates it.
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        let path = data_dir.join("store");
+        let err = |source| StoreError::Sled {
+            path: path.clone(),
+            source,
+        };
+        let db = sled::open(&path).map_err(err)?;
+        let store = Store {
+            db,
+            path: path.clone(),
+        };
+        let meta = store.tree("meta")?;
+        let found = match meta.get("schema_version").map_err(err)? {
+            None => 0,
+            Some(v) => u32::from_le_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::BadVersion { path: path.clone() })?,
+            ),
+        };
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path,
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        for version in found..SCHEMA_VERSION {
+            store.migrate_from(version)?;
+            meta.insert("schema_version", &(version + 1).to_le_bytes())
+                .map_err(err)?;
+        }
+        let starts = meta
+            .get("started_count")
+            .map_err(err)?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_le_bytes))
+            .unwrap_or(0);
+        meta.insert("started_count", &(starts + 1).to_le_bytes())
+            .map_err(err)?;
+        store.flush()?;
+        Ok(store)
+    }
+
+    /// One migration step: from `version` to `version + 1`.
+    fn migrate_from(&self, version: u32) -> Result<(), StoreError> {
+        match version {
+            // 0 → 1: a fresh store; create the module trees.
+            0 => {
+                for t in TREES {
+                    self.tree(t)?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A module's tree.
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        self.db.open_tree(name).map_err(|source| StoreError::Sled {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// The stored schema version.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        let v = self
+            .tree("meta")?
+            .get("schema_version")
+            .map_err(|source| StoreError::Sled {
+                path: self.path.clone(),
+                source,
+            })?;
+        Ok(
+            v.and_then(|v| v.as_ref().try_into().ok().map(u32::from_le_bytes))
+                .unwrap_or(0),
+        )
+    }
+
+    /// Flushes to disk.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|source| StoreError::Sled {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// Flushes to disk without blocking the runtime.
+    pub async fn flush_async(&self) -> Result<(), StoreError> {
+        self.db
+            .flush_async()
+            .await
+            .map(|_| ())
+            .map_err(|source| StoreError::Sled {
+                path: self.path.clone(),
+                source,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reopen_keeps_data_and_version() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(d.path()).unwrap();
+            assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+            s.tree("jobs").unwrap().insert("k", "v").unwrap();
+            s.flush().unwrap();
+        }
+        let s = Store::open(d.path()).unwrap();
+        assert_eq!(
+            s.tree("jobs").unwrap().get("k").unwrap().unwrap().as_ref(),
+            b"v"
+        );
+    }
+
+    #[test]
+    fn refuses_newer_schema() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(d.path()).unwrap();
+            s.tree("meta")
+                .unwrap()
+                .insert("schema_version", &99u32.to_le_bytes())
+                .unwrap();
+            s.flush().unwrap();
+        }
+        assert!(matches!(
+            Store::open(d.path()),
+            Err(StoreError::TooNew { found: 99, .. })
+        ));
+    }
+}
