@@ -123,6 +123,10 @@ pub struct CapacityView {
     pub price_per_task: u64,
     /// Region.
     pub region: String,
+    /// When the node issued the advert held (its clock, Unix ms).
+    pub issued_at_ms: u64,
+    /// When this node received it (our clock, Unix ms).
+    pub received_at_ms: u64,
     /// Age of the entry, ms since we received it.
     pub age_ms: u64,
     /// Time left before expiry, ms.
@@ -227,6 +231,8 @@ pub fn capacity_view(e: &CapacityEntry, now_ms: u64) -> CapacityView {
         max_tasks: a.max_tasks,
         price_per_task: a.price_per_task,
         region: a.region.clone(),
+        issued_at_ms: a.issued_at_ms,
+        received_at_ms: e.received_at_ms,
         age_ms: now_ms.saturating_sub(e.received_at_ms),
         expires_in_ms: e.expires_at_ms.saturating_sub(now_ms),
     }
