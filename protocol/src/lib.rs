@@ -19,6 +19,7 @@
 //! | [`seal`] | per-job keys, chunked STREAM XChaCha20-Poly1305, key wrapping to X25519 |
 //! | [`content`] | BLAKE3 content addressing: fixed-size chunks and a manifest |
 //! | [`scheduler`] | the scheduler machine: task split, placement, offer → accept, tracking, re-offers, HRW election, snapshots |
+//! | [`task`] | task geometry: the frame and region task `index` of a job renders |
 //! | [`merkle`] | domain-separated (RFC 6962 style) Merkle trees and inclusion proofs |
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -33,4 +34,5 @@ pub mod merkle;
 pub mod scheduler;
 pub mod seal;
 pub mod signed;
+pub mod task;
 pub mod wire;
