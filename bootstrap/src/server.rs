@@ -309,7 +309,7 @@ mod tests {
             advert_interval: Duration::from_secs(1),
             ..NetConfig::default()
         };
-        let (handle, _task) = net::spawn(&key, config, rx).await.unwrap();
+        let handle = net::spawn(&key, config, rx).await.unwrap().handle;
         (key.node_id(), handle, tx)
     }
 

@@ -102,7 +102,11 @@ pub async fn start(config: Config) -> Result<()> {
         advert_interval: Duration::from_secs(config.advert_interval_secs.max(1)),
         ..NetConfig::default()
     };
-    let (net, net_task) = net::spawn(&key, net_config, advert_rx)
+    let net::Spawned {
+        handle: net,
+        task: net_task,
+        inbound: _inbound,
+    } = net::spawn(&key, net_config, advert_rx)
         .await
         .context("starting the libp2p swarm")?;
 

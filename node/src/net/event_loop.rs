@@ -8,9 +8,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use libp2p::gossipsub::{self, PublishError};
 use libp2p::kad::{self, GetProvidersOk, QueryId, QueryResult};
 use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, identify, ping};
 use rendertrust_protocol::capacity::{AdvertSchedule, CapacityTable};
@@ -21,11 +24,12 @@ use rendertrust_protocol::wire::{CapacityAdvert, Role};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use super::reqres::Service;
 use super::swarm::{self as build, NodeBehaviour, NodeBehaviourEvent};
 use super::topic::Topic;
 use super::{
-    BOOTSTRAP_INTERVAL, Command, FIND_ROLE_TIMEOUT, MAX_PENDING_FINDS, NetError, NetStatus,
-    PeerInfo, unix_now_ms,
+    BOOTSTRAP_INTERVAL, Command, FIND_ROLE_TIMEOUT, Inbound, InboundGossip, InboundRequest,
+    MAX_PENDING_FINDS, MAX_PENDING_REQUESTS, NetError, NetStatus, PeerInfo, Verdict, unix_now_ms,
 };
 
 /// How often housekeeping runs (publish retries, lookup deadlines, redials).
@@ -61,6 +65,23 @@ struct PendingFind {
     deadline: Instant,
 }
 
+/// An answer from a service, on its way back to the peer that asked.
+type PendingResponse = BoxFuture<
+    'static,
+    (
+        Service,
+        ResponseChannel<Vec<u8>>,
+        Result<Vec<u8>, oneshot::error::RecvError>,
+    ),
+>;
+
+/// An outbound request waiting for its answer.
+struct PendingRequest {
+    peer: NodeId,
+    service: Service,
+    reply: oneshot::Sender<Result<Vec<u8>, NetError>>,
+}
+
 /// Our latest signed advert, until gossipsub has sent it.
 struct PendingPublish {
     frame: Vec<u8>,
@@ -85,6 +106,10 @@ pub(super) struct EventLoop {
     finds: HashMap<QueryId, PendingFind>,
     commands: mpsc::Receiver<Command>,
     swarm: Swarm<NodeBehaviour>,
+    inbound: mpsc::Sender<Inbound>,
+    requests: HashMap<OutboundRequestId, PendingRequest>,
+    responses: FuturesUnordered<PendingResponse>,
+    subscribed: BTreeSet<Topic>,
 }
 
 /// What [`EventLoop::new`] needs.
@@ -98,6 +123,7 @@ pub(super) struct Parts {
     pub(super) provider_ttl: Duration,
     pub(super) commands: mpsc::Receiver<Command>,
     pub(super) swarm: Swarm<NodeBehaviour>,
+    pub(super) inbound: mpsc::Sender<Inbound>,
 }
 
 fn without_p2p(addr: &Multiaddr) -> Multiaddr {
@@ -156,6 +182,10 @@ impl EventLoop {
             finds: HashMap::new(),
             commands: parts.commands,
             swarm: parts.swarm,
+            inbound: parts.inbound,
+            requests: HashMap::new(),
+            responses: FuturesUnordered::new(),
+            subscribed: Topic::LIVE.into_iter().collect(),
         }
     }
 
@@ -201,6 +231,9 @@ impl EventLoop {
                     }
                     self.poll_advert(unix_now_ms());
                 }
+                Some((service, channel, answer)) = self.responses.next(), if !self.responses.is_empty() => {
+                    self.send_response(service, channel, answer);
+                }
                 () = tokio::time::sleep(sleep) => self.on_deadline(unix_now_ms()),
                 _ = maintenance.tick() => self.on_maintenance(unix_now_ms()),
                 _ = bootstrap_timer.tick() => self.kad_bootstrap(),
@@ -209,6 +242,9 @@ impl EventLoop {
         }
         for (_, find) in self.finds.drain() {
             let _ = find.reply.send(Err(NetError::Stopped));
+        }
+        for (_, pending) in self.requests.drain() {
+            let _ = pending.reply.send(Err(NetError::Stopped));
         }
         tracing::info!("network driver stopped");
     }
@@ -383,6 +419,10 @@ impl EventLoop {
                 }
                 Err(e) => tracing::debug!(%peer, error = %e, "ping failed"),
             },
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Rpc(e)) => self.on_reqres(Service::Rpc, e),
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Content(e)) => {
+                self.on_reqres(Service::Content, e)
+            }
             SwarmEvent::Behaviour(NodeBehaviourEvent::Autonat(e)) => {
                 tracing::debug!(event = ?e, "autonat")
             }
@@ -474,6 +514,23 @@ impl EventLoop {
                             Err(e) => tracing::trace!(error = %e, "capacity advert ignored"),
                         }
                         build::capacity_acceptance(&verdict)
+                    }
+                    Some(topic) if self.subscribed.contains(&topic) => {
+                        // The node's services validate it and answer through
+                        // `Command::Validate`; gossipsub holds it until then.
+                        let gossip = InboundGossip {
+                            topic,
+                            id: message_id.clone(),
+                            source: propagation_source,
+                            data: message.data,
+                        };
+                        match self.inbound.try_send(Inbound::Gossip(gossip)) {
+                            Ok(()) => return,
+                            Err(_) => {
+                                tracing::debug!(%topic, "services busy: gossip message ignored");
+                                gossipsub::MessageAcceptance::Ignore
+                            }
+                        }
                     }
                     // A topic we cannot validate: never forward it, charge nobody.
                     _ => gossipsub::MessageAcceptance::Ignore,
@@ -607,10 +664,193 @@ impl EventLoop {
                     },
                 );
             }
+            Command::Request {
+                peer,
+                service,
+                bytes,
+                reply,
+            } => self.send_request(peer, service, bytes, reply),
+            Command::Subscribe(topic, reply) => {
+                let result = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .subscribe(&topic.ident())
+                    .map(|_| ())
+                    .map_err(|e| NetError::Publish {
+                        topic,
+                        reason: format!("subscribing: {e}"),
+                    });
+                if result.is_ok() {
+                    self.subscribed.insert(topic);
+                }
+                let _ = reply.send(result);
+            }
+            Command::Publish { topic, data, reply } => {
+                let result = match self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(topic.hash(), data)
+                {
+                    Ok(_) | Err(PublishError::Duplicate) => Ok(()),
+                    Err(e) => Err(NetError::Publish {
+                        topic,
+                        reason: e.to_string(),
+                    }),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Validate {
+                id,
+                source,
+                verdict,
+            } => {
+                let acceptance = match verdict {
+                    Verdict::Accept => gossipsub::MessageAcceptance::Accept,
+                    Verdict::Ignore => gossipsub::MessageAcceptance::Ignore,
+                    Verdict::Reject => gossipsub::MessageAcceptance::Reject,
+                };
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&id, &source, acceptance);
+            }
             // Handled in the loop itself.
             Command::Shutdown(reply) => {
                 let _ = reply.send(());
             }
+        }
+    }
+
+    // ----- request/response -------------------------------------------------
+
+    fn reqres(
+        &mut self,
+        service: Service,
+    ) -> &mut request_response::Behaviour<super::reqres::BytesCodec> {
+        let behaviour = self.swarm.behaviour_mut();
+        match service {
+            Service::Rpc => &mut behaviour.rpc,
+            Service::Content => &mut behaviour.content,
+        }
+    }
+
+    fn send_request(
+        &mut self,
+        peer: NodeId,
+        service: Service,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, NetError>>,
+    ) {
+        let fail = |reason: String| NetError::Request {
+            peer,
+            service,
+            reason,
+        };
+        if self.requests.len() >= MAX_PENDING_REQUESTS {
+            let _ = reply.send(Err(NetError::RequestsBusy));
+            return;
+        }
+        let peer_id = match peer.to_peer_id() {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = reply.send(Err(fail(e.to_string())));
+                return;
+            }
+        };
+        if peer == self.node_id {
+            let _ = reply.send(Err(fail("a node does not send requests to itself".into())));
+            return;
+        }
+        // Addresses we know from identify and from our connections; Kademlia
+        // adds its own when the swarm dials.
+        let addrs = self
+            .peers
+            .get(&peer_id)
+            .map(|s| {
+                let mut a = s.listen_addrs.clone();
+                a.extend(s.conn_addrs.iter().cloned());
+                a
+            })
+            .unwrap_or_default();
+        let id = self
+            .reqres(service)
+            .send_request_with_addresses(&peer_id, bytes, addrs);
+        self.requests.insert(
+            id,
+            PendingRequest {
+                peer,
+                service,
+                reply,
+            },
+        );
+    }
+
+    fn on_reqres(&mut self, service: Service, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let Ok(node) = NodeId::from_peer_id(&peer) else {
+                        tracing::debug!(%peer, "request from a peer without an ed25519 id dropped");
+                        return;
+                    };
+                    let (tx, rx) = oneshot::channel();
+                    let request = InboundRequest {
+                        peer: node,
+                        service,
+                        bytes: request,
+                        reply: tx,
+                    };
+                    if self.inbound.try_send(Inbound::Request(request)).is_err() {
+                        // Dropping the channel tells the peer no answer comes.
+                        tracing::debug!(%peer, %service, "services busy: request refused");
+                        return;
+                    }
+                    self.responses
+                        .push(Box::pin(async move { (service, channel, rx.await) }));
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(pending) = self.requests.remove(&request_id) {
+                        let _ = pending.reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some(pending) = self.requests.remove(&request_id) {
+                    let _ = pending.reply.send(Err(NetError::Request {
+                        peer: pending.peer,
+                        service: pending.service,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %service, %error, "inbound request failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn send_response(
+        &mut self,
+        service: Service,
+        channel: ResponseChannel<Vec<u8>>,
+        answer: Result<Vec<u8>, oneshot::error::RecvError>,
+    ) {
+        // A dropped reply sender means the service chose not to answer; the
+        // dropped channel tells the peer so.
+        if let Ok(bytes) = answer
+            && self.reqres(service).send_response(channel, bytes).is_err()
+        {
+            tracing::debug!(%service, "peer gone before the answer was sent");
         }
     }
 

@@ -45,6 +45,7 @@
 //! [`AdvertSchedule`]: rendertrust_protocol::capacity::AdvertSchedule
 
 mod event_loop;
+pub mod reqres;
 pub mod score;
 pub mod swarm;
 #[cfg(test)]
@@ -61,6 +62,7 @@ use rendertrust_protocol::wire::{CapacityAdvert, Role};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use reqres::Service;
 pub use swarm::NodeBehaviour;
 pub use topic::Topic;
 
@@ -70,6 +72,10 @@ pub const COMMAND_QUEUE: usize = 64;
 pub const MAX_PENDING_FINDS: usize = 32;
 /// How long [`NetHandle::find_role`] collects providers.
 pub const FIND_ROLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Outbound requests in flight, at most.
+pub const MAX_PENDING_REQUESTS: usize = 1024;
+/// Inbound requests and gossip messages waiting for the node's services, at most.
+pub const INBOUND_QUEUE: usize = 256;
 /// Kademlia bootstrap period (after the first one, which runs once connected).
 pub const BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(5 * 60);
 /// How long [`spawn`] waits for every listener to report an address.
@@ -116,6 +122,27 @@ pub enum NetError {
     /// Too many lookups in flight.
     #[error("too many role lookups in flight (max {MAX_PENDING_FINDS}); retry later")]
     Busy,
+    /// A request to a peer failed.
+    #[error("{service} request to {peer} failed: {reason}")]
+    Request {
+        /// The peer.
+        peer: NodeId,
+        /// The service.
+        service: Service,
+        /// Why.
+        reason: String,
+    },
+    /// Too many outbound requests in flight.
+    #[error("too many requests in flight (max {MAX_PENDING_REQUESTS}); retry later")]
+    RequestsBusy,
+    /// Publishing on a gossipsub topic failed.
+    #[error("publishing on {topic}: {reason}")]
+    Publish {
+        /// The topic.
+        topic: Topic,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Settings of the network driver.
@@ -202,6 +229,54 @@ pub struct PeerInfo {
     pub connected: bool,
 }
 
+/// A request from a peer, for the node's services.
+#[derive(Debug)]
+pub struct InboundRequest {
+    /// The sender, authenticated by the transport.
+    pub peer: NodeId,
+    /// Which service it came in on.
+    pub service: Service,
+    /// The request bytes (bounded by the service, otherwise unchecked).
+    pub bytes: Vec<u8>,
+    /// Where the answer goes; dropping it tells the peer no answer comes.
+    pub reply: oneshot::Sender<Vec<u8>>,
+}
+
+/// A gossip message on a topic whose validation the node's services own
+/// (every live topic but capacity). Forwarding waits for
+/// [`NetHandle::validate`].
+#[derive(Debug)]
+pub struct InboundGossip {
+    /// The topic.
+    pub topic: Topic,
+    /// The gossipsub message id.
+    pub id: libp2p::gossipsub::MessageId,
+    /// The peer that forwarded it to us.
+    pub source: PeerId,
+    /// The message data.
+    pub data: Vec<u8>,
+}
+
+/// What peers send to the node's services.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A request/response request.
+    Request(InboundRequest),
+    /// A gossip message awaiting validation.
+    Gossip(InboundGossip),
+}
+
+/// A gossip verdict, as the services decide it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid: forward it.
+    Accept,
+    /// Harmless but not worth forwarding (duplicate, stale).
+    Ignore,
+    /// Invalid: drop it and charge the peer that sent it.
+    Reject,
+}
+
 #[derive(Debug)]
 enum Command {
     Status(oneshot::Sender<NetStatus>),
@@ -209,6 +284,23 @@ enum Command {
     Capacity(oneshot::Sender<Vec<CapacityEntry>>),
     CapacityStats(oneshot::Sender<CapacityStats>),
     FindRole(Role, oneshot::Sender<Result<Vec<NodeId>, NetError>>),
+    Request {
+        peer: NodeId,
+        service: Service,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, NetError>>,
+    },
+    Subscribe(Topic, oneshot::Sender<Result<(), NetError>>),
+    Publish {
+        topic: Topic,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    Validate {
+        id: libp2p::gossipsub::MessageId,
+        source: PeerId,
+        verdict: Verdict,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -257,6 +349,52 @@ impl NetHandle {
         self.ask(|tx| Command::FindRole(role, tx)).await?
     }
 
+    /// Sends a request to `peer` on `service` and waits for the answer
+    /// (dialling the peer when needed; addresses come from identify and
+    /// Kademlia). Bounded by the service's timeout.
+    pub async fn request(
+        &self,
+        peer: NodeId,
+        service: Service,
+        bytes: Vec<u8>,
+    ) -> Result<Vec<u8>, NetError> {
+        self.ask(|reply| Command::Request {
+            peer,
+            service,
+            bytes,
+            reply,
+        })
+        .await?
+    }
+
+    /// Subscribes to a topic; its messages arrive as [`Inbound::Gossip`].
+    pub async fn subscribe(&self, topic: Topic) -> Result<(), NetError> {
+        self.ask(|reply| Command::Subscribe(topic, reply)).await?
+    }
+
+    /// Publishes on a topic (subscribed or not: gossipsub fans out).
+    pub async fn publish(&self, topic: Topic, data: Vec<u8>) -> Result<(), NetError> {
+        self.ask(|reply| Command::Publish { topic, data, reply })
+            .await?
+    }
+
+    /// Reports the services' verdict on an [`InboundGossip`] message.
+    pub async fn validate(
+        &self,
+        id: libp2p::gossipsub::MessageId,
+        source: PeerId,
+        verdict: Verdict,
+    ) -> Result<(), NetError> {
+        self.commands
+            .send(Command::Validate {
+                id,
+                source,
+                verdict,
+            })
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
     /// Stops the event loop (connections are closed when the swarm drops).
     pub async fn shutdown(&self) -> Result<(), NetError> {
         self.ask(Command::Shutdown).await
@@ -279,6 +417,18 @@ pub fn peer_id_of(addr: &Multiaddr) -> Option<PeerId> {
     }
 }
 
+/// A started network driver.
+#[derive(Debug)]
+pub struct Spawned {
+    /// The handle for the rest of the node.
+    pub handle: NetHandle,
+    /// The event loop's task.
+    pub task: tokio::task::JoinHandle<()>,
+    /// What peers send to the node's services (bounded: [`INBOUND_QUEUE`];
+    /// when it is full, further requests are refused).
+    pub inbound: mpsc::Receiver<Inbound>,
+}
+
 /// Starts the swarm and its event loop.
 ///
 /// Returns once every listen address is bound, so [`NetHandle::status`]
@@ -288,7 +438,7 @@ pub async fn spawn(
     key: &NodeKey,
     config: NetConfig,
     advert: watch::Receiver<CapacityAdvert>,
-) -> Result<(NetHandle, tokio::task::JoinHandle<()>), NetError> {
+) -> Result<Spawned, NetError> {
     if config.listen.is_empty() {
         return Err(NetError::NoListenAddr);
     }
@@ -314,7 +464,9 @@ pub async fn spawn(
     swarm::listen_all(&mut swarm, &config.listen).await?;
 
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE);
     let parts = event_loop::Parts {
+        inbound: inbound_tx,
         key: NodeKey::from_secret_bytes(&key.secret_bytes()),
         table: CapacityTable::new(config.capacity),
         advert_interval: config.advert_interval,
@@ -327,5 +479,9 @@ pub async fn spawn(
     };
     let event_loop = event_loop::EventLoop::new(parts, unix_now_ms());
     let task = tokio::spawn(event_loop.run());
-    Ok((NetHandle { commands: tx }, task))
+    Ok(Spawned {
+        handle: NetHandle { commands: tx },
+        task,
+        inbound,
+    })
 }

@@ -21,11 +21,12 @@ use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, autonat, dcutr, identify, noise, ping,
-    relay, tcp, yamux,
+    relay, request_response, tcp, yamux,
 };
 use rendertrust_protocol::capacity::{AdvertApplied, AdvertRejected};
 
 use super::NetError;
+use super::reqres;
 use super::score;
 use super::topic::Topic;
 
@@ -76,6 +77,10 @@ pub struct NodeBehaviour {
     pub gossipsub: gossipsub::Behaviour,
     /// AutoNAT v2 client: are our address candidates reachable?
     pub autonat: autonat::v2::client::Behaviour,
+    /// Job control requests ([`reqres::Service::Rpc`]).
+    pub rpc: request_response::Behaviour<reqres::BytesCodec>,
+    /// Manifests and sealed chunks ([`reqres::Service::Content`]).
+    pub content: request_response::Behaviour<reqres::BytesCodec>,
 }
 
 impl NodeBehaviour {
@@ -95,6 +100,8 @@ impl NodeBehaviour {
             kad: kademlia_behaviour(peer_id, provider_ttl, kad_server),
             gossipsub: gossipsub_behaviour(key)?,
             autonat: autonat::v2::client::Behaviour::default(),
+            rpc: reqres::behaviour(reqres::Service::Rpc),
+            content: reqres::behaviour(reqres::Service::Content),
         })
     }
 }

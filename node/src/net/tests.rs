@@ -62,6 +62,7 @@ struct TestNode {
     id: NodeId,
     net: NetHandle,
     task: tokio::task::JoinHandle<()>,
+    inbound: tokio::sync::mpsc::Receiver<Inbound>,
     advert: watch::Sender<CapacityAdvert>,
 }
 
@@ -77,11 +78,12 @@ impl TestNode {
             advert_interval: Duration::from_secs(1),
             ..NetConfig::default()
         };
-        let (net, task) = spawn(&k, config, rx).await.unwrap();
+        let spawned = spawn(&k, config, rx).await.unwrap();
         TestNode {
             id: k.node_id(),
-            net,
-            task,
+            net: spawned.handle,
+            task: spawned.task,
+            inbound: spawned.inbound,
             advert: tx,
         }
     }
@@ -220,6 +222,92 @@ async fn mesh_gossips_capacity_and_finds_roles() {
     assert_eq!(stats.invalid, 0);
 
     for node in [boot, n1, n2, n3] {
+        node.stop().await;
+    }
+}
+
+/// Requests reach the other node's services with the sender authenticated,
+/// answers come back, oversized requests are refused, a request nobody
+/// answers fails cleanly, and gossip on a service-validated topic waits for
+/// the services' verdict before it spreads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_and_service_validated_gossip() {
+    let boot = TestNode::start(60, &[], vec![]).await;
+    let boot_addr = boot.first_addr().await;
+    let a = TestNode::start(61, &[Role::Worker], vec![boot_addr.clone()]).await;
+    let mut b = TestNode::start(62, &[Role::Worker], vec![boot_addr.clone()]).await;
+    let mut c = TestNode::start(63, &[Role::Ledger], vec![boot_addr]).await;
+    let all: BTreeSet<NodeId> = [boot.id, a.id, b.id, c.id].into_iter().collect();
+    for node in [&a, &b, &c] {
+        wait_for("tables to fill", || async {
+            (node.table_nodes().await == all).then_some(())
+        })
+        .await;
+    }
+
+    // b echoes requests, reversed, and names the sender it saw.
+    let b_id = b.id;
+    let mut b_inbound = std::mem::replace(&mut b.inbound, tokio::sync::mpsc::channel(1).1);
+    let echo = tokio::spawn(async move {
+        while let Some(Inbound::Request(r)) = b_inbound.recv().await {
+            if r.bytes == b"silence" {
+                drop(r.reply);
+                continue;
+            }
+            let mut answer = r.peer.as_bytes().to_vec();
+            answer.extend(r.bytes.iter().rev());
+            let _ = r.reply.send(answer);
+        }
+    });
+    for service in [Service::Rpc, Service::Content] {
+        let answer = a
+            .net
+            .request(b_id, service, b"hello".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(&answer[..32], a.id.as_bytes());
+        assert_eq!(&answer[32..], b"olleh");
+    }
+    let too_big = vec![0u8; reqres::MAX_CONTENT_REQUEST + 1];
+    assert!(
+        a.net
+            .request(b_id, Service::Content, too_big)
+            .await
+            .is_err()
+    );
+    let silent = a.net.request(b_id, Service::Rpc, b"silence".to_vec()).await;
+    assert!(
+        matches!(silent, Err(NetError::Request { .. })),
+        "{silent:?}"
+    );
+    assert!(a.net.request(a.id, Service::Rpc, vec![1]).await.is_err());
+
+    // Gossip on the receipts topic: c subscribes and validates; a publishes.
+    c.net.subscribe(Topic::Receipts).await.unwrap();
+    a.net.subscribe(Topic::Receipts).await.unwrap();
+    // Publishing fails until gossipsub knows a subscribed peer: retry, bounded.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let got = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "c never received a's gossip"
+        );
+        let _ = a.net.publish(Topic::Receipts, b"receipt 1".to_vec()).await;
+        if let Ok(Some(Inbound::Gossip(g))) =
+            tokio::time::timeout(Duration::from_millis(300), c.inbound.recv()).await
+        {
+            break g;
+        }
+    };
+    assert_eq!(got.topic, Topic::Receipts);
+    assert_eq!(got.data, b"receipt 1");
+    c.net
+        .validate(got.id, got.source, Verdict::Accept)
+        .await
+        .unwrap();
+
+    echo.abort();
+    for node in [boot, a, b, c] {
         node.stop().await;
     }
 }

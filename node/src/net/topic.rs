@@ -3,8 +3,10 @@
 //! A topic's name carries the version of the messages on it
 //! (`rendertrust/<name>/<version>`): a change of message format gets a new
 //! topic, so old and new peers never feed each other frames they cannot read.
-//! Only [`Topic::Capacity`] is live; the others are reserved names for the
-//! receipt and rollup gossip to come.
+//! Every node subscribes to [`Topic::Capacity`] (validated in the event loop
+//! by the capacity table). The others are subscribed by the services that
+//! validate them (ledger peers), through `NetHandle::subscribe`; anyone may
+//! publish on them.
 
 use libp2p::gossipsub::{IdentTopic, TopicHash};
 
@@ -14,9 +16,9 @@ use libp2p::gossipsub::{IdentTopic, TopicHash};
 pub enum Topic {
     /// Signed [`CapacityAdvert`](rendertrust_protocol::wire::CapacityAdvert)s.
     Capacity,
-    /// Signed receipts (reserved: not subscribed yet).
+    /// Ledger events: escrows, refunds, doubly signed receipts.
     Receipts,
-    /// Signed rollup headers (reserved: not subscribed yet).
+    /// Signed rollup headers.
     Rollups,
 }
 
@@ -24,7 +26,7 @@ impl Topic {
     /// Every topic, in a fixed order.
     pub const ALL: [Topic; 3] = [Topic::Capacity, Topic::Receipts, Topic::Rollups];
 
-    /// The topics a peer subscribes to today (those whose messages it can validate).
+    /// The topics every peer subscribes to at start.
     pub const LIVE: [Topic; 1] = [Topic::Capacity];
 
     /// The topic's name on the wire.
