@@ -17,6 +17,7 @@
 //! | [`signed`] | [`Signed<T>`](signed::Signed): signatures with a domain tag per message kind, batch verification |
 //! | [`wire`] | the versioned messages of the mesh (capacity, jobs, offers, progress, results, receipts, rollups) |
 //! | [`seal`] | per-job keys, chunked STREAM XChaCha20-Poly1305, key wrapping to X25519 |
+//! | [`creator`] | the creator's side of a job: key requests, result checks, acceptance and countersigning |
 //! | [`content`] | BLAKE3 content addressing: fixed-size chunks and a manifest |
 //! | [`scheduler`] | the scheduler machine: task split, placement, offer → accept, tracking, re-offers, HRW election, snapshots |
 //! | [`task`] | task geometry: the frame and region task `index` of a job renders |
@@ -27,6 +28,7 @@
 pub mod capacity;
 pub mod codec;
 pub mod content;
+pub mod creator;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod identity;
