@@ -26,13 +26,14 @@ use crate::wire::{
 };
 
 /// Names of the fuzz targets, as in `fuzz/fuzz_targets/`.
-pub const TARGETS: [&str; 6] = [
+pub const TARGETS: [&str; 7] = [
     "signed_frames",
     "wire_bodies",
     "sealed_stream",
     "wrapped_key",
     "manifest",
     "merkle_proof",
+    "rpc_messages",
 ];
 
 /// Runs the named target on one input. Unknown names do nothing.
@@ -44,6 +45,7 @@ pub fn run(target: &str, data: &[u8]) {
         "wrapped_key" => wrapped_key(data),
         "manifest" => manifest(data),
         "merkle_proof" => merkle_proof(data),
+        "rpc_messages" => rpc_messages(data),
         _ => {}
     }
 }
@@ -155,6 +157,52 @@ pub fn merkle_proof(data: &[u8]) {
     if let Ok(input) = codec::decode::<ProofInput>(data, 8 * 1024) {
         let _ = input.proof.verify(&input.leaf, &input.root);
     }
+}
+
+fn fuzz_creator_job() -> crate::creator::CreatorJob {
+    let creator = NodeId::from_bytes([9; 32]);
+    let spec = JobSpec {
+        id: crate::wire::JobId::derive(&creator, 1),
+        creator,
+        nonce: 1,
+        created_at_ms: NOW_MS,
+        kind: crate::wire::JobKind::Builtin,
+        inputs: vec![],
+        requirements: crate::wire::Requirements::default(),
+        split: crate::wire::SplitRule::Frames {
+            start: 1,
+            end: 8,
+            step: 1,
+        },
+        width: 64,
+        height: 64,
+        format: crate::wire::ImageFormat::Png,
+        max_price_per_task: 10,
+        verification: crate::wire::VerificationPolicy::None,
+        deadline_ms: NOW_MS + 3_600_000,
+    };
+    crate::creator::CreatorJob::new(spec, NodeKey::from_secret_bytes(&[7; 32]).node_id())
+}
+
+/// Rpc and content envelopes, and what the creator's machine does with the
+/// peer-supplied parts (result bundles, key requests).
+pub fn rpc_messages(data: &[u8]) {
+    use crate::rpc::{ContentRequest, ContentResponse, RpcRequest, RpcResponse};
+    if let Ok(r) = RpcRequest::decode(data) {
+        let mut job = fuzz_creator_job();
+        match r {
+            RpcRequest::Result { frames } => {
+                let _ = job.check_result(frames);
+            }
+            RpcRequest::Key { offer } => {
+                let _ = job.authorize_key(&offer, NodeId::from_bytes([7; 32]), NOW_MS);
+            }
+            _ => {}
+        }
+    }
+    let _ = RpcResponse::decode(data);
+    let _ = ContentRequest::decode(data);
+    let _ = ContentResponse::decode(data);
 }
 
 /// Valid inputs for every target, from fixed keys (deterministic).
@@ -272,6 +320,61 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         };
         if let Ok(bytes) = codec::encode(&input) {
             out.push(("merkle_proof", bytes));
+        }
+    }
+
+    // A result bundle for the fuzz creator job, signed by its scheduler, and
+    // a key request with the same offer.
+    let job = fuzz_creator_job();
+    let offer = TaskOffer {
+        task: crate::wire::TaskId {
+            job: job.spec().id,
+            index: 2,
+        },
+        scheduler: id,
+        worker: id,
+        attempt: 0,
+        price: 5,
+        reserve_until_ms: NOW_MS + 5_000,
+        deadline_ms: NOW_MS + 60_000,
+    };
+    let result = TaskResult {
+        task: offer.task,
+        worker: id,
+        attempt: 0,
+        output_hash: [1; 32],
+        output_manifest: crate::content::ContentId([3; 32]),
+        wrapped_key: WrappedKey {
+            ephemeral: [0; 32],
+            ciphertext: [0; 32],
+            tag: [0; 16],
+        },
+        usage: receipt.usage,
+    };
+    let job_receipt = Receipt {
+        task: offer.task,
+        scheduler: id,
+        ..receipt.clone()
+    };
+    if let (Ok(o), Ok(r), Ok(rc)) = (
+        Signed::sign(&key, &offer),
+        Signed::sign(&key, &result),
+        Signed::sign(&key, &job_receipt),
+    ) {
+        let frames = crate::creator::ResultFrames {
+            offer: o.as_bytes().to_vec(),
+            result: r.into_bytes(),
+            receipt: rc.into_bytes(),
+        };
+        for req in [
+            crate::rpc::RpcRequest::Result { frames },
+            crate::rpc::RpcRequest::Key {
+                offer: o.into_bytes(),
+            },
+        ] {
+            if let Ok(bytes) = req.encode() {
+                out.push(("rpc_messages", bytes));
+            }
         }
     }
     out

@@ -21,6 +21,7 @@
 //! | [`content`] | BLAKE3 content addressing: fixed-size chunks and a manifest |
 //! | [`scheduler`] | the scheduler machine: task split, placement, offer → accept, tracking, re-offers, HRW election, snapshots |
 //! | [`task`] | task geometry: the frame and region task `index` of a job renders |
+//! | [`rpc`] | request/response envelopes of the rpc and content services, and their bounds |
 //! | [`merkle`] | domain-separated (RFC 6962 style) Merkle trees and inclusion proofs |
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -33,6 +34,7 @@ pub mod creator;
 pub mod fuzz;
 pub mod identity;
 pub mod merkle;
+pub mod rpc;
 pub mod scheduler;
 pub mod seal;
 pub mod signed;

@@ -6,7 +6,7 @@
 //! | service | protocol | request ≤ | response ≤ | timeout |
 //! |---|---|---|---|---|
 //! | [`Service::Rpc`] | `/rendertrust/rpc/1` | 4 MiB | 4 MiB | 30 s |
-//! | [`Service::Content`] | `/rendertrust/content/1` | 4 KiB | 9 MiB | 60 s |
+//! | [`Service::Content`] | `/rendertrust/content/1` | 4 KiB | 4 MiB | 60 s |
 //!
 //! One request per stream (QUIC streams by default). On the stream each
 //! message is a 4-byte big-endian length and that many bytes; the length is
@@ -32,9 +32,9 @@ pub const CONTENT_PROTOCOL: StreamProtocol = StreamProtocol::new("/rendertrust/c
 pub const MAX_RPC_BYTES: usize = 4 << 20;
 /// Largest content request.
 pub const MAX_CONTENT_REQUEST: usize = 4 << 10;
-/// Largest content response: a manifest of 256 Ki chunks (8 MiB of hashes,
-/// 256 GiB of content at 1 MiB chunks) plus framing; chunks are ≤ 1 MiB.
-pub const MAX_CONTENT_RESPONSE: usize = 9 << 20;
+/// Largest content response: what `rendertrust_protocol::rpc` decodes (4 MiB)
+/// plus framing slack.
+pub const MAX_CONTENT_RESPONSE: usize = (4 << 20) + 1024;
 
 /// RPC requests time out after this long.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,0 +1,441 @@
+//! Request/response envelopes of the `rpc` and `content` services.
+//!
+//! # What this module owns
+//!
+//! The typed messages that travel point to point between the peers of a job
+//! (see `docs/jobs.md`, "Messages between peers"), their encoding through
+//! [`crate::codec`] and their bounds. The transport (`node::net::reqres`)
+//! carries opaque length-prefixed bytes of at most 4 MiB (rpc) or 4 KiB
+//! requests / 4 MiB responses (content); this module decodes them again
+//! with its own limits, rejects trailing and non-canonical bytes, and checks
+//! every field bound ([`RpcRequest::validate`]) before a machine sees it.
+//!
+//! Signed frames travel inside as `Vec<u8>`: the receiver verifies them with
+//! [`crate::signed::Signed`]; the envelope itself is authenticated by the
+//! transport (the remote peer id), not signed.
+//!
+//! # What it must not do
+//!
+//! No rules about *when* a message is acceptable: that is the machines'
+//! business (`scheduler`, `worker`, `creator`). Only shape and size.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, CodecError};
+use crate::content::{ContentId, Manifest};
+use crate::creator::ResultFrames;
+use crate::seal::WrappedKey;
+use crate::signed::Signed;
+use crate::wire::{JobId, JobSpec, Progress, Receipt, TaskId, TaskOffer, TaskResult, WireMessage};
+
+/// Largest encoded rpc request or response.
+pub const MAX_RPC: usize = 4 << 20;
+/// Largest encoded content request.
+pub const MAX_CONTENT_REQUEST: usize = 4 << 10;
+/// Largest encoded content response: the codec's 4 MiB, so a manifest of up
+/// to ~131k chunks (128 GiB at 1 MiB chunks) and chunks of up to 4 MiB.
+pub const MAX_CONTENT_RESPONSE: usize = codec::MAX_FRAME;
+/// Longest reason / message text.
+pub const MAX_REASON: usize = 1024;
+
+/// Errors decoding or bounding an envelope.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RpcError {
+    /// The bytes do not decode.
+    #[error("malformed message: {0}")]
+    Codec(#[from] CodecError),
+    /// A field is out of bounds.
+    #[error("field {field}: at most {max} allowed, found {found}")]
+    TooLong {
+        /// Field.
+        field: &'static str,
+        /// Bound.
+        max: usize,
+        /// Found.
+        found: usize,
+    },
+}
+
+fn bound(field: &'static str, found: usize, max: usize) -> Result<(), RpcError> {
+    if found > max {
+        Err(RpcError::TooLong { field, max, found })
+    } else {
+        Ok(())
+    }
+}
+
+fn bound_frame<T: WireMessage>(field: &'static str, frame: &[u8]) -> Result<(), RpcError> {
+    bound(field, frame.len(), Signed::<T>::MAX_FRAME)
+}
+
+/// A request on the rpc service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RpcRequest {
+    /// Creator → scheduler: a `Signed<JobSpec>`.
+    Submit {
+        /// The signed spec frame.
+        spec: Vec<u8>,
+    },
+    /// Scheduler → worker: a `Signed<TaskOffer>` and the job's `Signed<JobSpec>`.
+    Offer {
+        /// The signed offer frame.
+        offer: Vec<u8>,
+        /// The signed spec frame.
+        spec: Vec<u8>,
+    },
+    /// Worker → scheduler: a `Signed<Progress>` (also the heartbeat).
+    Progress {
+        /// The signed progress frame.
+        progress: Vec<u8>,
+    },
+    /// Worker → scheduler: a finished task's offer, result and receipt.
+    Result {
+        /// The frames.
+        frames: ResultFrames,
+    },
+    /// Worker → scheduler: a task failed on this worker.
+    TaskFailed {
+        /// The task.
+        task: TaskId,
+        /// The attempt.
+        attempt: u32,
+        /// Why, for the creator.
+        reason: String,
+    },
+    /// Worker → creator: the job key, proving the assignment with the offer.
+    Key {
+        /// The signed offer frame.
+        offer: Vec<u8>,
+    },
+    /// Creator → scheduler, or scheduler → worker: stop a job (or one task).
+    Cancel {
+        /// The job.
+        job: JobId,
+        /// One task only, if given.
+        task: Option<u32>,
+    },
+    /// Scheduler → creator: something happened to the job (encoded
+    /// `scheduler::JobEvent`; decoded by the creator's driver with its own bound).
+    Event {
+        /// The job.
+        job: JobId,
+        /// The encoded event.
+        event: Vec<u8>,
+    },
+    /// Creator → scheduler: the scheduler's view of the job.
+    Query {
+        /// The job.
+        job: JobId,
+    },
+    /// Scheduler → replica: the state of a job (encoded snapshot).
+    Replicate {
+        /// The job.
+        job: JobId,
+        /// The encoded snapshot.
+        snapshot: Vec<u8>,
+    },
+}
+
+/// Why a request was refused, in a form a peer can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The request is malformed or fails a check.
+    Invalid,
+    /// The peer is not allowed to ask this.
+    Forbidden,
+    /// The job or task is unknown here.
+    NotFound,
+    /// The job or task is cancelled or closed.
+    Closed,
+    /// Try again later.
+    Busy,
+    /// This node does not take that role.
+    WrongRole,
+}
+
+/// An answer on the rpc service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RpcResponse {
+    /// Done.
+    Ok,
+    /// The worker's signed answer to an offer (accepted or declined).
+    Accept {
+        /// The signed `TaskAccept` frame.
+        accept: Vec<u8>,
+    },
+    /// The job key, wrapped to the asking worker.
+    Key {
+        /// The wrapped key.
+        wrapped: WrappedKey,
+    },
+    /// The scheduler's view of a job (encoded `scheduler::JobView`).
+    View {
+        /// The encoded view.
+        view: Vec<u8>,
+    },
+    /// Refused.
+    Error {
+        /// What kind of refusal.
+        code: ErrorCode,
+        /// Why, for a person.
+        message: String,
+    },
+}
+
+impl RpcRequest {
+    /// Field bounds beyond the size limit.
+    pub fn validate(&self) -> Result<(), RpcError> {
+        match self {
+            RpcRequest::Submit { spec } => bound_frame::<JobSpec>("spec", spec),
+            RpcRequest::Offer { offer, spec } => {
+                bound_frame::<TaskOffer>("offer", offer)?;
+                bound_frame::<JobSpec>("spec", spec)
+            }
+            RpcRequest::Progress { progress } => bound_frame::<Progress>("progress", progress),
+            RpcRequest::Result { frames } => {
+                bound_frame::<TaskOffer>("offer", &frames.offer)?;
+                bound_frame::<TaskResult>("result", &frames.result)?;
+                bound_frame::<Receipt>("receipt", &frames.receipt)
+            }
+            RpcRequest::TaskFailed { reason, .. } => bound("reason", reason.len(), MAX_REASON),
+            RpcRequest::Key { offer } => bound_frame::<TaskOffer>("offer", offer),
+            RpcRequest::Cancel { .. } | RpcRequest::Query { .. } => Ok(()),
+            RpcRequest::Event { event, .. } => bound("event", event.len(), 64 << 10),
+            RpcRequest::Replicate { snapshot, .. } => {
+                bound("snapshot", snapshot.len(), MAX_RPC - 1024)
+            }
+        }
+    }
+
+    /// Encodes a request.
+    pub fn encode(&self) -> Result<Vec<u8>, RpcError> {
+        self.validate()?;
+        Ok(codec::encode(self)?)
+    }
+
+    /// Decodes and bounds a request from a peer.
+    pub fn decode(bytes: &[u8]) -> Result<Self, RpcError> {
+        let r: RpcRequest = codec::decode(bytes, MAX_RPC)?;
+        r.validate()?;
+        Ok(r)
+    }
+}
+
+impl RpcResponse {
+    /// A refusal.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        if message.len() > MAX_REASON {
+            let mut cut = MAX_REASON;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        RpcResponse::Error { code, message }
+    }
+
+    /// Field bounds beyond the size limit.
+    pub fn validate(&self) -> Result<(), RpcError> {
+        match self {
+            RpcResponse::Ok | RpcResponse::Key { .. } => Ok(()),
+            RpcResponse::Accept { accept } => {
+                bound_frame::<crate::wire::TaskAccept>("accept", accept)
+            }
+            RpcResponse::View { view } => bound("view", view.len(), MAX_RPC - 1024),
+            RpcResponse::Error { message, .. } => bound("message", message.len(), MAX_REASON),
+        }
+    }
+
+    /// Encodes a response.
+    pub fn encode(&self) -> Result<Vec<u8>, RpcError> {
+        self.validate()?;
+        Ok(codec::encode(self)?)
+    }
+
+    /// Decodes and bounds a response from a peer.
+    pub fn decode(bytes: &[u8]) -> Result<Self, RpcError> {
+        let r: RpcResponse = codec::decode(bytes, MAX_RPC)?;
+        r.validate()?;
+        Ok(r)
+    }
+}
+
+/// A request on the content service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContentRequest {
+    /// The manifest with this id.
+    Manifest {
+        /// Manifest id.
+        id: ContentId,
+    },
+    /// One chunk of the content with this manifest id.
+    Chunk {
+        /// Manifest id.
+        id: ContentId,
+        /// Chunk index.
+        index: u32,
+    },
+}
+
+/// An answer on the content service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContentResponse {
+    /// The manifest (the receiver checks that its id is the one asked for).
+    Manifest {
+        /// The manifest.
+        manifest: Manifest,
+    },
+    /// The chunk's bytes (the receiver verifies them against the manifest).
+    Chunk {
+        /// Sealed chunk bytes.
+        bytes: Vec<u8>,
+    },
+    /// Not held here.
+    NotFound,
+    /// Refused (busy, or not allowed).
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ContentRequest {
+    /// Encodes a request.
+    pub fn encode(&self) -> Result<Vec<u8>, RpcError> {
+        Ok(codec::encode(self)?)
+    }
+
+    /// Decodes a request from a peer.
+    pub fn decode(bytes: &[u8]) -> Result<Self, RpcError> {
+        Ok(codec::decode(bytes, MAX_CONTENT_REQUEST)?)
+    }
+}
+
+impl ContentResponse {
+    /// Encodes a response.
+    pub fn encode(&self) -> Result<Vec<u8>, RpcError> {
+        if let ContentResponse::Refused { reason } = self {
+            bound("reason", reason.len(), MAX_REASON)?;
+        }
+        Ok(codec::encode(self)?)
+    }
+
+    /// Decodes a response from a peer. The manifest is validated
+    /// ([`Manifest::validate`]); chunk bytes are checked by the caller against
+    /// the manifest.
+    pub fn decode(bytes: &[u8]) -> Result<Self, RpcError> {
+        let r: ContentResponse = codec::decode(bytes, MAX_CONTENT_RESPONSE)?;
+        match &r {
+            ContentResponse::Manifest { manifest } => {
+                manifest.validate().map_err(|e| {
+                    RpcError::Codec(CodecError::Malformed(format!("manifest: {e}")))
+                })?;
+            }
+            ContentResponse::Refused { reason } => bound("reason", reason.len(), MAX_REASON)?,
+            _ => {}
+        }
+        Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn requests() -> impl Strategy<Value = RpcRequest> {
+        let bytes = |n: usize| proptest::collection::vec(any::<u8>(), 0..n);
+        let job = any::<[u8; 32]>().prop_map(JobId);
+        prop_oneof![
+            bytes(300).prop_map(|spec| RpcRequest::Submit { spec }),
+            (bytes(200), bytes(300)).prop_map(|(offer, spec)| RpcRequest::Offer { offer, spec }),
+            bytes(200).prop_map(|progress| RpcRequest::Progress { progress }),
+            (bytes(200), bytes(200), bytes(200)).prop_map(|(offer, result, receipt)| {
+                RpcRequest::Result {
+                    frames: ResultFrames {
+                        offer,
+                        result,
+                        receipt,
+                    },
+                }
+            }),
+            (job.clone(), any::<u32>(), any::<u32>(), "[a-z ]{0,40}").prop_map(
+                |(job, index, attempt, reason)| RpcRequest::TaskFailed {
+                    task: TaskId { job, index },
+                    attempt,
+                    reason
+                }
+            ),
+            bytes(200).prop_map(|offer| RpcRequest::Key { offer }),
+            (job.clone(), proptest::option::of(any::<u32>()))
+                .prop_map(|(job, task)| RpcRequest::Cancel { job, task }),
+            (job.clone(), bytes(100)).prop_map(|(job, event)| RpcRequest::Event { job, event }),
+            job.clone().prop_map(|job| RpcRequest::Query { job }),
+            (job, bytes(100)).prop_map(|(job, snapshot)| RpcRequest::Replicate { job, snapshot }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn requests_round_trip(r in requests()) {
+            let bytes = r.encode().unwrap();
+            prop_assert_eq!(RpcRequest::decode(&bytes).unwrap(), r);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = RpcRequest::decode(&bytes);
+            let _ = RpcResponse::decode(&bytes);
+            let _ = ContentRequest::decode(&bytes);
+            let _ = ContentResponse::decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn oversized_fields_and_trailing_bytes_are_refused() {
+        let r = RpcRequest::Key {
+            offer: vec![0; Signed::<TaskOffer>::MAX_FRAME + 1],
+        };
+        assert!(matches!(
+            r.encode(),
+            Err(RpcError::TooLong { field: "offer", .. })
+        ));
+        let bytes = codec::encode(&r).unwrap();
+        assert!(matches!(
+            RpcRequest::decode(&bytes),
+            Err(RpcError::TooLong { field: "offer", .. })
+        ));
+        let mut ok = RpcRequest::Query {
+            job: JobId([1; 32]),
+        }
+        .encode()
+        .unwrap();
+        ok.push(0);
+        assert!(matches!(
+            RpcRequest::decode(&ok),
+            Err(RpcError::Codec(CodecError::TrailingBytes { .. }))
+        ));
+        let long = RpcResponse::error(ErrorCode::Invalid, "x".repeat(5000));
+        assert!(long.encode().is_ok(), "error messages are cut to the bound");
+    }
+
+    #[test]
+    fn content_messages_round_trip_and_bad_manifests_are_refused() {
+        let m = Manifest::from_reader(4096, &[7u8; 10_000][..]).unwrap();
+        let r = ContentResponse::Manifest {
+            manifest: m.clone(),
+        };
+        assert_eq!(ContentResponse::decode(&r.encode().unwrap()).unwrap(), r);
+        let q = ContentRequest::Chunk {
+            id: m.id(),
+            index: 2,
+        };
+        assert_eq!(ContentRequest::decode(&q.encode().unwrap()).unwrap(), q);
+        let mut bad = m;
+        bad.total_size += 1_000_000;
+        let bytes = codec::encode(&ContentResponse::Manifest { manifest: bad }).unwrap();
+        assert!(ContentResponse::decode(&bytes).is_err());
+    }
+}
