@@ -13,6 +13,7 @@
 //! | [`net`] | the libp2p swarm and its event loop; [`net::NetHandle`] for the rest of the node |
 //! | [`api`] | the local HTTP API and its OpenAPI document |
 //! | [`cli`] | client commands that talk to a node's API |
+//! | [`jobs`] | the job service: scheduler, worker and creator drivers |
 //! | [`devnet`] | a whole mesh on loopback as child processes |
 //! | [`node`] | wiring: `rendertrust node start` |
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -21,6 +22,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod devnet;
+pub mod jobs;
 pub mod keys;
 pub mod net;
 pub mod node;
