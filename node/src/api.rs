@@ -13,6 +13,7 @@
 //! | `GET /v1/peers` | connected and known peers with gossipsub score, agent, RTT |
 //! | `GET /v1/capacity` | the node's capacity table (live entries) and its counters |
 //! | `GET /v1/roles/{role}` | providers of a role found in Kademlia |
+//! | `/v1/jobs…` | jobs: see [`crate::jobs::api`] |
 //!
 //! The API only reads the node's state through [`NetHandle`]; it holds no
 //! protocol rule.
@@ -31,6 +32,7 @@ use rendertrust_protocol::wire::{GpuVendor, Role, RuntimeKind};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::jobs::JobsHandle;
 use crate::net::NetHandle;
 
 /// Version string reported by the API.
@@ -45,6 +47,8 @@ pub struct ApiState {
     pub token: Option<Arc<str>>,
     /// The node's data dir (shown in status).
     pub data_dir: Arc<str>,
+    /// The job service.
+    pub jobs: JobsHandle,
 }
 
 /// An API error as JSON: `{"error": "..."}` with an HTTP status.
@@ -55,7 +59,8 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    /// An error with this status and message.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             message: message.into(),
@@ -308,7 +313,7 @@ pub fn openapi_document() -> serde_json::Value {
         json!({ "200": { "description": desc, "content": { "application/json": { "schema": schema } } },
                 "401": { "description": "missing or wrong bearer token", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } } })
     };
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "RenderTrust node API",
@@ -346,7 +351,14 @@ pub fn openapi_document() -> serde_json::Value {
             "/v1/openapi.json": { "get": { "summary": "This document", "security": [],
                 "responses": { "200": { "description": "OpenAPI document" } } } }
         }
-    })
+    });
+    if let (Some(paths), serde_json::Value::Object(more)) = (
+        doc["paths"].as_object_mut(),
+        crate::jobs::api::openapi_paths(),
+    ) {
+        paths.extend(more);
+    }
+    doc
 }
 
 async fn require_token(
@@ -382,6 +394,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/peers", get(peers))
         .route("/v1/capacity", get(capacity))
         .route("/v1/roles/{role}", get(roles))
+        .merge(crate::jobs::api::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/v1/openapi.json", get(openapi))
@@ -420,6 +433,11 @@ mod tests {
             "/v1/capacity",
             "/v1/roles/{role}",
             "/v1/openapi.json",
+            "/v1/jobs",
+            "/v1/jobs/{id}",
+            "/v1/jobs/{id}/events",
+            "/v1/jobs/{id}/results",
+            "/v1/jobs/{id}/results/{task}",
         ] {
             assert!(
                 doc["paths"][p]["get"].is_object(),

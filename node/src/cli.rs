@@ -20,6 +20,8 @@ pub struct ApiClient {
     base: String,
     token: Option<String>,
     http: reqwest::Client,
+    /// Without an overall timeout: for event streams.
+    streaming: reqwest::Client,
 }
 
 impl ApiClient {
@@ -30,19 +32,31 @@ impl ApiClient {
             bail!("--api must be an http(s) URL such as {DEFAULT_API_URL}, got {base:?}");
         }
         let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
+            .timeout(std::time::Duration::from_secs(120))
             .build()
             .context("building the HTTP client")?;
-        Ok(ApiClient { base, token, http })
+        let streaming = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(ApiClient {
+            base,
+            token,
+            http,
+            streaming,
+        })
     }
 
-    /// GETs `path` and decodes the JSON answer.
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let url = format!("{}{}", self.base, path);
-        let mut req = self.http.get(&url);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
+    /// The API's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder, url: &str) -> Result<reqwest::Response> {
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
         let resp = req.send().await.map_err(|e| {
             if e.is_connect() {
                 anyhow!(
@@ -54,19 +68,69 @@ impl ApiClient {
             }
         })?;
         let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
         let body = resp
             .bytes()
             .await
             .with_context(|| format!("reading the answer of {url}"))?;
-        if !status.is_success() {
-            let msg = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-            bail!("{url}: {status}: {msg}");
-        }
+        let msg = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        bail!("{status}: {msg}");
+    }
+
+    async fn json<T: DeserializeOwned>(resp: reqwest::Response, url: &str) -> Result<T> {
+        let body = resp
+            .bytes()
+            .await
+            .with_context(|| format!("reading the answer of {url}"))?;
         serde_json::from_slice(&body)
             .with_context(|| format!("{url} answered JSON this client does not understand"))
+    }
+
+    /// GETs `path` and decodes the JSON answer.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let url = format!("{}{}", self.base, path);
+        let resp = self.send(self.http.get(&url), &url).await?;
+        Self::json(resp, &url).await
+    }
+
+    /// POSTs `body` as JSON to `path` and decodes the JSON answer.
+    pub async fn post<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        let url = format!("{}{}", self.base, path);
+        let resp = self.send(self.http.post(&url).json(body), &url).await?;
+        Self::json(resp, &url).await
+    }
+
+    /// DELETEs `path` and decodes the JSON answer.
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let url = format!("{}{}", self.base, path);
+        let resp = self.send(self.http.delete(&url), &url).await?;
+        Self::json(resp, &url).await
+    }
+
+    /// GETs `path` as raw bytes.
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>> {
+        let url = format!("{}{}", self.base, path);
+        let resp = self.send(self.http.get(&url), &url).await?;
+        Ok(resp
+            .bytes()
+            .await
+            .with_context(|| format!("reading {url}"))?
+            .to_vec())
+    }
+
+    /// GETs `path` as a stream (server-sent events), without an overall timeout.
+    pub async fn get_stream(&self, path: &str) -> Result<reqwest::Response> {
+        let url = format!("{}{}", self.base, path);
+        self.send(self.streaming.get(&url), &url).await
     }
 }
 

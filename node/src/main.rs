@@ -10,6 +10,11 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use rendertrust_node::cli::{self, ApiClient, DEFAULT_API_URL};
 use rendertrust_node::config::{Config, ConfigOverrides, LogFormat};
+use rendertrust_node::jobs::cli as jobs_cli;
+use rendertrust_node::jobs::submit::{
+    KindRequest, NamedPath, RequirementsRequest, SubmitRequest, TilesRequest,
+};
+use rendertrust_node::jobs::view::JobState;
 use rendertrust_node::{devnet, keys, node};
 
 /// RenderTrust: a peer-to-peer render mesh that nobody has to trust blindly.
@@ -37,6 +42,9 @@ enum Command {
     /// Show this node's keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Create and follow jobs: submit from this node, watch, fetch verified results.
+    #[command(subcommand)]
+    Job(JobCommand),
     /// Start a bootstrap peer and N nodes on loopback, as child processes.
     ///
     /// Each node gets its own data dir under --dir and free ports; the API
@@ -119,6 +127,178 @@ enum MeshCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum JobCommand {
+    /// Submit a job from this node to the mesh.
+    ///
+    /// Examples:
+    ///   rendertrust job submit --kind builtin --frames 1-24 --watch
+    ///   rendertrust job submit --kind blender --scene shot.blend --frames 1-240 --min-runtime-version 3.4
+    ///   rendertrust job submit --kind process --input data=in.csv --frames 1-10 -- /usr/bin/sort -o {out} /job/in/data
+    ///
+    /// Inputs are sealed on this node with a fresh key; only the workers a
+    /// scheduler assigns get that key. `--watch` follows the job to its end.
+    #[command(verbatim_doc_comment)]
+    Submit(Box<SubmitArgs>),
+    /// A job's state and its tasks (ID: full id or a unique prefix).
+    Status {
+        /// Job id or prefix.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Jobs created on this node.
+    List(ClientArgs),
+    /// Follow a job until it ends, with a progress bar per running task.
+    Watch {
+        /// Job id or prefix.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel a job: no further task is placed, no further result accepted.
+    Cancel {
+        /// Job id or prefix.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Download a job's accepted outputs, check each against the hash its
+    /// worker signed, and write them to a directory.
+    Fetch {
+        /// Job id or prefix.
+        id: String,
+        /// Directory to write the frames to (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct SubmitArgs {
+    /// What runs: builtin (deterministic renderer), blender, or process (a sandboxed command).
+    #[arg(long, value_name = "KIND", default_value = "builtin")]
+    kind: String,
+    /// Scene file (input 0): a .blend for blender, a scene TOML for builtin (default: the embedded demo scene).
+    #[arg(long, value_name = "FILE")]
+    scene: Option<PathBuf>,
+    /// Further input, NAME=PATH (repeatable); tasks see it at /job/in/NAME.
+    #[arg(long = "input", value_name = "NAME=PATH")]
+    inputs: Vec<String>,
+    /// Frames: N, A-B or A-B:STEP.
+    #[arg(long, value_name = "RANGE", conflicts_with = "tiles")]
+    frames: Option<String>,
+    /// Split one frame into COLSxROWS tiles instead (with --frame).
+    #[arg(long, value_name = "COLSxROWS")]
+    tiles: Option<String>,
+    /// The frame to tile (with --tiles).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    frame: u32,
+    /// Output width in pixels.
+    #[arg(long)]
+    width: Option<u32>,
+    /// Output height in pixels.
+    #[arg(long)]
+    height: Option<u32>,
+    /// Blender engine: cycles or eevee.
+    #[arg(long)]
+    engine: Option<String>,
+    /// Most you pay per task, credits.
+    #[arg(long, value_name = "CREDITS")]
+    max_price: Option<u64>,
+    /// Required GPU vendor: nvidia, amd, intel, apple.
+    #[arg(long, value_name = "VENDOR")]
+    gpu_vendor: Option<String>,
+    /// Minimum VRAM, e.g. 8G.
+    #[arg(long, value_name = "SIZE")]
+    min_vram: Option<String>,
+    /// Minimum RAM, e.g. 16G.
+    #[arg(long, value_name = "SIZE")]
+    min_ram: Option<String>,
+    /// Minimum runtime version, e.g. 3.4.
+    #[arg(long, value_name = "VERSION")]
+    min_runtime_version: Option<String>,
+    /// Seconds until the job's deadline.
+    #[arg(long, value_name = "SECS")]
+    deadline_secs: Option<u64>,
+    /// The process command is bit-exact for the same input (allows exact verification).
+    #[arg(long)]
+    deterministic: bool,
+    /// Follow the job until it ends.
+    #[arg(long)]
+    watch: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The command of a process job (after --).
+    #[arg(last = true, value_name = "ARGV")]
+    argv: Vec<String>,
+}
+
+impl SubmitArgs {
+    fn request(&self) -> Result<SubmitRequest> {
+        let kind = match self.kind.as_str() {
+            "builtin" => KindRequest::Builtin,
+            "blender" => KindRequest::Blender {
+                engine: self.engine.clone(),
+            },
+            "process" => KindRequest::Process {
+                argv: self.argv.clone(),
+                deterministic: self.deterministic,
+            },
+            other => anyhow::bail!("--kind {other:?}: expected builtin, blender or process"),
+        };
+        if !self.argv.is_empty() && !matches!(kind, KindRequest::Process { .. }) {
+            anyhow::bail!("a command after -- is only for --kind process");
+        }
+        let mut inputs = Vec::new();
+        for i in &self.inputs {
+            let (name, path) = i
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--input {i:?}: expected NAME=PATH"))?;
+            inputs.push(NamedPath {
+                name: name.to_owned(),
+                path: PathBuf::from(path),
+            });
+        }
+        let tiles = match &self.tiles {
+            None => None,
+            Some(t) => {
+                let (c, r) = t.split_once(['x', 'X']).ok_or_else(|| {
+                    anyhow::anyhow!("--tiles {t:?}: expected COLSxROWS, e.g. 4x4")
+                })?;
+                let bad =
+                    || anyhow::anyhow!("--tiles {t:?}: expected COLSxROWS with numbers, e.g. 4x4");
+                Some(TilesRequest {
+                    frame: self.frame,
+                    cols: c.trim().parse().map_err(|_| bad())?,
+                    rows: r.trim().parse().map_err(|_| bad())?,
+                })
+            }
+        };
+        let mut request = SubmitRequest {
+            kind,
+            scene: self.scene.clone(),
+            inputs,
+            frames: self.frames.clone(),
+            tiles,
+            width: self.width,
+            height: self.height,
+            max_price_per_task: self.max_price,
+            requirements: RequirementsRequest {
+                gpu_vendor: self.gpu_vendor.clone(),
+                min_vram: self.min_vram.clone(),
+                min_ram: self.min_ram.clone(),
+                min_runtime_version: self.min_runtime_version.clone(),
+            },
+            deadline_secs: self.deadline_secs,
+        };
+        jobs_cli::absolutize(&mut request)?;
+        Ok(request)
+    }
+}
+
+#[derive(Debug, Subcommand)]
 enum KeysCommand {
     /// Print the node's peer id and public keys (never the secrets).
     Show {
@@ -156,6 +336,56 @@ fn print(out: &str) {
     }
 }
 
+async fn run_job(cmd: JobCommand) -> Result<()> {
+    match cmd {
+        JobCommand::Submit(a) => {
+            let request = a.request()?;
+            let c = client(&a.client)?;
+            let (view, text) = jobs_cli::submit(&c, &request, a.client.json).await?;
+            print(&text);
+            if a.watch {
+                finish_watch(&c, &view.id).await?;
+            }
+            Ok(())
+        }
+        JobCommand::Status { id, client: a } => {
+            print(&jobs_cli::status(&client(&a)?, &id, a.json).await?);
+            Ok(())
+        }
+        JobCommand::List(a) => {
+            print(&jobs_cli::list(&client(&a)?, a.json).await?);
+            Ok(())
+        }
+        JobCommand::Watch { id, client: a } => finish_watch(&client(&a)?, &id).await,
+        JobCommand::Cancel { id, client: a } => {
+            print(&jobs_cli::cancel(&client(&a)?, &id, a.json).await?);
+            Ok(())
+        }
+        JobCommand::Fetch { id, out, client: a } => {
+            print(&jobs_cli::fetch(&client(&a)?, &id, &out, a.json).await?);
+            Ok(())
+        }
+    }
+}
+
+/// Watches a job to its end; fails (exit code 1) unless every task was accepted.
+async fn finish_watch(c: &ApiClient, id: &str) -> Result<()> {
+    let s = jobs_cli::watch(c, id).await?;
+    print(&format!(
+        "job {}: {:?}; {} of {} task(s) accepted, {} failed",
+        s.id, s.state, s.counts.accepted, s.tasks, s.counts.failed
+    ));
+    if s.state != JobState::Done {
+        anyhow::bail!(
+            "job {} ended {:?}{}",
+            s.id,
+            s.state,
+            s.reason.map(|r| format!(": {r}")).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -189,6 +419,7 @@ async fn main() -> Result<()> {
             print(&cli::roles(&client(&a)?, &role, a.json).await?);
             Ok(())
         }
+        Command::Job(cmd) => run_job(cmd).await,
         Command::Keys(KeysCommand::Show { data_dir, json }) => {
             let overrides = ConfigOverrides {
                 data_dir,

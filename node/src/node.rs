@@ -110,7 +110,12 @@ pub async fn start(config: Config) -> Result<()> {
         .await
         .context("starting the libp2p swarm")?;
 
+    // The job service is wired in with the scheduler and worker drivers; until
+    // then job commands answer "the job service has stopped".
+    let (jobs, jobs_commands) = crate::jobs::JobsHandle::channel();
+    drop(jobs_commands);
     let state = ApiState {
+        jobs,
         net: net.clone(),
         token: config.api_token.as_deref().map(Arc::from),
         data_dir: Arc::from(data_dir.display().to_string()),
