@@ -12,8 +12,13 @@
 #
 # What it installs (and why):
 #   rustfmt, clippy      the fmt and lint gates in scripts/test.sh (rustup components)
-# Later issues add: blender and bubblewrap (apt) for the render and sandbox
-# tests, anvil (npm package @foundry-rs/anvil-linux-amd64) for anchoring tests.
+#   anvil                a local EVM chain for the anchor tests (node/tests/anchor_evm.rs):
+#                        npm package @foundry-rs/anvil-linux-amd64, pinned, into the
+#                        git-ignored .tools/ (binary: .tools/node_modules/.bin/anvil,
+#                        printed at the end; scripts/anvil.sh starts it). Needs npm
+#                        (installed from apt if missing). Linux x86-64 only; elsewhere
+#                        install foundry and set RENDERTRUST_ANVIL=/path/to/anvil.
+# Later issues add: blender and bubblewrap (apt) for the render and sandbox tests.
 set -eu
 
 usage() { sed -n '2,/^set -eu/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
@@ -44,6 +49,39 @@ for comp in rustfmt clippy; do
     fi
   fi
 done
+
+# anvil, from npm into .tools/ (the tests look there first).
+ANVIL_VERSION=1.7.1
+root=$(cd "$(dirname "$0")/.." && pwd)
+anvil="$root/.tools/node_modules/.bin/anvil"
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"
+  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+  else return 1
+  fi
+}
+if [ -n "${RENDERTRUST_ANVIL:-}" ]; then
+  note "anvil: using RENDERTRUST_ANVIL=$RENDERTRUST_ANVIL"
+elif [ "$(uname -s)-$(uname -m)" != Linux-x86_64 ]; then
+  note "anvil: no npm package for $(uname -s)-$(uname -m); install foundry and set RENDERTRUST_ANVIL (the EVM anchor tests skip without it)"
+elif "$anvil" --version 2>/dev/null | grep -q "Version: $ANVIL_VERSION"; then
+  :
+else
+  missing="$missing anvil"
+  if [ "$check_only" = 0 ]; then
+    if ! command -v npm >/dev/null 2>&1; then
+      note "installing npm (apt) for anvil"
+      as_root apt-get update -qq && as_root apt-get install -y -qq npm >/dev/null ||
+        { echo "deps.sh: npm not found and could not be installed: install Node.js and npm" >&2; exit 1; }
+    fi
+    note "installing anvil $ANVIL_VERSION (npm @foundry-rs/anvil-linux-amd64) into .tools/"
+    mkdir -p "$root/.tools"
+    npm install --prefix "$root/.tools" --save-exact --no-audit --no-fund --loglevel=error \
+      "@foundry-rs/anvil-linux-amd64@$ANVIL_VERSION"
+    "$anvil" --version >/dev/null
+  fi
+fi
+if [ -x "$anvil" ]; then note "anvil: $anvil"; fi
 
 if [ "$check_only" = 1 ] && [ -n "$missing" ]; then
   note "missing:$missing"

@@ -9,6 +9,9 @@
 #   3. cargo clippy -D warnings  lints on every crate and target
 #   4. sans-IO check           rendertrust-protocol must not depend on tokio,
 #                              sled or the libp2p swarm
+#   4b. contract check         node/contracts/Anchor.json matches a fresh compile
+#                              of Anchor.sol (scripts/build-contract.sh --check;
+#                              skipped without npm)
 #   5. cargo build --bins      the binaries the multi-process tests start
 #   6. cargo test --workspace  unit, property, fuzz-corpus replay and
 #                              multi-process tests
@@ -55,6 +58,13 @@ if [ -n "$bad" ]; then
   exit 1
 fi
 echo "ok: no tokio, sled, mio or libp2p-swarm under rendertrust-protocol"
+
+step "anchor contract artifact matches node/contracts/Anchor.sol"
+if command -v npm >/dev/null 2>&1; then
+  scripts/build-contract.sh --check
+else
+  echo "skipped: npm not found (scripts/build-contract.sh needs it for solcjs)"
+fi
 
 step "cargo build --workspace --bins (the multi-process tests start them)"
 cargo build --workspace --bins --locked

@@ -67,6 +67,141 @@ pub struct Config {
     pub kad_server: bool,
     /// Log format.
     pub log_format: LogFormat,
+    /// `[anchor]`: where a ledger anchors its epoch roots.
+    pub anchor: AnchorConfig,
+}
+
+/// Which anchor backend a ledger uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnchorBackendKind {
+    /// The embedded hash-chained journal (no set-up).
+    #[default]
+    Journal,
+    /// The anchor contract on an EVM chain, through JSON-RPC.
+    Evm,
+}
+
+impl std::str::FromStr for AnchorBackendKind {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "journal" => Ok(AnchorBackendKind::Journal),
+            "evm" => Ok(AnchorBackendKind::Evm),
+            other => Err(ConfigError::Invalid {
+                field: "anchor.backend",
+                reason: format!("{other:?}: expected journal or evm"),
+            }),
+        }
+    }
+}
+
+/// A secret setting: never printed (`Debug` shows `<redacted>`), never
+/// serialised, wiped from memory when dropped.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+
+    /// The secret value: handle with care.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+/// `[anchor]`: the anchor backend and, for `evm`, the chain to use.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnchorConfig {
+    /// `journal` (default) or `evm`.
+    pub backend: AnchorBackendKind,
+    /// evm: JSON-RPC URL of the chain.
+    pub rpc_url: Option<String>,
+    /// evm: the signer's private key, hex (prefer `key_file`). Never logged.
+    #[serde(skip_serializing)]
+    pub key: Option<Secret>,
+    /// evm: a file holding the signer's private key, hex.
+    pub key_file: Option<PathBuf>,
+    /// evm: address of the anchor contract (`rendertrust ledger deploy-contract`).
+    pub contract: Option<String>,
+    /// evm: blocks to wait for after the anchor's block (1: its own block).
+    pub confirmations: Option<u64>,
+}
+
+impl AnchorConfig {
+    fn apply_env(&mut self, get: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = get("RENDERTRUST_ANCHOR_BACKEND") {
+            self.backend = v.parse()?;
+        }
+        if let Some(v) = get("RENDERTRUST_ANCHOR_RPC_URL") {
+            self.rpc_url = Some(v);
+        }
+        // A key given in a higher layer replaces the other form from below.
+        if let Some(v) = get("RENDERTRUST_ANCHOR_KEY") {
+            self.key = Some(Secret(v));
+            self.key_file = None;
+        }
+        if let Some(v) = get("RENDERTRUST_ANCHOR_KEY_FILE") {
+            self.key_file = Some(PathBuf::from(v));
+            self.key = None;
+        }
+        if let Some(v) = get("RENDERTRUST_ANCHOR_CONTRACT") {
+            self.contract = Some(v);
+        }
+        if let Some(v) = get("RENDERTRUST_ANCHOR_CONFIRMATIONS") {
+            self.confirmations = Some(parse_env("anchor_confirmations", &v)?);
+        }
+        Ok(())
+    }
+
+    /// Checks that an `evm` backend has what it needs (the values themselves
+    /// are parsed when the backend opens).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.backend != AnchorBackendKind::Evm {
+            return Ok(());
+        }
+        let missing = |field, what: &str| ConfigError::Invalid {
+            field,
+            reason: format!("the evm backend needs {what}"),
+        };
+        if self.rpc_url.as_deref().is_none_or(str::is_empty) {
+            return Err(missing("anchor.rpc_url", "the chain's JSON-RPC URL"));
+        }
+        if self.contract.as_deref().is_none_or(str::is_empty) {
+            return Err(missing(
+                "anchor.contract",
+                "the anchor contract's address (deploy one with `rendertrust ledger deploy-contract`)",
+            ));
+        }
+        match (&self.key, &self.key_file) {
+            (None, None) => Err(missing(
+                "anchor.key_file",
+                "a signer key: key_file (or key)",
+            )),
+            (Some(_), Some(_)) => Err(ConfigError::Invalid {
+                field: "anchor.key",
+                reason: "set key or key_file, not both".into(),
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -98,6 +233,7 @@ impl Default for Config {
             capacity_ttl_secs: 30,
             kad_server: true,
             log_format: LogFormat::Text,
+            anchor: AnchorConfig::default(),
         }
     }
 }
@@ -123,6 +259,14 @@ pub struct ConfigOverrides {
     pub capacity_ttl_secs: Option<u64>,
     /// `--log-format`.
     pub log_format: Option<String>,
+    /// `--anchor-backend`.
+    pub anchor_backend: Option<String>,
+    /// `--anchor-rpc-url`.
+    pub anchor_rpc_url: Option<String>,
+    /// `--anchor-key-file`.
+    pub anchor_key_file: Option<PathBuf>,
+    /// `--anchor-contract`.
+    pub anchor_contract: Option<String>,
 }
 
 /// Why the configuration is unusable.
@@ -261,6 +405,7 @@ impl Config {
         if let Some(v) = get("RENDERTRUST_LOG_FORMAT") {
             self.log_format = v.parse()?;
         }
+        self.anchor.apply_env(&get)?;
         Ok(())
     }
 
@@ -291,6 +436,20 @@ impl Config {
         }
         if let Some(v) = &o.log_format {
             self.log_format = v.parse()?;
+        }
+        if let Some(v) = &o.anchor_backend {
+            self.anchor.backend = v.parse()?;
+        }
+        if let Some(v) = &o.anchor_rpc_url {
+            self.anchor.rpc_url = Some(v.clone());
+        }
+        if let Some(v) = &o.anchor_key_file {
+            // A key file on the command line replaces a key from lower layers.
+            self.anchor.key = None;
+            self.anchor.key_file = Some(v.clone());
+        }
+        if let Some(v) = &o.anchor_contract {
+            self.anchor.contract = Some(v.clone());
         }
         Ok(())
     }
@@ -323,6 +482,7 @@ impl Config {
                 reason: "no role given".into(),
             });
         }
+        self.anchor.validate()?;
         Ok(())
     }
 
@@ -397,6 +557,92 @@ mod tests {
         })
         .unwrap();
         assert_eq!(c.roles, vec![Role::Scheduler]);
+    }
+
+    #[test]
+    fn sample_anchor_section_names_real_settings() {
+        // Uncomment the sample's [anchor] section: every setting it shows parses.
+        let sample = include_str!("../rendertrust.toml");
+        let section = sample.split("# [anchor]").nth(1).unwrap();
+        let mut text = String::from("[anchor]\n");
+        for line in section.lines() {
+            if let Some(setting) = line.strip_prefix("# ")
+                && setting.contains(" = ")
+                && !setting.starts_with(char::is_uppercase)
+            {
+                text.push_str(setting);
+                text.push('\n');
+            }
+        }
+        let c: Config = toml::from_str(&text).unwrap();
+        assert!(c.anchor.rpc_url.is_some() && c.anchor.contract.is_some());
+        assert!(c.anchor.key.is_some() && c.anchor.key_file.is_some());
+        assert_eq!(c.anchor.confirmations, Some(1));
+    }
+
+    #[test]
+    fn anchor_section_precedence_validation_and_secrecy() {
+        let text = "[anchor]\nbackend = \"evm\"\nrpc_url = \"http://127.0.0.1:8545\"\nkey = \"0xsecretkeyhex\"\ncontract = \"0x5FbDB2315678afecb367f032d93F642f64180aa3\"\n";
+        let mut c: Config = toml::from_str(text).unwrap();
+        assert_eq!(c.anchor.backend, AnchorBackendKind::Evm);
+        c.validate().unwrap();
+        // The key never shows in Debug or in serialised config.
+        assert!(!format!("{c:?}").contains("secretkeyhex"));
+        assert!(!toml::to_string(&c).unwrap().contains("secretkeyhex"));
+        assert!(!serde_json::to_string(&c).unwrap().contains("secretkeyhex"));
+
+        // A key file from the environment replaces the file's key; a flag wins over both.
+        c.apply_env(|k| match k {
+            "RENDERTRUST_ANCHOR_KEY_FILE" => Some("/env/key".into()),
+            "RENDERTRUST_ANCHOR_CONTRACT" => {
+                Some("0x0000000000000000000000000000000000000001".into())
+            }
+            _ => None,
+        })
+        .unwrap();
+        assert!(c.anchor.key.is_none());
+        assert_eq!(c.anchor.key_file.as_deref(), Some(Path::new("/env/key")));
+        c.apply_overrides(&ConfigOverrides {
+            anchor_key_file: Some("/flag/key".into()),
+            anchor_backend: Some("journal".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.anchor.key_file.as_deref(), Some(Path::new("/flag/key")));
+        assert_eq!(c.anchor.backend, AnchorBackendKind::Journal);
+        assert_eq!(
+            c.anchor.contract.as_deref(),
+            Some("0x0000000000000000000000000000000000000001")
+        );
+
+        // evm without its settings is refused, with the setting named.
+        for (text, field) in [
+            ("[anchor]\nbackend = \"evm\"", "anchor.rpc_url"),
+            (
+                "[anchor]\nbackend = \"evm\"\nrpc_url = \"http://x\"",
+                "anchor.contract",
+            ),
+            (
+                "[anchor]\nbackend = \"evm\"\nrpc_url = \"http://x\"\ncontract = \"0x1\"",
+                "anchor.key_file",
+            ),
+            (
+                "[anchor]\nbackend = \"evm\"\nrpc_url = \"http://x\"\ncontract = \"0x1\"\nkey = \"k\"\nkey_file = \"f\"",
+                "anchor.key",
+            ),
+        ] {
+            let c: Config = toml::from_str(text).unwrap();
+            assert!(
+                matches!(c.validate(), Err(ConfigError::Invalid { field: f, .. }) if f == field),
+                "{text}"
+            );
+        }
+        // journal needs nothing; unknown backends and keys are refused.
+        let c: Config = toml::from_str("[anchor]\nbackend = \"journal\"").unwrap();
+        c.validate().unwrap();
+        assert!(toml::from_str::<Config>("[anchor]\nbackend = \"ipfs\"").is_err());
+        assert!(toml::from_str::<Config>("[anchor]\nrpc = \"x\"").is_err());
+        assert!("chain".parse::<AnchorBackendKind>().is_err());
     }
 
     #[test]

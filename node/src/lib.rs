@@ -16,8 +16,10 @@
 //! | [`jobs`] | the job service: scheduler, worker and creator drivers |
 //! | [`devnet`] | a whole mesh on loopback as child processes |
 //! | [`node`] | wiring: `rendertrust node start` |
+//! | [`anchor`] | anchor backends (journal, evm) and the receipt inclusion check |
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod anchor;
 pub mod api;
 pub mod cli;
 pub mod config;

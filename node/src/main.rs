@@ -29,6 +29,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run this machine as a mesh node.
@@ -45,6 +47,9 @@ enum Command {
     /// Create and follow jobs: submit from this node, watch, fetch verified results.
     #[command(subcommand)]
     Job(JobCommand),
+    /// Ledger tools: the credit ledger and epoch anchoring.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
     /// Start a bootstrap peer and N nodes on loopback, as child processes.
     ///
     /// Each node gets its own data dir under --dir and free ports; the API
@@ -98,6 +103,18 @@ struct StartArgs {
     /// Log format: text or json.
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
+    /// Anchor backend of a ledger: journal (default, embedded) or evm.
+    #[arg(long, value_name = "BACKEND")]
+    anchor_backend: Option<String>,
+    /// evm anchor backend: the chain's JSON-RPC URL.
+    #[arg(long, value_name = "URL")]
+    anchor_rpc_url: Option<String>,
+    /// evm anchor backend: file holding the signer's private key (hex).
+    #[arg(long, value_name = "FILE")]
+    anchor_key_file: Option<PathBuf>,
+    /// evm anchor backend: the anchor contract's address.
+    #[arg(long, value_name = "ADDRESS")]
+    anchor_contract: Option<String>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -311,6 +328,28 @@ enum KeysCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum LedgerCommand {
+    /// Deploy the anchor contract (node/contracts/Anchor.sol) to an EVM chain.
+    ///
+    /// Sends one deployment transaction from the key's account and prints the
+    /// contract's address: put it in [anchor] contract (with backend = "evm")
+    /// on every ledger that anchors there. The bytecode is the one committed
+    /// in node/contracts/Anchor.json. Try it on a local chain started with
+    /// scripts/anvil.sh.
+    DeployContract {
+        /// The chain's JSON-RPC URL.
+        #[arg(long, env = "RENDERTRUST_ANCHOR_RPC_URL", value_name = "URL")]
+        rpc_url: String,
+        /// File holding the deploying account's private key, hex (it pays the gas).
+        #[arg(long, env = "RENDERTRUST_ANCHOR_KEY_FILE", value_name = "FILE")]
+        key_file: PathBuf,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,libp2p_gossipsub=warn,libp2p_kad=warn")
@@ -400,6 +439,10 @@ async fn main() -> Result<()> {
                 advert_interval_secs: a.advert_interval_secs,
                 capacity_ttl_secs: a.capacity_ttl_secs,
                 log_format: a.log_format,
+                anchor_backend: a.anchor_backend,
+                anchor_rpc_url: a.anchor_rpc_url,
+                anchor_key_file: a.anchor_key_file,
+                anchor_contract: a.anchor_contract,
                 ..ConfigOverrides::default()
             };
             let config =
@@ -427,6 +470,22 @@ async fn main() -> Result<()> {
             };
             let config = Config::load(None, &overrides)?;
             print(&keys::show(&config.data_dir, json)?);
+            Ok(())
+        }
+        Command::Ledger(LedgerCommand::DeployContract {
+            rpc_url,
+            key_file,
+            json,
+        }) => {
+            use rendertrust_node::anchor::evm;
+            let url = evm::parse_rpc_url(&rpc_url)?;
+            let signer = evm::load_signer(None, Some(&key_file))?;
+            let deployment = evm::deploy_contract(&url, signer).await?;
+            if json {
+                print(&serde_json::to_string_pretty(&deployment)?);
+            } else {
+                print(&deployment.to_string());
+            }
             Ok(())
         }
         Command::Devnet { nodes, dir } => {

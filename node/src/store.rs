@@ -9,10 +9,10 @@
 use std::path::{Path, PathBuf};
 
 /// Current schema version.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Trees the node uses, one per module.
-pub const TREES: [&str; 4] = ["capacity", "jobs", "ledger", "receipts"];
+pub const TREES: [&str; 5] = ["anchors", "capacity", "jobs", "ledger", "receipts"];
 
 /// Why the store could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +108,11 @@ impl Store {
                 }
                 Ok(())
             }
+            // 1 → 2: the anchor journal (`anchor::journal`).
+            1 => {
+                self.tree(crate::anchor::journal::TREE)?;
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -177,6 +182,27 @@ mod tests {
             s.tree("jobs").unwrap().get("k").unwrap().unwrap().as_ref(),
             b"v"
         );
+    }
+
+    #[test]
+    fn migrates_a_v1_store_to_v2_with_the_anchor_journal() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(d.path()).unwrap();
+            s.tree("jobs").unwrap().insert("k", "v").unwrap();
+            // What a v1 store looks like: no `anchors` tree.
+            assert!(s.db.drop_tree("anchors").unwrap());
+            s.tree("meta")
+                .unwrap()
+                .insert("schema_version", &1u32.to_le_bytes())
+                .unwrap();
+            s.flush().unwrap();
+        }
+        let s = Store::open(d.path()).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 2);
+        let names = s.db.tree_names();
+        assert!(names.iter().any(|n| n.as_ref() == b"anchors"), "{names:?}");
+        assert!(s.tree("jobs").unwrap().get("k").unwrap().is_some());
     }
 
     #[test]
