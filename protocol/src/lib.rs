@@ -29,8 +29,10 @@ pub mod codec;
 pub mod content;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod hrw;
 pub mod identity;
 pub mod merkle;
+pub mod placement;
 pub mod scheduler;
 pub mod seal;
 pub mod signed;
