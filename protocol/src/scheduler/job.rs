@@ -203,21 +203,22 @@ impl Job {
             + (self.n_tasks() - self.core.next_fresh.min(self.n_tasks())) as usize
     }
 
-    pub(crate) fn pop_queued(&mut self) -> Option<u32> {
+    /// The next queued task, and whether it was never offered (fresh).
+    pub(crate) fn pop_queued(&mut self) -> Option<(u32, bool)> {
         if let Some(i) = self.core.requeued.pop_front() {
-            return Some(i);
+            return Some((i, false));
         }
         if self.core.next_fresh < self.n_tasks() {
             let i = self.core.next_fresh;
             self.core.next_fresh += 1;
-            return Some(i);
+            return Some((i, true));
         }
         None
     }
 
-    /// Puts a task back at the head of the queue (placement found nobody).
-    pub(crate) fn unpop(&mut self, index: u32) {
-        if index + 1 == self.core.next_fresh && self.core.requeued.is_empty() {
+    /// Puts a popped task back at the head of the queue (placement found nobody).
+    pub(crate) fn unpop(&mut self, index: u32, fresh: bool) {
+        if fresh {
             self.core.next_fresh = index;
         } else {
             self.core.requeued.push_front(index);

@@ -103,7 +103,7 @@ impl Ctx {
                 self.set_reason(job, reason);
                 break;
             }
-            let Some(index) = job.pop_queued() else {
+            let Some((index, fresh)) = job.pop_queued() else {
                 break;
             };
             used += 1;
@@ -124,7 +124,7 @@ impl Ctx {
                 }
                 Err(Miss::Job(reason)) => {
                     self.stats.misses += 1;
-                    job.unpop(index);
+                    job.unpop(index, fresh);
                     self.block(job, reason, now_ms);
                     break;
                 }

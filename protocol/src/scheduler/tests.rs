@@ -1116,3 +1116,27 @@ fn progress_events_are_throttled_and_stale_reports_ignored() {
     }
     assert_eq!(told, vec![120, 260, 1000]);
 }
+
+/// Found by `props`: the lost attempt's result arrives while its task waits
+/// in the queue (its only worker excluded); the task must leave the queue.
+#[test]
+fn late_result_while_the_task_waits_in_the_queue() {
+    let (mut s, _, mut r) = setup(1, 1);
+    let c = key(1);
+    let (spec, frame) = builtin_job(&c, 1, 1);
+    let id = spec.id;
+    s.submit(spec, frame, T0).unwrap();
+    let o = assigned(&mut s, &mut r, T0);
+    let acts = pump(&mut s, T0 + 10_000, &mut r);
+    assert!(offers(&acts).is_empty(), "the only worker is excluded");
+    assert_eq!(s.job_view(&id).unwrap().queued, 1);
+    assert_eq!(
+        s.handle_result(&result_of(&o), ResultFrames::default(), T0 + 10_500),
+        Ok(ResultOutcome::Done)
+    );
+    let v = s.job_view(&id).unwrap();
+    assert_eq!((v.queued, v.done), (0, 1));
+    assert!(v.finished_at_ms.is_some());
+    s.check_invariants().unwrap();
+    assert!(offers(&pump(&mut s, T0 + 20_000, &mut r)).is_empty());
+}

@@ -307,6 +307,13 @@ impl Ctx {
         if let Some(t) = job.task_mut(index) {
             t.past
                 .retain(|p| !(p.worker == worker && p.attempt == attempt));
+            if t.phase == Phase::Queued {
+                // A lost attempt's result arrived while the task waited for a re-offer.
+                job.core.requeued.retain(|i| *i != index);
+                if job.queued_len() == 0 {
+                    self.ready.remove(&job.spec.id);
+                }
+            }
         }
         self.close_past(job, index);
         let Some(t) = job.task_mut(index) else {
