@@ -5,7 +5,7 @@
 //!
 //! This crate is **sans-IO**. It owns no socket, reads no clock and draws no
 //! global randomness: time comes in as an argument (milliseconds since the Unix
-//! epoch, `now_ms`), randomness as a `&mut impl CryptoRng`, and effects go out
+//! epoch, `now_ms`), randomness as a `&mut impl CryptoRng` (or `Rng` where it need not be secret), and effects go out
 //! as returned values. The node (`node/`) and the simulator (`sim/`) drive the
 //! same code. `scripts/test.sh` fails if this crate ever depends on tokio.
 //!
@@ -18,7 +18,10 @@
 //! | [`wire`] | the versioned messages of the mesh (capacity, jobs, offers, progress, results, receipts, rollups) |
 //! | [`seal`] | per-job keys, chunked STREAM XChaCha20-Poly1305, key wrapping to X25519 |
 //! | [`content`] | BLAKE3 content addressing: fixed-size chunks and a manifest |
-//! | [`scheduler`] | the scheduler machine: task split, placement, offer → accept, tracking, re-offers, HRW election, snapshots |
+//! | [`hrw`] | rendezvous hashing: job owner and replica, epoch anchorer |
+//! | [`placement`] | does a worker meet a job's requirements ([`placement::meets`], one rule for scheduler and worker), why not, integer candidate scores |
+//! | [`scheduler`] | the scheduler machine: task split, placement, offer → accept, tracking, re-offers, replication and takeover, snapshots, job views |
+//! | [`worker`] | the worker machine: task slots, answering offers, task lifecycle, heartbeat timing |
 //! | [`task`] | task geometry: the frame and region task `index` of a job renders |
 //! | [`merkle`] | domain-separated (RFC 6962 style) Merkle trees and inclusion proofs |
 #![deny(missing_docs)]
@@ -38,3 +41,4 @@ pub mod seal;
 pub mod signed;
 pub mod task;
 pub mod wire;
+pub mod worker;
