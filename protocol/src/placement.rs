@@ -198,7 +198,7 @@ pub(crate) fn fmt_bytes(bytes: u64) -> String {
     const MIB: u64 = 1 << 20;
     const GIB: u64 = 1 << 30;
     if bytes >= GIB {
-        if bytes % GIB == 0 {
+        if bytes.is_multiple_of(GIB) {
             format!("{} GiB", bytes / GIB)
         } else {
             let tenths = u128::from(bytes) * 10 / u128::from(GIB);

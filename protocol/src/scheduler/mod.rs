@@ -30,7 +30,11 @@
 //!   that queues placement sets the deadline to `now`).
 //! * Actions: `Offer` (sign, send with the spec frame), `CancelTask`,
 //!   `Notify` (creator), `Escrow` (publish spec + offer + accept),
-//!   `Closed` (publish a refund), `Replicate`.
+//!   `Closed` (publish a refund), `Replicate` (send
+//!   [`JobSnapshot::to_parts`]; the receiver rebuilds it with a
+//!   [`SnapshotAssembler`]).
+//! * Persist with [`Scheduler::snapshot`] (take it after draining actions),
+//!   resume with [`Scheduler::restore`].
 //!
 //! # Rules
 //!
@@ -80,6 +84,7 @@
 //! sends, persists [`SchedulerSnapshot`]s and feeds answers back.
 
 mod job;
+mod parts;
 mod place;
 mod replica;
 mod snapshot;
@@ -95,6 +100,10 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
+pub use parts::{
+    LIVE_PER_PART, MAX_PARTS, PartsError, SnapshotAssembler, SnapshotPart, TASKS_PER_PART,
+    WORKERS_PER_PART,
+};
 pub use snapshot::{
     CoreSnapshot, JobRole, JobView, NodeSnapshot, SNAPSHOT_VERSION, SchedulerSnapshot, TaskStatus,
     TaskView,

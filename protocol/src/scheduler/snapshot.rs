@@ -23,8 +23,9 @@ pub const SNAPSHOT_VERSION: u8 = 1;
 /// actions. Take it after draining [`Scheduler::poll_action`].
 ///
 /// Encode the parts with [`crate::codec`] separately: one codec frame holds
-/// at most 4 MiB, so `core`, each job, and the nodes in chunks (about
-/// 100 bytes each; 10 000 per chunk is safe) each get their own.
+/// at most 4 MiB, so `core`, the nodes in chunks (about 100 bytes each;
+/// 10 000 per chunk is safe) and each job as its
+/// [`to_parts`](JobSnapshot::to_parts) each get their own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SchedulerSnapshot {
     /// [`SNAPSHOT_VERSION`].

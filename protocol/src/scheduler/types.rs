@@ -276,9 +276,12 @@ pub enum CloseReason {
     TaskFailed,
 }
 
-/// A job's state as carried to its replica (opaque; encode with
-/// [`crate::codec`]). At most 4 MiB encoded for the largest job
-/// (100 000 tasks), within one codec frame.
+/// A job's state as carried to its replica and kept in a
+/// [`SchedulerSnapshot`](super::SchedulerSnapshot) (opaque). A large job does
+/// not fit one codec frame: send and store it as
+/// [`to_parts`](JobSnapshot::to_parts), each part encoded with
+/// [`crate::codec`]; [`SnapshotAssembler`](super::SnapshotAssembler) puts
+/// them back together.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobSnapshot {
     pub(crate) job: JobId,
@@ -372,7 +375,8 @@ pub enum SchedulerAction {
         /// Why.
         reason: CloseReason,
     },
-    /// Send the job's state to its replica (`Replicate` request).
+    /// Send the job's state to its replica (`Replicate` requests, one per
+    /// [`JobSnapshot::to_parts`] part).
     Replicate {
         /// The replica.
         to: NodeId,

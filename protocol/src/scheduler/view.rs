@@ -247,9 +247,7 @@ impl View {
                 ));
             }
         };
-        let Some(e) = self.entry(slot) else {
-            return None;
-        };
+        let e = self.entry(slot)?;
         if advert.seq <= e.seq {
             return Some(Observed {
                 applied: false,
