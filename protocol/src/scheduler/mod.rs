@@ -68,8 +68,11 @@
 //! * **Ownership**: fixed at submission. The owner replicates a job (whole
 //!   job state, at most every `replicate_interval_ms`, at once when an
 //!   attempt number runs `ATTEMPT_GAP / 2` ahead) to the HRW best live
-//!   scheduler other than itself. A replica takes over when the owner leaves
-//!   its view (or on `take_over`), bumps attempt numbers by `ATTEMPT_GAP` so
+//!   scheduler other than itself. Replicas are taken only from live
+//!   schedulers. A replica takes over when the owner leaves its view and it
+//!   is the HRW best of the live schedulers left (a copy the owner stopped
+//!   updating after the ranking changed stays passive), or on `take_over`;
+//!   it bumps attempt numbers by `ATTEMPT_GAP` so
 //!   none the old owner used is reused, gives running workers a fresh
 //!   heartbeat window, tells the creator (`TakenOver`) and picks its own
 //!   replica.

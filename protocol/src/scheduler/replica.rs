@@ -149,12 +149,24 @@ impl Scheduler {
         }
     }
 
-    /// A scheduler left the view: take over the jobs it owned that we replicate.
-    pub(crate) fn scheduler_gone(&mut self, node: &NodeId, now_ms: u64) {
+    /// A scheduler left the view: take over each replicated job whose owner
+    /// is no live scheduler here and for which this node is now the HRW best
+    /// live scheduler (so a replica the owner stopped updating, because a
+    /// better-ranked scheduler joined, does not take over beside it).
+    pub(crate) fn scheduler_gone(&mut self, _node: &NodeId, now_ms: u64) {
+        let me = self.ctx.me;
+        let schedulers = &self.ctx.view.schedulers;
         let orphans: Vec<JobId> = self
             .jobs
             .iter()
-            .filter(|(_, j)| j.core.owner == *node)
+            .filter(|(_, j)| j.core.owner != me && !schedulers.contains(&j.core.owner))
+            .filter(|(id, j)| {
+                hrw::owner_excluding(
+                    hrw::job_key(id),
+                    schedulers.iter().chain(std::iter::once(&me)),
+                    &[j.core.owner],
+                ) == Some(me)
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in orphans {
@@ -222,6 +234,9 @@ impl Scheduler {
                 owner: core.owner,
                 from: *from,
             });
+        }
+        if !self.ctx.view.schedulers.contains(from) {
+            return Err(ReplicaError::NotAScheduler(*from));
         }
         // Our timers, not the owner's.
         core.timer_at = None;

@@ -986,6 +986,12 @@ fn replica_refusals() {
         })
         .unwrap();
     let mut b = Scheduler::new(b_id, config());
+    // Not (yet) a live scheduler in b's view.
+    assert_eq!(
+        b.handle_replica(&a_id, snap.clone(), T0),
+        Err(ReplicaError::NotAScheduler(a_id))
+    );
+    b.observe_advert(&scheduler_advert(a_id, 1), T0 + TTL, T0);
     // Sent by someone else than the owner it names.
     assert!(matches!(
         b.handle_replica(&NodeId::from_bytes([5; 32]), snap.clone(), T0),
@@ -1292,5 +1298,43 @@ mod parts {
                 .is_none()
         );
         assert_eq!(asm.pending(), 1);
+    }
+}
+
+/// Two schedulers hold a copy (one stale, after the ranking changed): when
+/// the owner goes, only the HRW best of them takes the job over.
+#[test]
+fn only_the_best_ranked_replica_takes_over() {
+    let ids: Vec<NodeId> = (10..13).map(|i| key(i).node_id()).collect();
+    let (a_id, others) = (ids[0], &ids[1..]);
+    let mut a = Scheduler::new(a_id, config());
+    let mut reps: Vec<Scheduler> = others
+        .iter()
+        .map(|id| Scheduler::new(*id, config()))
+        .collect();
+    for s in std::iter::once(&mut a).chain(reps.iter_mut()) {
+        for id in &ids {
+            s.observe_advert(&scheduler_advert(*id, 1), T0 + TTL, T0);
+        }
+    }
+    let c = key(1);
+    let (spec, frame) = builtin_job(&c, 1, 2);
+    let id = spec.id;
+    a.submit(spec, frame, T0).unwrap();
+    let snap = pump(&mut a, T0, &mut rng(1))
+        .into_iter()
+        .find_map(|x| match x {
+            SchedulerAction::Replicate { snapshot, .. } => Some(*snapshot),
+            _ => None,
+        })
+        .unwrap();
+    for r in &mut reps {
+        r.handle_replica(&a_id, snap.clone(), T0).unwrap();
+        r.forget_node(&a_id, T0 + 1);
+    }
+    let best = crate::hrw::owner_excluding(&id.0, &ids, &[a_id]).unwrap();
+    for r in &reps {
+        let role = r.job_view(&id).unwrap().role;
+        assert_eq!(role == JobRole::Owner, r.me() == best, "{:?}", r.me());
     }
 }

@@ -653,6 +653,9 @@ pub enum ReplicaError {
         /// The sender.
         from: NodeId,
     },
+    /// The sender is no live scheduler in this node's view.
+    #[error("{0} is not a live scheduler here")]
+    NotAScheduler(NodeId),
     /// This scheduler owns the job now.
     #[error("this scheduler owns job {0}")]
     WeOwn(JobId),
