@@ -246,6 +246,11 @@ impl Worker {
         }
     }
 
+    /// The node this worker runs on.
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+
     /// Settings.
     pub fn config(&self) -> WorkerConfig {
         self.config

@@ -302,3 +302,161 @@ impl SnapshotAssembler {
         Some(JobSnapshot::from_parts(parts))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{T0, builtin_job, config, key, pump, setup};
+    use super::super::*;
+    use crate::codec;
+    use crate::identity::NodeId;
+    use crate::scheduler::job::{Live, Past, PastKind, Phase};
+    use crate::scheduler::view::Hold;
+
+    /// The largest job at its worst: 100 000 tasks, each failed with a
+    /// 256-byte reason and past attempts, 100 000 live attempts and workers.
+    fn huge() -> JobSnapshot {
+        let mut s = Scheduler::new(NodeId::from_bytes([200; 32]), config());
+        let c = key(1);
+        let (spec, frame) = builtin_job(&c, 1, 100_000);
+        s.submit(spec, frame, T0).unwrap();
+        let mut snap = s.snapshot().jobs.remove(0);
+        let reason = "x".repeat(256);
+        for (i, t) in snap.core.tasks.iter_mut().enumerate() {
+            t.phase = Phase::Failed;
+            t.worker = i as u32;
+            t.attempt = u32::MAX - 1;
+            t.next_attempt = u32::MAX;
+            t.failure = Some(FailReason::Attempts {
+                failures: 3,
+                last: AttemptEnd::Reported {
+                    reason: reason.clone(),
+                },
+            });
+            t.past = (0..4)
+                .map(|k| Past {
+                    worker: u32::MAX - k,
+                    attempt: u32::MAX - k,
+                    kind: PastKind::Superseded,
+                })
+                .collect();
+        }
+        for i in 0..100_000u32 {
+            snap.core.live.insert(
+                i,
+                Live {
+                    price: u64::MAX,
+                    reserve_until_ms: u64::MAX,
+                    deadline_ms: u64::MAX,
+                    last_heard_ms: u64::MAX,
+                    progress_seq: Some(u32::MAX),
+                    notified_permille: 1000,
+                    hold: Hold::Assigned {
+                        inc: u64::MAX,
+                        generation: u64::MAX,
+                    },
+                    timer_at: u64::MAX,
+                },
+            );
+            let mut b = [0u8; 32];
+            b[..4].copy_from_slice(&i.to_le_bytes());
+            snap.core.workers.push(NodeId::from_bytes(b));
+        }
+        snap.core.requeued = (0..100_000).collect();
+        snap
+    }
+
+    #[test]
+    fn the_largest_job_travels_in_parts_under_one_mib_each() {
+        let snap = huge();
+        let whole = codec::encode(&snap).unwrap();
+        assert!(whole.len() > codec::MAX_FRAME, "too large for one frame");
+        assert!(codec::decode::<JobSnapshot>(&whole, codec::MAX_FRAME).is_err());
+        let parts = snap.to_parts();
+        assert!(parts.len() as u32 <= MAX_PARTS);
+        let mut back = Vec::new();
+        for p in &parts {
+            let bytes = codec::encode(p).unwrap();
+            assert!(
+                bytes.len() < 1 << 20,
+                "part {} is {} bytes",
+                p.index,
+                bytes.len()
+            );
+            back.push(codec::decode::<SnapshotPart>(&bytes, codec::MAX_FRAME).unwrap());
+        }
+        back.reverse();
+        let mut asm = SnapshotAssembler::new(2);
+        let from = NodeId::from_bytes([3; 32]);
+        let mut done = None;
+        for p in back {
+            assert!(done.is_none());
+            done = asm.add(from, p);
+        }
+        assert_eq!(done.unwrap().unwrap(), snap);
+        assert_eq!(asm.pending(), 0);
+    }
+
+    #[test]
+    fn parts_that_do_not_belong_together_are_refused() {
+        let (mut s, _, mut r) = setup(2, 2);
+        let c = key(1);
+        let (spec, frame) = builtin_job(&c, 1, 5000);
+        s.submit(spec, frame, T0).unwrap();
+        pump(&mut s, T0, &mut r);
+        let snap = s.snapshot().jobs.remove(0);
+        let parts = snap.to_parts();
+        assert_eq!(parts.len(), 1 + 3 + 1 + 1);
+        assert_eq!(JobSnapshot::from_parts(parts.clone()).unwrap(), snap);
+        let mut missing = parts.clone();
+        missing.remove(2);
+        assert!(matches!(
+            JobSnapshot::from_parts(missing),
+            Err(PartsError::Incomplete(_))
+        ));
+        let mut twice = parts.clone();
+        twice[2] = twice[1].clone();
+        assert!(matches!(
+            JobSnapshot::from_parts(twice),
+            Err(PartsError::Mismatch(_))
+        ));
+        let mut other = parts.clone();
+        other[3].revision += 1;
+        assert!(matches!(
+            JobSnapshot::from_parts(other),
+            Err(PartsError::Mismatch(_))
+        ));
+        let mut headless = parts.clone();
+        headless.swap(0, 1);
+        for (i, p) in headless.iter_mut().enumerate() {
+            p.index = i as u32;
+        }
+        assert!(JobSnapshot::from_parts(headless).is_err());
+        let mut big = parts.clone();
+        for p in &mut big {
+            p.count = MAX_PARTS + 1;
+        }
+        assert!(matches!(
+            JobSnapshot::from_parts(big),
+            Err(PartsError::TooMany { .. })
+        ));
+        // The assembler: repeats ignored, older revisions dropped, newer replace.
+        let mut asm = SnapshotAssembler::new(1);
+        let from = NodeId::from_bytes([3; 32]);
+        assert!(asm.add(from, parts[0].clone()).is_none());
+        assert!(asm.add(from, parts[0].clone()).is_none());
+        let mut newer = parts[1].clone();
+        newer.revision += 1;
+        assert!(asm.add(from, newer).is_none());
+        assert!(
+            asm.add(from, parts[2].clone()).is_none(),
+            "older revision dropped"
+        );
+        assert_eq!(asm.pending(), 1);
+        // Bounded: another sender's snapshot evicts the oldest.
+        assert!(
+            asm.add(NodeId::from_bytes([4; 32]), parts[0].clone())
+                .is_none()
+        );
+        assert_eq!(asm.pending(), 1);
+    }
+}

@@ -192,7 +192,7 @@ fn events(actions: &[SchedulerAction]) -> Vec<JobEvent> {
 }
 
 /// A scheduler with `n` builtin workers of `slots` slots each.
-fn setup(n: u8, slots: u16) -> (Scheduler, Vec<NodeId>, ChaCha20Rng) {
+pub(super) fn setup(n: u8, slots: u16) -> (Scheduler, Vec<NodeId>, ChaCha20Rng) {
     let mut s = Scheduler::new(NodeId::from_bytes([200; 32]), config());
     let workers: Vec<NodeId> = (1..=n).map(|i| NodeId::from_bytes([i; 32])).collect();
     for w in &workers {
@@ -1147,160 +1147,6 @@ fn late_result_while_the_task_waits_in_the_queue() {
     assert!(offers(&pump(&mut s, T0 + 20_000, &mut r)).is_empty());
 }
 
-mod parts {
-    use super::*;
-    use crate::scheduler::job::{Live, Past, PastKind, Phase};
-    use crate::scheduler::view::Hold;
-
-    /// The largest job at its worst: 100 000 tasks, each failed with a
-    /// 256-byte reason and past attempts, 100 000 live attempts and workers.
-    fn huge() -> JobSnapshot {
-        let mut s = Scheduler::new(NodeId::from_bytes([200; 32]), config());
-        let c = key(1);
-        let (spec, frame) = builtin_job(&c, 1, 100_000);
-        s.submit(spec, frame, T0).unwrap();
-        let mut snap = s.snapshot().jobs.remove(0);
-        let reason = "x".repeat(256);
-        for (i, t) in snap.core.tasks.iter_mut().enumerate() {
-            t.phase = Phase::Failed;
-            t.worker = i as u32;
-            t.attempt = u32::MAX - 1;
-            t.next_attempt = u32::MAX;
-            t.failure = Some(FailReason::Attempts {
-                failures: 3,
-                last: AttemptEnd::Reported {
-                    reason: reason.clone(),
-                },
-            });
-            t.past = (0..4)
-                .map(|k| Past {
-                    worker: u32::MAX - k,
-                    attempt: u32::MAX - k,
-                    kind: PastKind::Superseded,
-                })
-                .collect();
-        }
-        for i in 0..100_000u32 {
-            snap.core.live.insert(
-                i,
-                Live {
-                    price: u64::MAX,
-                    reserve_until_ms: u64::MAX,
-                    deadline_ms: u64::MAX,
-                    last_heard_ms: u64::MAX,
-                    progress_seq: Some(u32::MAX),
-                    notified_permille: 1000,
-                    hold: Hold::Assigned {
-                        inc: u64::MAX,
-                        generation: u64::MAX,
-                    },
-                    timer_at: u64::MAX,
-                },
-            );
-            let mut b = [0u8; 32];
-            b[..4].copy_from_slice(&i.to_le_bytes());
-            snap.core.workers.push(NodeId::from_bytes(b));
-        }
-        snap.core.requeued = (0..100_000).collect();
-        snap
-    }
-
-    #[test]
-    fn the_largest_job_travels_in_parts_under_one_mib_each() {
-        let snap = huge();
-        let whole = codec::encode(&snap).unwrap();
-        assert!(whole.len() > codec::MAX_FRAME, "too large for one frame");
-        assert!(codec::decode::<JobSnapshot>(&whole, codec::MAX_FRAME).is_err());
-        let parts = snap.to_parts();
-        assert!(parts.len() as u32 <= MAX_PARTS);
-        let mut back = Vec::new();
-        for p in &parts {
-            let bytes = codec::encode(p).unwrap();
-            assert!(
-                bytes.len() < 1 << 20,
-                "part {} is {} bytes",
-                p.index,
-                bytes.len()
-            );
-            back.push(codec::decode::<SnapshotPart>(&bytes, codec::MAX_FRAME).unwrap());
-        }
-        back.reverse();
-        let mut asm = SnapshotAssembler::new(2);
-        let from = NodeId::from_bytes([3; 32]);
-        let mut done = None;
-        for p in back {
-            assert!(done.is_none());
-            done = asm.add(from, p);
-        }
-        assert_eq!(done.unwrap().unwrap(), snap);
-        assert_eq!(asm.pending(), 0);
-    }
-
-    #[test]
-    fn parts_that_do_not_belong_together_are_refused() {
-        let (mut s, _, mut r) = setup(2, 2);
-        let c = key(1);
-        let (spec, frame) = builtin_job(&c, 1, 5000);
-        s.submit(spec, frame, T0).unwrap();
-        pump(&mut s, T0, &mut r);
-        let snap = s.snapshot().jobs.remove(0);
-        let parts = snap.to_parts();
-        assert_eq!(parts.len(), 1 + 3 + 1 + 1);
-        assert_eq!(JobSnapshot::from_parts(parts.clone()).unwrap(), snap);
-        let mut missing = parts.clone();
-        missing.remove(2);
-        assert!(matches!(
-            JobSnapshot::from_parts(missing),
-            Err(PartsError::Incomplete(_))
-        ));
-        let mut twice = parts.clone();
-        twice[2] = twice[1].clone();
-        assert!(matches!(
-            JobSnapshot::from_parts(twice),
-            Err(PartsError::Mismatch(_))
-        ));
-        let mut other = parts.clone();
-        other[3].revision += 1;
-        assert!(matches!(
-            JobSnapshot::from_parts(other),
-            Err(PartsError::Mismatch(_))
-        ));
-        let mut headless = parts.clone();
-        headless.swap(0, 1);
-        for (i, p) in headless.iter_mut().enumerate() {
-            p.index = i as u32;
-        }
-        assert!(JobSnapshot::from_parts(headless).is_err());
-        let mut big = parts.clone();
-        for p in &mut big {
-            p.count = MAX_PARTS + 1;
-        }
-        assert!(matches!(
-            JobSnapshot::from_parts(big),
-            Err(PartsError::TooMany { .. })
-        ));
-        // The assembler: repeats ignored, older revisions dropped, newer replace.
-        let mut asm = SnapshotAssembler::new(1);
-        let from = NodeId::from_bytes([3; 32]);
-        assert!(asm.add(from, parts[0].clone()).is_none());
-        assert!(asm.add(from, parts[0].clone()).is_none());
-        let mut newer = parts[1].clone();
-        newer.revision += 1;
-        assert!(asm.add(from, newer).is_none());
-        assert!(
-            asm.add(from, parts[2].clone()).is_none(),
-            "older revision dropped"
-        );
-        assert_eq!(asm.pending(), 1);
-        // Bounded: another sender's snapshot evicts the oldest.
-        assert!(
-            asm.add(NodeId::from_bytes([4; 32]), parts[0].clone())
-                .is_none()
-        );
-        assert_eq!(asm.pending(), 1);
-    }
-}
-
 /// Two schedulers hold a copy (one stale, after the ranking changed): when
 /// the owner goes, only the HRW best of them takes the job over.
 #[test]
@@ -1337,4 +1183,125 @@ fn only_the_best_ranked_replica_takes_over() {
         let role = r.job_view(&id).unwrap().role;
         assert_eq!(role == JobRole::Owner, r.me() == best, "{:?}", r.me());
     }
+}
+
+/// The scheduler and real worker machines, wired by a tiny loop: every offer
+/// is re-checked by the worker with the same rule and accepted, heartbeats
+/// keep the tasks, and the job finishes with every task done once.
+#[test]
+fn scheduler_and_workers_run_a_job_end_to_end() {
+    use crate::worker::{Worker, WorkerAction, WorkerConfig};
+    let mut s = Scheduler::new(NodeId::from_bytes([200; 32]), config());
+    let blender = [(RuntimeKind::Blender, "4.2"), (RuntimeKind::Builtin, "1")];
+    let mut workers: Vec<(Worker, CapacityAdvert)> = (1..=4u8)
+        .map(|i| {
+            let id = NodeId::from_bytes([i; 32]);
+            let mut a = worker_advert(id, 1, &blender, 2);
+            if i == 4 {
+                a.runtimes.truncate(1);
+                a.runtimes[0].version = "3.4".into(); // never qualifies
+            }
+            let w = Worker::new(
+                id,
+                WorkerConfig {
+                    max_tasks: 2,
+                    heartbeat_interval_ms: 3_000,
+                    remembered_answers: 64,
+                },
+            );
+            (w, a)
+        })
+        .collect();
+    for (_, a) in &workers {
+        s.observe_advert(a, u64::MAX, T0);
+    }
+    let c = key(1);
+    let (spec, frame) = job(
+        &c,
+        1,
+        12,
+        JobKind::Blender {
+            engine: crate::wire::BlenderEngine::Eevee,
+        },
+        Requirements {
+            min_runtime_version: Some("4.0".into()),
+            ..Default::default()
+        },
+    );
+    let id = spec.id;
+    s.submit(spec.clone(), frame, T0).unwrap();
+    let mut r = rng(9);
+    let mut now = T0;
+    let mut started: BTreeMap<TaskId, u64> = BTreeMap::new();
+    let mut finished = false;
+    while !finished && now < T0 + 600_000 {
+        for a in pump(&mut s, now, &mut r) {
+            match a {
+                SchedulerAction::Offer { to, offer, .. } => {
+                    let (w, adv) = workers.iter_mut().find(|(w, _)| w.me() == to).unwrap();
+                    let ans = w.offer(&offer, &spec, adv, now);
+                    assert!(
+                        ans.accepted || ans.reason.contains("slots are busy"),
+                        "{}",
+                        ans.reason
+                    );
+                    let _ = s.handle_accept(&ans, now);
+                    if ans.accepted {
+                        w.running(&offer.task, now).unwrap();
+                        started.insert(offer.task, now);
+                    }
+                }
+                SchedulerAction::Notify {
+                    event: JobEvent::JobFinished { done, failed },
+                    ..
+                } => {
+                    assert_eq!((done, failed), (12, 0));
+                    finished = true;
+                }
+                SchedulerAction::CancelTask { .. } => panic!("nothing should be cancelled: {a:?}"),
+                _ => {}
+            }
+        }
+        now += 1_000;
+        for (w, _) in workers.iter_mut() {
+            w.handle_timeout(now);
+            while let Some(a) = w.poll_action() {
+                if let WorkerAction::Progress { progress, .. } = a {
+                    s.handle_progress(&progress, now).unwrap();
+                }
+            }
+            // Each task takes 20 s.
+            let due: Vec<(TaskId, u32)> = w
+                .slots()
+                .filter(|t| started.get(&t.task).is_some_and(|at| now >= at + 20_000))
+                .map(|t| (t.task, t.attempt))
+                .collect();
+            for (task, attempt) in due {
+                w.finished(&task, now).unwrap();
+                let o = TaskOffer {
+                    task,
+                    scheduler: s.me(),
+                    worker: w.me(),
+                    attempt,
+                    price: 10,
+                    reserve_until_ms: 0,
+                    deadline_ms: 0,
+                };
+                assert_eq!(
+                    s.handle_result(&result_of(&o), ResultFrames::default(), now),
+                    Ok(ResultOutcome::Done)
+                );
+            }
+        }
+    }
+    assert!(finished);
+    let st = s.stats();
+    assert_eq!((st.lost, st.lapses, st.done), (0, 0, 12));
+    assert!(
+        s.job_view(&id)
+            .unwrap()
+            .tasks
+            .iter()
+            .all(|t| t.worker != Some(NodeId::from_bytes([4; 32])))
+    );
 }
