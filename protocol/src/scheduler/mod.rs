@@ -326,6 +326,17 @@ impl Scheduler {
         }
         // validate() bounds the count by MAX_TASKS_PER_JOB, far below u32::MAX.
         let n = tasks as u32;
+        // Every task must have a frame and region (the last is the extreme one).
+        if crate::task::task_geometry(&spec.split, spec.width, spec.height, n.saturating_sub(1))
+            .is_none()
+        {
+            return Err(SubmitError::Invalid(
+                crate::wire::ValidationError::Invalid {
+                    field: "split",
+                    reason: format!("task {} has no frame or region", n - 1),
+                },
+            ));
+        }
         let id = spec.id;
         let mut job = Job {
             need: Need::of(&spec),
