@@ -78,6 +78,7 @@ END {
   raw["seal/open_8MiB"] = "raw/xchacha20poly1305_8MiB"; tgt["seal/open_8MiB"] = "(via io)"
   raw["content/manifest_8MiB"] = "raw/blake3_8MiB"; tgt["content/manifest_8MiB"] = ">= 4 GB/s"
   tgt["merkle/root_1M"] = "< 1 s"; tgt["merkle/proof_verify_1M"] = "< 20 µs"
+  tgt["scheduler/place_1000_of_10k_nodes"] = ">= 50k/s"; tgt["scheduler/place_1000_of_10k_nodes_any"] = ">= 50k/s"
   printf "%-34s %12s %14s %12s  %s\n", "benchmark", "time/iter", "throughput", "target", "ratio to raw"
   printf "%-34s %12s %14s %12s  %s\n", "---------", "---------", "----------", "------", "------------"
   for (i = 1; i <= NR; i++) {

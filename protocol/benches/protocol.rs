@@ -8,6 +8,7 @@
 //! | `seal/seal_8MiB`, `seal/open_8MiB` (the same through `Read`/`Write`: two extra copies) | `raw/xchacha20poly1305_8MiB` |
 //! | `content/manifest_8MiB` (1 MiB chunks) | `raw/blake3_8MiB` |
 //! | `merkle/root_1M`, `merkle/proof_verify_1M` | - |
+//! | `scheduler/place_1000_of_10k_nodes` (1000 placement decisions, d = 2, over 10 000 capacity entries) | - |
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::hint::black_box;
@@ -17,13 +18,18 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use rand_chacha::ChaCha20Rng;
-use rand_core::SeedableRng;
+use rand_core::{Rng, SeedableRng};
 use rendertrust_protocol::content::ManifestBuilder;
 use rendertrust_protocol::identity::{NodeId, NodeKey};
 use rendertrust_protocol::merkle::{MerkleTree, root_of};
+use rendertrust_protocol::scheduler::{Scheduler, SchedulerConfig};
 use rendertrust_protocol::seal::{self, JobKey};
 use rendertrust_protocol::signed::{KeyCache, Signed, verify_batch};
-use rendertrust_protocol::wire::{JobId, Receipt, ResourceUsage, TaskId};
+use rendertrust_protocol::wire::{
+    BlenderEngine, CapacityAdvert, GpuInfo, GpuVendor, ImageFormat, JobId, JobKind, JobSpec,
+    Receipt, Requirements, ResourceUsage, Role, RuntimeInfo, RuntimeKind, SplitRule, TaskId,
+    VerificationPolicy,
+};
 
 const BATCH: usize = 1024;
 const WORKERS: usize = 256;
@@ -235,5 +241,143 @@ fn merkle(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, receipts, sealing, content, merkle);
+/// A mixed fleet: every node has builtin, half Blender 3.6 or 4.2, GPUs of
+/// two vendors and three sizes (one in eight none), 16 to 64 GiB RAM, one to
+/// four slots partly in use, prices 5 to 15, eight regions.
+fn fleet_advert(i: u64, rng: &mut ChaCha20Rng, now: u64) -> CapacityAdvert {
+    let r = rng.next_u64();
+    let mut runtimes = vec![RuntimeInfo {
+        kind: RuntimeKind::Builtin,
+        version: "1".into(),
+    }];
+    if r & 1 == 0 {
+        runtimes.push(RuntimeInfo {
+            kind: RuntimeKind::Blender,
+            version: if r & 2 == 0 { "3.6.5" } else { "4.2.1" }.into(),
+        });
+    }
+    let gpus = if (r >> 2) & 7 == 0 {
+        vec![]
+    } else {
+        vec![GpuInfo {
+            vendor: if (r >> 5) & 1 == 0 {
+                GpuVendor::Nvidia
+            } else {
+                GpuVendor::Amd
+            },
+            model: "gpu".into(),
+            vram_bytes: [8u64, 12, 24][((r >> 6) % 3) as usize] << 30,
+        }]
+    };
+    let max_tasks = 1 + ((r >> 8) % 4) as u16;
+    CapacityAdvert {
+        node: NodeId::from_bytes(*blake3::hash(&i.to_le_bytes()).as_bytes()),
+        seq: 1,
+        issued_at_ms: now,
+        wrap_key: [0; 32],
+        roles: vec![Role::Worker],
+        cpu_cores: 16,
+        cpu_model: "cpu".into(),
+        ram_bytes: [16u64, 32, 64][((r >> 10) % 3) as usize] << 30,
+        disk_free_bytes: 1 << 40,
+        gpus,
+        runtimes,
+        bench_mfpm: 50_000 + (r >> 12) % 200_000,
+        running_tasks: ((r >> 30) % u64::from(max_tasks)) as u16,
+        max_tasks,
+        price_per_task: 5 + (r >> 40) % 11,
+        region: format!("region-{}", (r >> 50) % 8),
+    }
+}
+
+/// Placement decisions per second with 10 000 capacity entries: each
+/// iteration is one `handle_timeout` that makes 1000 decisions (offers plus
+/// their actions) for a fresh 100 000-task job, on a clone of the same
+/// scheduler (the clone is not timed).
+fn scheduler(c: &mut Criterion) {
+    const NODES: u64 = 10_000;
+    const DECISIONS: usize = 1_000;
+    let now = 1_780_000_000_000;
+    let mut rng = ChaCha20Rng::seed_from_u64(4);
+    let creator = NodeKey::generate(&mut rng);
+    let config = SchedulerConfig {
+        decisions_per_pass: DECISIONS,
+        max_in_flight: usize::MAX,
+        ..SchedulerConfig::default()
+    };
+    let mut g = c.benchmark_group("scheduler");
+    g.throughput(Throughput::Elements(DECISIONS as u64));
+    g.sample_size(20);
+    // A selective Blender job (about a quarter of the Blender bucket
+    // qualifies) and an easy builtin one.
+    let jobs = [
+        (
+            "place_1000_of_10k_nodes",
+            JobKind::Blender {
+                engine: BlenderEngine::Cycles,
+            },
+            Requirements {
+                gpu_vendor: None,
+                min_vram_bytes: 0,
+                min_ram_bytes: 32 << 30,
+                min_runtime_version: Some("4.0".into()),
+            },
+        ),
+        (
+            "place_1000_of_10k_nodes_any",
+            JobKind::Builtin,
+            Requirements::default(),
+        ),
+    ];
+    for (name, kind, requirements) in jobs {
+        let mut s = Scheduler::new(NodeId::from_bytes([0xee; 32]), config.clone());
+        for i in 0..NODES {
+            s.observe_advert(&fleet_advert(i, &mut rng, now), now + 60_000, now);
+        }
+        let spec = JobSpec {
+            id: JobId::derive(&creator.node_id(), 1),
+            creator: creator.node_id(),
+            nonce: 1,
+            created_at_ms: now,
+            kind,
+            inputs: vec![],
+            requirements,
+            split: SplitRule::Frames {
+                start: 1,
+                end: 100_000,
+                step: 1,
+            },
+            width: 1920,
+            height: 1080,
+            format: ImageFormat::Png,
+            max_price_per_task: 12,
+            verification: VerificationPolicy::None,
+            deadline_ms: now + 86_400_000,
+        };
+        let frame = Signed::sign(&creator, &spec).unwrap().into_bytes();
+        s.submit(spec, frame.into(), now).unwrap();
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || s.clone(),
+                |mut s| {
+                    s.handle_timeout(now, &mut rng);
+                    let mut offers = 0;
+                    while let Some(a) = s.poll_action() {
+                        offers += usize::from(matches!(
+                            a,
+                            rendertrust_protocol::scheduler::SchedulerAction::Offer { .. }
+                        ));
+                        black_box(a);
+                    }
+                    assert_eq!(offers, DECISIONS);
+                    s
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, receipts, sealing, content, merkle, scheduler);
 criterion_main!(benches);

@@ -47,7 +47,7 @@ pub const MAX_CANDIDATES: usize = 4;
 pub const MAX_TRUSTED_SCHEDULERS: usize = 16;
 
 /// The three signed frames that prove a result.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ResultFrames {
     /// `Signed<TaskOffer>` by the scheduler.
     pub offer: Vec<u8>,

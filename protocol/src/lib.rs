@@ -5,7 +5,7 @@
 //!
 //! This crate is **sans-IO**. It owns no socket, reads no clock and draws no
 //! global randomness: time comes in as an argument (milliseconds since the Unix
-//! epoch, `now_ms`), randomness as a `&mut impl CryptoRng`, and effects go out
+//! epoch, `now_ms`), randomness as a `&mut impl CryptoRng` (or `Rng` where it need not be secret), and effects go out
 //! as returned values. The node (`node/`) and the simulator (`sim/`) drive the
 //! same code. `scripts/test.sh` fails if this crate ever depends on tokio.
 //!
@@ -19,7 +19,10 @@
 //! | [`seal`] | per-job keys, chunked STREAM XChaCha20-Poly1305, key wrapping to X25519 |
 //! | [`creator`] | the creator's side of a job: key requests, result checks, acceptance and countersigning |
 //! | [`content`] | BLAKE3 content addressing: fixed-size chunks and a manifest |
-//! | [`scheduler`] | the scheduler machine: task split, placement, offer → accept, tracking, re-offers, HRW election, snapshots |
+//! | [`hrw`] | rendezvous hashing: job owner and replica, epoch anchorer |
+//! | [`placement`] | does a worker meet a job's requirements ([`placement::meets`], one rule for scheduler and worker), why not, integer candidate scores |
+//! | [`scheduler`] | the scheduler machine: task split, placement, offer → accept, tracking, re-offers, replication and takeover, snapshots, job views |
+//! | [`worker`] | the worker machine: task slots, answering offers, task lifecycle, heartbeat timing |
 //! | [`task`] | task geometry: the frame and region task `index` of a job renders |
 //! | [`rpc`] | request/response envelopes of the rpc and content services, and their bounds |
 //! | [`merkle`] | domain-separated (RFC 6962 style) Merkle trees and inclusion proofs |
@@ -32,11 +35,14 @@ pub mod content;
 pub mod creator;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod hrw;
 pub mod identity;
 pub mod merkle;
+pub mod placement;
 pub mod rpc;
 pub mod scheduler;
 pub mod seal;
 pub mod signed;
 pub mod task;
 pub mod wire;
+pub mod worker;

@@ -1,1 +1,0 @@
-//! Placeholder: the scheduler machine (being written).

@@ -1,0 +1,292 @@
+//! Replication to the HRW runner-up and takeover by the replica.
+
+use std::collections::BTreeMap;
+
+use super::job::{Job, JobCore, Phase};
+use super::{
+    ATTEMPT_GAP, Ctx, JobEvent, JobSnapshot, ReplicaError, Scheduler, SchedulerAction,
+    TakeOverError,
+};
+use crate::hrw;
+use crate::identity::NodeId;
+use crate::placement::Need;
+use crate::signed::Signed;
+use crate::wire::{JobId, JobSpec};
+
+impl Ctx {
+    /// The HRW best live scheduler for the job other than this one and its owner.
+    pub(crate) fn pick_replica(&self, job: &Job) -> Option<NodeId> {
+        hrw::owner_excluding(
+            hrw::job_key(&job.spec.id),
+            self.view.schedulers.iter(),
+            &[self.me, job.core.owner],
+        )
+    }
+
+    /// Sends the whole job state to its replica.
+    pub(crate) fn replicate(&mut self, job: &mut Job, now_ms: u64) {
+        job.core.replica = self.pick_replica(job);
+        job.core.dirty = false;
+        job.core.replicate_now = false;
+        job.core.last_replicated_ms = now_ms;
+        let Some(to) = job.core.replica else {
+            return;
+        };
+        job.core.revision += 1;
+        for t in &mut job.core.tasks {
+            t.offers_since_rep = 0;
+        }
+        self.stats.replications += 1;
+        self.actions.push_back(SchedulerAction::Replicate {
+            to,
+            snapshot: Box::new(JobSnapshot {
+                job: job.spec.id,
+                frame: job.frame.clone(),
+                core: job.core.clone(),
+            }),
+        });
+    }
+}
+
+/// Checks a job's state against its spec: every count, index and reference
+/// in range and consistent, so no later step can index out of bounds.
+pub(crate) fn validate_core(spec: &JobSpec, core: &JobCore) -> Result<(), String> {
+    let n = spec.split.task_count();
+    if core.tasks.len() as u64 != n {
+        return Err(format!(
+            "{} tasks, the spec splits into {n}",
+            core.tasks.len()
+        ));
+    }
+    let n = core.tasks.len() as u32;
+    let workers = core.workers.len() as u32;
+    let mut seen = std::collections::BTreeSet::new();
+    if !core.workers.iter().all(|w| seen.insert(*w)) {
+        return Err("a worker is listed twice".into());
+    }
+    if core.next_fresh > n {
+        return Err(format!("next_fresh {} > {n} tasks", core.next_fresh));
+    }
+    let mut queued = vec![false; n as usize];
+    for i in core.next_fresh..n {
+        queued[i as usize] = true;
+    }
+    for &i in &core.requeued {
+        match queued.get_mut(i as usize) {
+            Some(q) if !*q => *q = true,
+            _ => return Err(format!("queued task {i} out of range or twice")),
+        }
+    }
+    let (mut done, mut failed) = (0u32, 0u32);
+    for (i, t) in core.tasks.iter().enumerate() {
+        let i = i as u32;
+        let live = core.live.contains_key(&i);
+        let in_queue = queued.get(i as usize).copied().unwrap_or(false);
+        let ok = match t.phase {
+            Phase::Queued => !live && in_queue,
+            Phase::Offered | Phase::Assigned => live && !in_queue && t.worker < workers,
+            Phase::Done => {
+                done += 1;
+                !live && !in_queue && t.worker < workers
+            }
+            Phase::Failed => {
+                failed += 1;
+                !live && !in_queue
+            }
+        };
+        if !ok || t.past.iter().any(|p| p.worker >= workers) || t.permille > 1000 {
+            return Err(format!("task {i} is inconsistent ({:?})", t.phase));
+        }
+    }
+    if core.live.keys().any(|k| *k >= n) {
+        return Err("a live attempt names no task".into());
+    }
+    if done != core.done || failed != core.failed {
+        return Err(format!(
+            "counts done {} failed {}, tasks say {done} and {failed}",
+            core.done, core.failed
+        ));
+    }
+    if core.finished_at_ms.is_some() != (done + failed == n) {
+        return Err("finished flag disagrees with the tasks".into());
+    }
+    Ok(())
+}
+
+/// Builds a held job from its spec and state.
+pub(crate) fn job_from(spec: JobSpec, frame: std::sync::Arc<[u8]>, core: JobCore) -> Job {
+    let worker_ref: BTreeMap<NodeId, u32> = core
+        .workers
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (*w, i as u32))
+        .collect();
+    Job {
+        need: Need::of(&spec),
+        spec,
+        frame,
+        core,
+        worker_ref,
+    }
+}
+
+impl Scheduler {
+    /// The set of live schedulers changed: owned jobs whose replica changes
+    /// replicate to the new one at once.
+    pub(crate) fn schedulers_changed(&mut self, _now_ms: u64) {
+        let me = self.ctx.me;
+        for job in self.jobs.values_mut() {
+            if job.core.owner != me || job.is_finished() {
+                continue;
+            }
+            let r = self.ctx.pick_replica(job);
+            if r != job.core.replica {
+                job.core.replica = r;
+                job.core.dirty = true;
+                job.core.replicate_now = r.is_some();
+                self.ctx.rearm_job(job);
+            }
+        }
+    }
+
+    /// A scheduler left the view: take over each replicated job whose owner
+    /// is no live scheduler here and for which this node is now the HRW best
+    /// live scheduler (so a replica the owner stopped updating, because a
+    /// better-ranked scheduler joined, does not take over beside it).
+    pub(crate) fn scheduler_gone(&mut self, _node: &NodeId, now_ms: u64) {
+        let me = self.ctx.me;
+        let schedulers = &self.ctx.view.schedulers;
+        let orphans: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.core.owner != me && !schedulers.contains(&j.core.owner))
+            .filter(|(id, j)| {
+                hrw::owner_excluding(
+                    hrw::job_key(id),
+                    schedulers.iter().chain(std::iter::once(&me)),
+                    &[j.core.owner],
+                ) == Some(me)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in orphans {
+            self.take_over_job(&id, now_ms);
+        }
+    }
+
+    /// Takes over a job this scheduler replicates (the driver learned that its
+    /// owner is gone).
+    pub fn take_over(&mut self, job: &JobId, now_ms: u64) -> Result<(), TakeOverError> {
+        match self.jobs.get(job) {
+            None => Err(TakeOverError::UnknownJob(*job)),
+            Some(j) if j.core.owner == self.ctx.me => Err(TakeOverError::AlreadyOwner(*job)),
+            Some(_) => {
+                self.take_over_job(job, now_ms);
+                Ok(())
+            }
+        }
+    }
+
+    fn take_over_job(&mut self, id: &JobId, now_ms: u64) {
+        let me = self.ctx.me;
+        let Some(job) = self.jobs.get_mut(id) else {
+            return;
+        };
+        if job.core.owner == me {
+            return;
+        }
+        self.ctx.replicas = self.ctx.replicas.saturating_sub(1);
+        self.ctx.owned += 1;
+        self.ctx.stats.takeovers += 1;
+        job.core.owner = me;
+        for t in job.core.tasks.iter_mut().filter(|t| !t.is_terminal()) {
+            t.next_attempt = t.next_attempt.saturating_add(ATTEMPT_GAP);
+            t.offers_since_rep = 0;
+        }
+        let live: Vec<u32> = job.core.live.keys().copied().collect();
+        for index in live {
+            self.ctx.adopt_live(job, index, now_ms);
+        }
+        job.core.blocked_until_ms = None;
+        job.core.replica = self.ctx.pick_replica(job);
+        job.core.dirty = true;
+        job.core.replicate_now = job.core.replica.is_some();
+        self.ctx.notify(job, JobEvent::TakenOver { by: me });
+        self.ctx.mark_ready(job, now_ms);
+        self.ctx.rearm_job(job);
+    }
+
+    /// A job's state from its owner, to keep as a replica.
+    pub fn handle_replica(
+        &mut self,
+        from: &NodeId,
+        snapshot: JobSnapshot,
+        now_ms: u64,
+    ) -> Result<(), ReplicaError> {
+        let _ = now_ms;
+        let JobSnapshot {
+            job: id,
+            frame,
+            mut core,
+        } = snapshot;
+        if core.owner != *from || *from == self.ctx.me {
+            return Err(ReplicaError::NotFromOwner {
+                owner: core.owner,
+                from: *from,
+            });
+        }
+        if !self.ctx.view.schedulers.contains(from) {
+            return Err(ReplicaError::NotAScheduler(*from));
+        }
+        // Our timers, not the owner's.
+        core.timer_at = None;
+        if let Some(held) = self.jobs.get_mut(&id) {
+            if held.core.owner == self.ctx.me {
+                return Err(ReplicaError::WeOwn(id));
+            }
+            if *held.frame != *frame {
+                return Err(ReplicaError::Conflict(id));
+            }
+            if held.core.owner == *from && core.revision <= held.core.revision {
+                return Err(ReplicaError::Stale {
+                    held: held.core.revision,
+                    got: core.revision,
+                });
+            }
+            validate_core(&held.spec, &core).map_err(ReplicaError::Invalid)?;
+            if let Some(at) = held.core.timer_at {
+                self.ctx.timers.remove(&(at, super::TimerRef::Job(id)));
+            }
+            let spec = held.spec.clone();
+            *held = job_from(spec, frame, core);
+            self.ctx.rearm_job(held);
+            return Ok(());
+        }
+        if self.ctx.replicas >= self.ctx.config.max_replicas {
+            return Err(ReplicaError::TooMany {
+                max: self.ctx.config.max_replicas,
+            });
+        }
+        let spec = Signed::<JobSpec>::from_slice(&frame)?.verify()?;
+        if spec.id != id {
+            return Err(ReplicaError::Invalid(format!(
+                "snapshot of job {id} carries the spec of {}",
+                spec.id
+            )));
+        }
+        let tasks = spec.split.task_count();
+        if self.ctx.tasks_held.saturating_add(tasks) > self.ctx.config.max_tasks {
+            return Err(ReplicaError::TooManyTasks {
+                tasks,
+                max: self.ctx.config.max_tasks,
+            });
+        }
+        validate_core(&spec, &core).map_err(ReplicaError::Invalid)?;
+        let mut job = job_from(spec, frame, core);
+        self.ctx.replicas += 1;
+        self.ctx.tasks_held += tasks;
+        self.ctx.rearm_job(&mut job);
+        self.jobs.insert(id, job);
+        Ok(())
+    }
+}
