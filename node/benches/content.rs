@@ -8,7 +8,8 @@
 //! | - | `content/raw_blake3_256MiB` (one BLAKE3 pass, single thread) |
 //!
 //! Files live on tmpfs (`/dev/shm`) when there is one, so the figures are
-//! CPU and memory bound, not disk bound. The pipelines use three threads.
+//! CPU and memory bound, not disk bound; `RT_BENCH_DIR=/some/disk` benches
+//! on a real file system instead (one fsync per 1 MiB chunk). The pipelines use three threads.
 //! Run: `cargo bench -p rendertrust-node --bench content`.
 //!
 //! With `RT_BENCH_CPU=1` every bench measures the process's CPU time (all
@@ -35,7 +36,9 @@ use rendertrust_protocol::seal::{self, JobKey};
 const SIZE: usize = 256 << 20;
 
 fn scratch() -> tempfile::TempDir {
-    if Path::new("/dev/shm").is_dir() {
+    if let Some(dir) = std::env::var_os("RT_BENCH_DIR") {
+        tempfile::tempdir_in(dir).unwrap()
+    } else if Path::new("/dev/shm").is_dir() {
         tempfile::tempdir_in("/dev/shm").unwrap()
     } else {
         tempfile::tempdir().unwrap()
@@ -134,11 +137,10 @@ fn content(c: &mut Criterion) {
             )
         })
     });
-    assert_eq!(
-        std::fs::read(&output).unwrap().len(),
-        SIZE,
-        "the opened file is the input"
-    );
+    // (Absent when a filter skipped the open bench.)
+    if let Ok(opened) = std::fs::read(&output) {
+        assert!(opened == plain, "the opened file is the input");
+    }
 
     let chunk = seal::DEFAULT_CHUNK_SIZE;
     let mut buf = Vec::with_capacity(chunk + seal::TAG_LEN);
