@@ -736,14 +736,17 @@ mod tests {
             .collect();
         let joined = argv.join(" ");
         assert!(joined.starts_with(
-            "/usr/bin/prlimit --as=1073741824 --cpu=60 --fsize=1048576 --core=0 -- /usr/bin/bwrap --unshare-all --unshare-user --cap-drop ALL --die-with-parent --new-session"
+            "/usr/bin/prlimit --as=1073741824 --cpu=60:61 --fsize=1048576 --core=0 -- /usr/bin/bwrap --unshare-all --unshare-user --uid 65534 --gid 65534 --cap-drop ALL --die-with-parent --new-session --as-pid-1"
         ), "{joined}");
         assert!(joined.contains("--clearenv"));
         assert!(joined.contains("--disable-userns"));
         assert!(joined.contains("--ro-bind /usr /usr"));
+        assert!(joined.contains("--proc /proc --remount-ro /proc"));
         assert!(joined.contains("--ro-bind /cache/abc /job/in/scene.blend"));
         assert!(
-            joined.ends_with("--bind /data/tasks/t1 /job/task --chdir /job/task -- echo hi"),
+            joined.ends_with(
+                "--bind /data/tasks/t1 /job/task --remount-ro / --chdir /job/task -- echo hi"
+            ),
             "{joined}"
         );
         // nothing else writable, no host root, no GPU without asking
