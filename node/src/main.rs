@@ -130,6 +130,12 @@ struct StartArgs {
     /// Seconds a node stays in the capacity table after its last advert.
     #[arg(long, value_name = "SECS")]
     capacity_ttl_secs: Option<u64>,
+    /// Tasks this node runs at once.
+    #[arg(long, value_name = "N")]
+    max_tasks: Option<u16>,
+    /// Seconds without a heartbeat before a scheduler re-offers a worker's task.
+    #[arg(long, value_name = "SECS")]
+    heartbeat_timeout_secs: Option<u64>,
     /// Log format: text or json.
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
@@ -468,6 +474,8 @@ async fn main() -> Result<()> {
                 api: a.api,
                 advert_interval_secs: a.advert_interval_secs,
                 capacity_ttl_secs: a.capacity_ttl_secs,
+                max_tasks: a.max_tasks,
+                heartbeat_timeout_secs: a.heartbeat_timeout_secs,
                 log_format: a.log_format,
                 anchor_backend: a.anchor_backend,
                 anchor_rpc_url: a.anchor_rpc_url,
