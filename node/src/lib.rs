@@ -8,6 +8,7 @@
 //! | [`config`] | the `Config` struct: TOML file, env, flags, defaults |
 //! | [`keys`] | identity and wrap keys on disk (mode 0600) |
 //! | [`store`] | the sled store: one tree per module, schema version, migrations |
+//! | [`ledger_store`] | the ledger peer's journal: replayed into `protocol::ledger::LedgerPeer` on open |
 //! | [`probe`] | what this machine has: CPU, RAM, disk, GPUs, runtimes, benchmark score |
 //! | [`runtime`] | task runtimes (builtin renderer, …) |
 //! | [`net`] | the libp2p swarm and its event loop; [`net::NetHandle`] for the rest of the node |
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod devnet;
 pub mod keys;
+pub mod ledger_store;
 pub mod net;
 pub mod node;
 pub mod probe;

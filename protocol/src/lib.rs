@@ -21,6 +21,8 @@
 //! | [`scheduler`] | the scheduler machine: task split, placement, offer → accept, tracking, re-offers, HRW election, snapshots |
 //! | [`task`] | task geometry: the frame and region task `index` of a job renders |
 //! | [`merkle`] | domain-separated (RFC 6962 style) Merkle trees and inclusion proofs |
+//! | [`ledger`] | the credit ledger machine: escrow, settle, refund, mint; balances from double entries; order-independent |
+//! | [`rollup`] | epoch rollups: Merkle roots of receipt ids, agreement, reconciliation, the anchorer |
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
@@ -30,7 +32,9 @@ pub mod content;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod identity;
+pub mod ledger;
 pub mod merkle;
+pub mod rollup;
 pub mod scheduler;
 pub mod seal;
 pub mod signed;

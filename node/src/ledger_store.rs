@@ -1,0 +1,410 @@
+//! The ledger peer's persistence: a journal in sled that rebuilds the
+//! [`LedgerPeer`] (credits and rollups) after a restart or a crash.
+//!
+//! The protocol machines are deterministic, so the store keeps their
+//! *inputs*, not their state: every ledger event the machine admitted (with
+//! the `now_ms` it was fed at), every rollup header this ledger signed, and
+//! every epoch it finalised, in the order they happened. [`LedgerStore::open`]
+//! replays the journal into a fresh machine; replay is idempotent (the ledger
+//! deduplicates by event id, so nothing is applied twice) and checked (each
+//! persisted header must match the root the replayed receipts give).
+//!
+//! Durability: [`LedgerStore::ingest`] appends the admitted events and
+//! flushes *before* it returns, so an event the caller acknowledges (or
+//! forwards) survives SIGKILL. A header is persisted before the caller gets
+//! it to publish. If a write fails the in-memory state is ahead of the disk:
+//! the caller must stop using the store and reopen it.
+//!
+//! Layout, in the `ledger` tree of [`crate::store::Store`] (no schema change):
+//! * `l | seq (u64 BE)` → a journal record (protocol codec);
+//! * `i | event id (32)` → the `seq` of the event's latest record, to serve
+//!   receipts (and the escrows they matched) to reconciling peers.
+//!
+//! No ledger rule lives here: the store feeds [`LedgerPeer`] and carries out
+//! what it asks (sign, persist, hand out actions).
+
+use std::collections::VecDeque;
+
+use rendertrust_protocol::codec::{self, CodecError};
+use rendertrust_protocol::identity::{NodeId, NodeKey};
+use rendertrust_protocol::ledger::wire::{LedgerWireError, MAX_EVENT};
+use rendertrust_protocol::ledger::{
+    Applied, LedgerConfig, LedgerEvent, LedgerPeer, LedgerRejected,
+};
+use rendertrust_protocol::rollup::{
+    HeaderOutcome, HeaderRejected, IdsRejected, ProofError, ReceiptProof, RestoreError,
+    RollupAction, RollupConfig,
+};
+use rendertrust_protocol::signed::{MessageId, Signed, SignedError};
+use rendertrust_protocol::wire::RollupHeader;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Store, StoreError};
+
+const TREE: &str = "ledger";
+const LOG: u8 = b'l';
+const INDEX: u8 = b'i';
+/// Largest journal record accepted on replay.
+const MAX_RECORD: usize = MAX_EVENT + 64;
+
+/// Why the ledger store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LedgerStoreError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// sled failed.
+    #[error("ledger journal: {0}")]
+    Sled(#[from] sled::Error),
+    /// A journal record does not decode.
+    #[error("ledger journal record {seq}: {reason}")]
+    Corrupt {
+        /// Its sequence number.
+        seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The replayed receipts disagree with a persisted header.
+    #[error("ledger journal record {seq}: {source}")]
+    Replay {
+        /// Its sequence number.
+        seq: u64,
+        /// Cause.
+        source: RestoreError,
+    },
+    /// A header could not be signed.
+    #[error("signing a rollup header: {0}")]
+    Sign(#[from] SignedError),
+    /// A record could not be encoded.
+    #[error("encoding a journal record: {0}")]
+    Encode(#[from] CodecError),
+}
+
+/// One journal record.
+#[derive(Debug, Serialize, Deserialize)]
+enum Record {
+    /// An admitted ledger event ([`LedgerEvent::encode`]) and the time it was fed.
+    Event { now_ms: u64, event: Vec<u8> },
+    /// A header this ledger signed (frame bytes).
+    Header { frame: Vec<u8> },
+    /// An epoch this ledger finalised.
+    Final { epoch: u64 },
+}
+
+/// What the driver must do for the ledger peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LedgerAction {
+    /// Publish this header on the `rollups` topic (already signed and persisted).
+    Publish(Signed<RollupHeader>),
+    /// A rollup action to carry out: `RequestIds`, `FetchReceipts`, `Anchor`
+    /// (anchor the root), `Final` (already persisted; informational).
+    Rollup(RollupAction),
+}
+
+/// The ledger peer with its journal.
+pub struct LedgerStore {
+    store: Store,
+    tree: sled::Tree,
+    key: NodeKey,
+    peer: LedgerPeer,
+    next_seq: u64,
+    out: VecDeque<LedgerAction>,
+}
+
+impl std::fmt::Debug for LedgerStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LedgerStore")
+            .field("node", &self.key.node_id())
+            .field("records", &self.next_seq)
+            .finish_non_exhaustive()
+    }
+}
+
+fn log_key(seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = LOG;
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn index_key(id: &MessageId) -> [u8; 33] {
+    let mut k = [0u8; 33];
+    k[0] = INDEX;
+    k[1..].copy_from_slice(&id.0);
+    k
+}
+
+fn seq_of(key: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = key.get(1..9)?.try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
+
+impl LedgerStore {
+    /// Opens the journal in `store` and rebuilds the ledger peer of `key`'s
+    /// node by replaying it.
+    pub fn open(
+        store: &Store,
+        key: &NodeKey,
+        ledger: LedgerConfig,
+        rollup: RollupConfig,
+    ) -> Result<Self, LedgerStoreError> {
+        let tree = store.tree(TREE)?;
+        let me = key.node_id();
+        let mut s = LedgerStore {
+            store: store.clone(),
+            tree,
+            key: NodeKey::from_secret_bytes(&key.secret_bytes()),
+            peer: LedgerPeer::new(me, ledger, rollup),
+            next_seq: 0,
+            out: VecDeque::new(),
+        };
+        s.replay()?;
+        Ok(s)
+    }
+
+    fn replay(&mut self) -> Result<(), LedgerStoreError> {
+        let mut batch: Vec<LedgerEvent> = Vec::new();
+        let mut batch_now = 0u64;
+        let mut replayed = 0u64;
+        for item in self.tree.scan_prefix([LOG]) {
+            let (k, v) = item?;
+            let seq = seq_of(&k).ok_or_else(|| LedgerStoreError::Corrupt {
+                seq: self.next_seq,
+                reason: "journal key is not 9 bytes".into(),
+            })?;
+            let corrupt = |reason: String| LedgerStoreError::Corrupt { seq, reason };
+            let record: Record =
+                codec::decode(&v, MAX_RECORD).map_err(|e| corrupt(e.to_string()))?;
+            if let Record::Event { now_ms, event } = record {
+                let event = LedgerEvent::decode(&event).map_err(|e| corrupt(e.to_string()))?;
+                if !batch.is_empty() && now_ms != batch_now {
+                    self.peer.handle_events(&batch, batch_now);
+                    batch.clear();
+                }
+                batch_now = now_ms;
+                batch.push(event);
+            } else {
+                self.peer.handle_events(&batch, batch_now);
+                batch.clear();
+                match record {
+                    Record::Header { frame } => {
+                        let h = Signed::<RollupHeader>::from_bytes(frame)
+                            .and_then(|s| s.verify())
+                            .map_err(|e| corrupt(e.to_string()))?;
+                        self.peer
+                            .rollup_mut()
+                            .restore_header(h)
+                            .map_err(|source| LedgerStoreError::Replay { seq, source })?;
+                    }
+                    Record::Final { epoch } => self.peer.rollup_mut().restore_final(epoch),
+                    Record::Event { .. } => {}
+                }
+            }
+            self.next_seq = seq + 1;
+            replayed += 1;
+        }
+        self.peer.handle_events(&batch, batch_now);
+        // Replay re-derives state only; what it would ask for was done before.
+        while self.peer.poll_action().is_some() {}
+        tracing::info!(
+            records = replayed,
+            balances = self.peer.ledger().balances().count(),
+            pending = self.peer.ledger().pending(),
+            "ledger journal replayed"
+        );
+        Ok(())
+    }
+
+    fn append(
+        &mut self,
+        batch: &mut sled::Batch,
+        record: &Record,
+    ) -> Result<u64, LedgerStoreError> {
+        let seq = self.next_seq;
+        batch.insert(&log_key(seq)[..], codec::encode(record)?);
+        self.next_seq += 1;
+        Ok(seq)
+    }
+
+    fn commit(&self, batch: sled::Batch) -> Result<(), LedgerStoreError> {
+        self.tree.apply_batch(batch)?;
+        self.store.flush()?;
+        Ok(())
+    }
+
+    /// Verifies and applies ledger events (one gossip batch, or a
+    /// reconciliation answer), journals the admitted ones and flushes, then
+    /// returns one result per event. Only after this returns `Ok` may the
+    /// caller acknowledge or forward the admitted events.
+    pub fn ingest(
+        &mut self,
+        events: &[LedgerEvent],
+        now_ms: u64,
+    ) -> Result<Vec<Result<Applied, LedgerRejected>>, LedgerStoreError> {
+        let results = self.peer.handle_events(events, now_ms);
+        let mut batch = sled::Batch::default();
+        let mut admitted = 0usize;
+        for (event, result) in events.iter().zip(&results) {
+            if result.is_ok() {
+                let seq = self.append(
+                    &mut batch,
+                    &Record::Event {
+                        now_ms,
+                        event: event.encode()?,
+                    },
+                )?;
+                batch.insert(&index_key(&event.id())[..], &seq.to_be_bytes()[..]);
+                admitted += 1;
+            }
+        }
+        self.drain(&mut batch)?;
+        if admitted > 0 || !self.out.is_empty() {
+            self.commit(batch)?;
+        }
+        Ok(results)
+    }
+
+    /// Signs and journals what the peer asked to publish or finalise, and
+    /// queues every action for the caller (the records join `batch`).
+    fn drain(&mut self, batch: &mut sled::Batch) -> Result<(), LedgerStoreError> {
+        while let Some(action) = self.peer.poll_action() {
+            match action {
+                RollupAction::Publish(header) => {
+                    let signed = Signed::sign(&self.key, &header)?;
+                    self.append(
+                        batch,
+                        &Record::Header {
+                            frame: signed.as_bytes().to_vec(),
+                        },
+                    )?;
+                    self.out.push_back(LedgerAction::Publish(signed));
+                }
+                RollupAction::Final { epoch, .. } => {
+                    self.append(batch, &Record::Final { epoch })?;
+                    self.out.push_back(LedgerAction::Rollup(action));
+                }
+                other => self.out.push_back(LedgerAction::Rollup(other)),
+            }
+        }
+        Ok(())
+    }
+
+    fn drain_and_commit(&mut self) -> Result<(), LedgerStoreError> {
+        let before = self.next_seq;
+        let mut batch = sled::Batch::default();
+        self.drain(&mut batch)?;
+        if self.next_seq != before {
+            self.commit(batch)?;
+        }
+        Ok(())
+    }
+
+    /// Runs the peer's timers (escrow expiry, epoch close and finality) and
+    /// persists the headers and finalities that produced.
+    pub fn handle_timeout(&mut self, now_ms: u64) -> Result<(), LedgerStoreError> {
+        self.peer.handle_timeout(now_ms);
+        self.drain_and_commit()
+    }
+
+    /// Feeds another ledger's header from the `rollups` topic.
+    pub fn handle_header(
+        &mut self,
+        header: &Signed<RollupHeader>,
+        now_ms: u64,
+    ) -> Result<Result<HeaderOutcome, HeaderRejected>, LedgerStoreError> {
+        let outcome = self.peer.handle_header(header, now_ms);
+        self.drain_and_commit()?;
+        Ok(outcome)
+    }
+
+    /// Feeds a peer's page of receipt ids (reconciliation).
+    pub fn handle_ids(
+        &mut self,
+        ledger: NodeId,
+        epoch: u64,
+        ids: &[MessageId],
+        more: bool,
+    ) -> Result<Result<usize, IdsRejected>, LedgerStoreError> {
+        let outcome = self.peer.handle_ids(ledger, epoch, ids, more);
+        self.drain_and_commit()?;
+        Ok(outcome)
+    }
+
+    /// Sets the other live ledger peers.
+    pub fn set_ledgers(&mut self, live: impl IntoIterator<Item = NodeId>) {
+        self.peer.rollup_mut().set_ledgers(live);
+    }
+
+    /// The next thing the driver must do.
+    pub fn poll_action(&mut self) -> Option<LedgerAction> {
+        self.out.pop_front()
+    }
+
+    /// When [`LedgerStore::handle_timeout`] next has work to do.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.peer.next_deadline()
+    }
+
+    /// The protocol state (balances, roots, …).
+    pub fn peer(&self) -> &LedgerPeer {
+        &self.peer
+    }
+
+    /// An inclusion proof of a receipt against this ledger's header.
+    pub fn proof(&mut self, receipt: &MessageId) -> Result<ReceiptProof, ProofError> {
+        self.peer.rollup_mut().proof(receipt)
+    }
+
+    /// Journal records written so far.
+    pub fn records(&self) -> u64 {
+        self.next_seq
+    }
+
+    fn event_by_id(&self, id: &MessageId) -> Result<Option<LedgerEvent>, LedgerStoreError> {
+        let Some(value) = self.tree.get(index_key(id))? else {
+            return Ok(None);
+        };
+        let seq = <[u8; 8]>::try_from(value.as_ref())
+            .map(u64::from_be_bytes)
+            .map_err(|_| LedgerStoreError::Corrupt {
+                seq: u64::MAX,
+                reason: format!("index entry of {id} is not a u64"),
+            })?;
+        let corrupt = |reason: String| LedgerStoreError::Corrupt { seq, reason };
+        let Some(bytes) = self.tree.get(log_key(seq))? else {
+            return Err(corrupt("indexed record missing".into()));
+        };
+        match codec::decode::<Record>(&bytes, MAX_RECORD).map_err(|e| corrupt(e.to_string()))? {
+            Record::Event { event, .. } => LedgerEvent::decode(&event)
+                .map(Some)
+                .map_err(|e: LedgerWireError| corrupt(e.to_string())),
+            _ => Err(corrupt("index points at a non-event record".into())),
+        }
+    }
+
+    /// The events that prove these receipts to a reconciling peer: for each
+    /// receipt held, the escrow it matched, then its settle (with the
+    /// acceptance kept). Unknown ids are skipped.
+    pub fn events_for_receipts(
+        &self,
+        ids: &[MessageId],
+    ) -> Result<Vec<LedgerEvent>, LedgerStoreError> {
+        let mut out = Vec::with_capacity(ids.len() * 2);
+        for id in ids {
+            let Some(settle) = self.event_by_id(id)? else {
+                continue;
+            };
+            if let Some(escrow) = self.peer.ledger().matched_escrow(id)
+                && let Some(e) = self.event_by_id(&escrow)?
+            {
+                out.push(e);
+            }
+            out.push(settle);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests;
