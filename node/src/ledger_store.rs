@@ -3,8 +3,9 @@
 //!
 //! The protocol machines are deterministic, so the store keeps their
 //! *inputs*, not their state: every ledger event the machine admitted (with
-//! the `now_ms` it was fed at), every rollup header this ledger signed, and
-//! every epoch it finalised, in the order they happened. [`LedgerStore::open`]
+//! the `now_ms` it was fed at), every rollup header this ledger signed,
+//! every epoch it finalised and every anchor the driver confirmed, in the
+//! order they happened. [`LedgerStore::open`]
 //! replays the journal into a fresh machine; replay is idempotent (the ledger
 //! deduplicates by event id, so nothing is applied twice) and checked (each
 //! persisted header must match the root the replayed receipts give).
@@ -23,7 +24,7 @@
 //! No ledger rule lives here: the store feeds [`LedgerPeer`] and carries out
 //! what it asks (sign, persist, hand out actions).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use rendertrust_protocol::codec::{self, CodecError};
 use rendertrust_protocol::identity::{NodeId, NodeKey};
@@ -88,8 +89,15 @@ enum Record {
     Event { now_ms: u64, event: Vec<u8> },
     /// A header this ledger signed (frame bytes).
     Header { frame: Vec<u8> },
-    /// An epoch this ledger finalised.
-    Final { epoch: u64 },
+    /// An epoch this ledger finalised; `anchor`: this ledger must anchor it.
+    Final {
+        epoch: u64,
+        root: [u8; 32],
+        count: u64,
+        anchor: bool,
+    },
+    /// The driver anchored the epoch ([`LedgerStore::anchored`]).
+    Anchored { epoch: u64 },
 }
 
 /// What the driver must do for the ledger peer.
@@ -98,7 +106,9 @@ pub enum LedgerAction {
     /// Publish this header on the `rollups` topic (already signed and persisted).
     Publish(Signed<RollupHeader>),
     /// A rollup action to carry out: `RequestIds`, `FetchReceipts`, `Anchor`
-    /// (anchor the root), `Final` (already persisted; informational).
+    /// (anchor the root, then call [`LedgerStore::anchored`]; until then it
+    /// is handed out again after every restart), `Final` (already persisted;
+    /// informational).
     Rollup(RollupAction),
 }
 
@@ -110,6 +120,7 @@ pub struct LedgerStore {
     peer: LedgerPeer,
     next_seq: u64,
     out: VecDeque<LedgerAction>,
+    anchoring: BTreeSet<u64>,
 }
 
 impl std::fmt::Debug for LedgerStore {
@@ -158,6 +169,7 @@ impl LedgerStore {
             peer: LedgerPeer::new(me, ledger, rollup),
             next_seq: 0,
             out: VecDeque::new(),
+            anchoring: BTreeSet::new(),
         };
         s.replay()?;
         Ok(s)
@@ -167,6 +179,7 @@ impl LedgerStore {
         let mut batch: Vec<LedgerEvent> = Vec::new();
         let mut batch_now = 0u64;
         let mut replayed = 0u64;
+        let mut to_anchor: BTreeMap<u64, RollupAction> = BTreeMap::new();
         for item in self.tree.scan_prefix([LOG]) {
             let (k, v) = item?;
             let seq = seq_of(&k).ok_or_else(|| LedgerStoreError::Corrupt {
@@ -197,7 +210,20 @@ impl LedgerStore {
                             .restore_header(h)
                             .map_err(|source| LedgerStoreError::Replay { seq, source })?;
                     }
-                    Record::Final { epoch } => self.peer.rollup_mut().restore_final(epoch),
+                    Record::Final {
+                        epoch,
+                        root,
+                        count,
+                        anchor,
+                    } => {
+                        self.peer.rollup_mut().restore_final(epoch);
+                        if anchor {
+                            to_anchor.insert(epoch, RollupAction::Anchor { epoch, root, count });
+                        }
+                    }
+                    Record::Anchored { epoch } => {
+                        to_anchor.remove(&epoch);
+                    }
                     Record::Event { .. } => {}
                 }
             }
@@ -205,8 +231,11 @@ impl LedgerStore {
             replayed += 1;
         }
         self.peer.handle_events(&batch, batch_now);
-        // Replay re-derives state only; what it would ask for was done before.
+        // Replay re-derives state only; what it would ask for was done
+        // before, except anchors the driver never confirmed.
         while self.peer.poll_action().is_some() {}
+        self.out
+            .extend(to_anchor.into_values().map(LedgerAction::Rollup));
         tracing::info!(
             records = replayed,
             balances = self.peer.ledger().balances().count(),
@@ -244,7 +273,7 @@ impl LedgerStore {
     ) -> Result<Vec<Result<Applied, LedgerRejected>>, LedgerStoreError> {
         let results = self.peer.handle_events(events, now_ms);
         let mut batch = sled::Batch::default();
-        let mut admitted = 0usize;
+        let before = self.next_seq;
         for (event, result) in events.iter().zip(&results) {
             if result.is_ok() {
                 let seq = self.append(
@@ -255,11 +284,10 @@ impl LedgerStore {
                     },
                 )?;
                 batch.insert(&index_key(&event.id())[..], &seq.to_be_bytes()[..]);
-                admitted += 1;
             }
         }
         self.drain(&mut batch)?;
-        if admitted > 0 || !self.out.is_empty() {
+        if self.next_seq != before {
             self.commit(batch)?;
         }
         Ok(results)
@@ -280,8 +308,22 @@ impl LedgerStore {
                     )?;
                     self.out.push_back(LedgerAction::Publish(signed));
                 }
-                RollupAction::Final { epoch, .. } => {
-                    self.append(batch, &Record::Final { epoch })?;
+                RollupAction::Final { epoch, root, count } => {
+                    let anchor = self.anchoring.remove(&epoch);
+                    self.append(
+                        batch,
+                        &Record::Final {
+                            epoch,
+                            root,
+                            count,
+                            anchor,
+                        },
+                    )?;
+                    self.out.push_back(LedgerAction::Rollup(action));
+                }
+                RollupAction::Anchor { epoch, .. } => {
+                    // Always followed by its `Final`, which records it.
+                    self.anchoring.insert(epoch);
                     self.out.push_back(LedgerAction::Rollup(action));
                 }
                 other => self.out.push_back(LedgerAction::Rollup(other)),
@@ -329,6 +371,14 @@ impl LedgerStore {
         let outcome = self.peer.handle_ids(ledger, epoch, ids, more);
         self.drain_and_commit()?;
         Ok(outcome)
+    }
+
+    /// Records that the driver anchored `epoch` (it is no longer handed out
+    /// after a restart).
+    pub fn anchored(&mut self, epoch: u64) -> Result<(), LedgerStoreError> {
+        let mut batch = sled::Batch::default();
+        self.append(&mut batch, &Record::Anchored { epoch })?;
+        self.commit(batch)
     }
 
     /// Sets the other live ledger peers.

@@ -40,8 +40,24 @@ fn events(kit: &Kit, tasks: u32) -> Vec<LedgerEvent> {
     out
 }
 
+/// Opens the store, waiting (boundedly) for a just-dropped handle's lock:
+/// sled 0.34 releases its file lock from a background thread after `Db`
+/// is dropped (spacejam/sled#1289). A restarted process never sees this.
+fn store_at(dir: &Path) -> Store {
+    for _ in 0..200 {
+        match Store::open(dir) {
+            Ok(s) => return s,
+            Err(e) if e.to_string().contains("acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("store at {} stayed locked", dir.display())
+}
+
 fn open(dir: &Path, kit: &Kit) -> LedgerStore {
-    let store = Store::open(dir).unwrap();
+    let store = store_at(dir);
     LedgerStore::open(&store, &kit.ledgers[0], kit.config(), rollup_config()).unwrap()
 }
 
@@ -77,7 +93,13 @@ fn reopen_rebuilds_balances_roots_and_the_chain() {
         }
         let close = close_time(s.peer());
         s.handle_timeout(close).unwrap();
-        let headers = published(&actions(&mut s));
+        let done = actions(&mut s);
+        for a in &done {
+            if let LedgerAction::Rollup(RollupAction::Anchor { epoch, .. }) = a {
+                s.anchored(*epoch).unwrap();
+            }
+        }
+        let headers = published(&done);
         assert_eq!(headers.len(), 1);
         assert_eq!(headers[0].count, 200);
         (
@@ -90,7 +112,11 @@ fn reopen_rebuilds_balances_roots_and_the_chain() {
     assert_eq!(s.peer().ledger().digest(), digest);
     assert_eq!(s.peer().rollup().header(header.epoch), Some(&header));
     assert_eq!(s.peer().rollup().chain_tip(), tip);
-    assert_eq!(s.records(), 400 + 2, "400 events, a header and a finality");
+    assert_eq!(
+        s.records(),
+        400 + 3,
+        "400 events, a header, a finality and an anchor"
+    );
     // Replayed state does not re-publish or re-anchor.
     s.handle_timeout(close_time(s.peer()) + 1).unwrap();
     assert!(actions(&mut s).is_empty());
@@ -104,7 +130,7 @@ fn reopen_rebuilds_balances_roots_and_the_chain() {
             .iter()
             .all(|r| matches!(r, Err(LedgerRejected::Duplicate { .. })))
     );
-    assert_eq!(s.records(), 402);
+    assert_eq!(s.records(), 403);
 }
 
 #[test]
@@ -177,12 +203,12 @@ fn a_tampered_journal_is_refused() {
     }
     // Remove the last settle's record: the header no longer matches.
     {
-        let store = Store::open(dir.path()).unwrap();
+        let store = store_at(dir.path());
         let tree = store.tree(TREE).unwrap();
         tree.remove(log_key(9)).unwrap();
         store.flush().unwrap();
     }
-    let store = Store::open(dir.path()).unwrap();
+    let store = store_at(dir.path());
     let err =
         LedgerStore::open(&store, &kit.ledgers[0], kit.config(), rollup_config()).unwrap_err();
     assert!(
@@ -328,4 +354,38 @@ fn sigkill_mid_epoch_loses_nothing_and_applies_nothing_twice() {
     assert_eq!((mine[0].root, mine[0].count), (theirs.root, theirs.count));
     assert_eq!(mine[0].count, u64::from(CRASH_TASKS));
     assert_eq!(s.peer().ledger().digest(), other.ledger().digest());
+}
+
+#[test]
+fn an_unconfirmed_anchor_is_handed_out_again_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let kit = Kit::new(7);
+    let all = events(&kit, 4);
+    let anchor = {
+        let mut s = open(dir.path(), &kit);
+        s.ingest(&all, NOW).unwrap();
+        s.handle_timeout(close_time(s.peer())).unwrap();
+        // Alone: final at close, and this ledger anchors.
+        let a = actions(&mut s);
+        let anchor = a
+            .iter()
+            .find(|x| matches!(x, LedgerAction::Rollup(RollupAction::Anchor { .. })))
+            .cloned()
+            .unwrap();
+        assert!(
+            a.iter()
+                .any(|x| matches!(x, LedgerAction::Rollup(RollupAction::Final { .. })))
+        );
+        anchor
+        // Crash before the anchor was confirmed.
+    };
+    let mut s = open(dir.path(), &kit);
+    assert_eq!(actions(&mut s), vec![anchor.clone()]);
+    let LedgerAction::Rollup(RollupAction::Anchor { epoch, .. }) = anchor else {
+        panic!()
+    };
+    s.anchored(epoch).unwrap();
+    drop(s);
+    let mut s = open(dir.path(), &kit);
+    assert!(actions(&mut s).is_empty());
 }
