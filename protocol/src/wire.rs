@@ -504,16 +504,16 @@ impl WireMessage for JobSpec {
                 reason: format!("yields {tasks} tasks; expected 1..={MAX_TASKS_PER_JOB}"),
             });
         }
-        if let SplitRule::Tiles { cols, rows, .. } = self.split {
-            if u32::from(cols) > self.width || u32::from(rows) > self.height {
-                return Err(ValidationError::Invalid {
-                    field: "split",
-                    reason: format!(
-                        "{cols}x{rows} tiles do not fit a {}x{} frame (at most one tile per pixel)",
-                        self.width, self.height
-                    ),
-                });
-            }
+        if let SplitRule::Tiles { cols, rows, .. } = self.split
+            && (u32::from(cols) > self.width || u32::from(rows) > self.height)
+        {
+            return Err(ValidationError::Invalid {
+                field: "split",
+                reason: format!(
+                    "{cols}x{rows} tiles do not fit a {}x{} frame (at most one tile per pixel)",
+                    self.width, self.height
+                ),
+            });
         }
         if self.width == 0 || self.height == 0 || self.width > 16384 || self.height > 16384 {
             return Err(ValidationError::Invalid {
