@@ -17,7 +17,9 @@
 //! the caller must stop using the store and reopen it.
 //!
 //! Layout, in the `ledger` tree of [`crate::store::Store`] (no schema change):
-//! * `l | seq (u64 BE)` → a journal record (protocol codec);
+//! * `l | seq (u64 BE)` → a journal record: `0 | now_ms (u64 LE) | event`
+//!   ([`LedgerEvent::encode`]) for an event, `1 | record` (protocol codec)
+//!   for a header, a finality or an anchor;
 //! * `i | event id (32)` → the `seq` of the event's latest record, to serve
 //!   receipts (and the escrows they matched) to reconciling peers.
 //!
@@ -82,11 +84,12 @@ pub enum LedgerStoreError {
     Encode(#[from] CodecError),
 }
 
-/// One journal record.
+const EVENT_RECORD: u8 = 0;
+const OTHER_RECORD: u8 = 1;
+
+/// One journal record other than an event.
 #[derive(Debug, Serialize, Deserialize)]
 enum Record {
-    /// An admitted ledger event ([`LedgerEvent::encode`]) and the time it was fed.
-    Event { now_ms: u64, event: Vec<u8> },
     /// A header this ledger signed (frame bytes).
     Header { frame: Vec<u8> },
     /// An epoch this ledger finalised; `anchor`: this ledger must anchor it.
@@ -146,6 +149,24 @@ fn index_key(id: &MessageId) -> [u8; 33] {
     k
 }
 
+/// `(now_ms, event bytes)` of an event record.
+fn parse_event(value: &[u8]) -> Option<(u64, &[u8])> {
+    let (&tag, rest) = value.split_first()?;
+    if tag != EVENT_RECORD || rest.len() < 8 {
+        return None;
+    }
+    let (now, event) = rest.split_at(8);
+    Some((u64::from_le_bytes(now.try_into().ok()?), event))
+}
+
+fn parse_other(value: &[u8]) -> Result<Record, String> {
+    match value.split_first() {
+        Some((&OTHER_RECORD, body)) => codec::decode(body, MAX_RECORD).map_err(|e| e.to_string()),
+        Some((tag, _)) => Err(format!("unknown record tag {tag}")),
+        None => Err("empty record".into()),
+    }
+}
+
 fn seq_of(key: &[u8]) -> Option<u64> {
     let bytes: [u8; 8] = key.get(1..9)?.try_into().ok()?;
     Some(u64::from_be_bytes(bytes))
@@ -187,10 +208,8 @@ impl LedgerStore {
                 reason: "journal key is not 9 bytes".into(),
             })?;
             let corrupt = |reason: String| LedgerStoreError::Corrupt { seq, reason };
-            let record: Record =
-                codec::decode(&v, MAX_RECORD).map_err(|e| corrupt(e.to_string()))?;
-            if let Record::Event { now_ms, event } = record {
-                let event = LedgerEvent::decode(&event).map_err(|e| corrupt(e.to_string()))?;
+            if let Some((now_ms, event)) = parse_event(&v) {
+                let event = LedgerEvent::decode(event).map_err(|e| corrupt(e.to_string()))?;
                 if !batch.is_empty() && now_ms != batch_now {
                     self.peer.handle_events(&batch, batch_now);
                     batch.clear();
@@ -198,6 +217,7 @@ impl LedgerStore {
                 batch_now = now_ms;
                 batch.push(event);
             } else {
+                let record = parse_other(&v).map_err(corrupt)?;
                 self.peer.handle_events(&batch, batch_now);
                 batch.clear();
                 match record {
@@ -224,7 +244,6 @@ impl LedgerStore {
                     Record::Anchored { epoch } => {
                         to_anchor.remove(&epoch);
                     }
-                    Record::Event { .. } => {}
                 }
             }
             self.next_seq = seq + 1;
@@ -250,10 +269,16 @@ impl LedgerStore {
         batch: &mut sled::Batch,
         record: &Record,
     ) -> Result<u64, LedgerStoreError> {
+        let mut value = vec![OTHER_RECORD];
+        codec::encode_into(record, &mut value)?;
+        Ok(self.append_raw(batch, value))
+    }
+
+    fn append_raw(&mut self, batch: &mut sled::Batch, value: Vec<u8>) -> u64 {
         let seq = self.next_seq;
-        batch.insert(&log_key(seq)[..], codec::encode(record)?);
+        batch.insert(&log_key(seq)[..], value);
         self.next_seq += 1;
-        Ok(seq)
+        seq
     }
 
     fn commit(&self, batch: sled::Batch) -> Result<(), LedgerStoreError> {
@@ -276,13 +301,12 @@ impl LedgerStore {
         let before = self.next_seq;
         for (event, result) in events.iter().zip(&results) {
             if result.is_ok() {
-                let seq = self.append(
-                    &mut batch,
-                    &Record::Event {
-                        now_ms,
-                        event: event.encode()?,
-                    },
-                )?;
+                let encoded = event.encode()?;
+                let mut value = Vec::with_capacity(9 + encoded.len());
+                value.push(EVENT_RECORD);
+                value.extend_from_slice(&now_ms.to_le_bytes());
+                value.extend_from_slice(&encoded);
+                let seq = self.append_raw(&mut batch, value);
                 batch.insert(&index_key(&event.id())[..], &seq.to_be_bytes()[..]);
             }
         }
@@ -425,11 +449,11 @@ impl LedgerStore {
         let Some(bytes) = self.tree.get(log_key(seq))? else {
             return Err(corrupt("indexed record missing".into()));
         };
-        match codec::decode::<Record>(&bytes, MAX_RECORD).map_err(|e| corrupt(e.to_string()))? {
-            Record::Event { event, .. } => LedgerEvent::decode(&event)
+        match parse_event(&bytes) {
+            Some((_, event)) => LedgerEvent::decode(event)
                 .map(Some)
                 .map_err(|e: LedgerWireError| corrupt(e.to_string())),
-            _ => Err(corrupt("index points at a non-event record".into())),
+            None => Err(corrupt("index points at a non-event record".into())),
         }
     }
 

@@ -322,7 +322,9 @@ fn sigkill_mid_epoch_loses_nothing_and_applies_nothing_twice() {
     }
     // The journal is a prefix of what the child ingested (batches are atomic).
     let journaled = s.records() as usize;
-    assert!((journaled >= acked && journaled.is_multiple_of(CRASH_BATCH)) || journaled == all.len());
+    assert!(
+        (journaled >= acked && journaled.is_multiple_of(CRASH_BATCH)) || journaled == all.len()
+    );
     let mut prefix = LedgerPeer::new(kit.ledgers[0].node_id(), kit.config(), rollup_config());
     prefix.handle_events(&all[..journaled], NOW);
     assert_eq!(s.peer().ledger().digest(), prefix.ledger().digest());

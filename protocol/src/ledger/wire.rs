@@ -18,7 +18,7 @@
 //! This module owns encodings and their bounds only; what the events mean is
 //! decided in [`crate::ledger`] and [`crate::rollup`].
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::codec::{self, CodecError};
 use crate::signed::{MessageId, Signed, SignedError};
@@ -168,32 +168,66 @@ pub enum LedgerEvent {
     },
 }
 
+/// Frame bytes. Encoded exactly as bincode encodes a `Vec<u8>` (varint
+/// length, then the bytes), but copied in bulk rather than byte by byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Bytes(Vec<u8>);
+
+impl Serialize for Bytes {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("frame bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                Ok(Bytes(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                Ok(Bytes(v))
+            }
+        }
+        deserializer.deserialize_byte_buf(Visit)
+    }
+}
+
+fn bytes<T: crate::wire::WireMessage>(s: &Signed<T>) -> Bytes {
+    Bytes(s.as_bytes().to_vec())
+}
+
 /// The wire form: raw frames, typed after the per-variant size check.
 #[derive(Serialize, Deserialize)]
 enum EventWire {
     Escrow {
-        spec: Vec<u8>,
-        offer: Vec<u8>,
-        accept: Vec<u8>,
+        spec: Bytes,
+        offer: Bytes,
+        accept: Bytes,
     },
     Refund {
-        closed: Vec<u8>,
+        closed: Bytes,
     },
     Settle {
-        receipt: Vec<u8>,
-        acceptance: Vec<u8>,
+        receipt: Bytes,
+        acceptance: Bytes,
     },
     Mint {
-        mint: Vec<u8>,
+        mint: Bytes,
     },
 }
 
 fn frame<T: crate::wire::WireMessage>(
     what: &'static str,
     name: &'static str,
-    bytes: Vec<u8>,
+    bytes: Bytes,
 ) -> Result<Signed<T>, LedgerWireError> {
-    Signed::from_bytes(bytes).map_err(|source| LedgerWireError::Frame {
+    Signed::from_bytes(bytes.0).map_err(|source| LedgerWireError::Frame {
         what,
         frame: name,
         source,
@@ -242,23 +276,21 @@ impl LedgerEvent {
                 offer,
                 accept,
             } => EventWire::Escrow {
-                spec: spec.as_bytes().to_vec(),
-                offer: offer.as_bytes().to_vec(),
-                accept: accept.as_bytes().to_vec(),
+                spec: bytes(spec),
+                offer: bytes(offer),
+                accept: bytes(accept),
             },
             LedgerEvent::Refund { closed } => EventWire::Refund {
-                closed: closed.as_bytes().to_vec(),
+                closed: bytes(closed),
             },
             LedgerEvent::Settle {
                 receipt,
                 acceptance,
             } => EventWire::Settle {
-                receipt: receipt.as_bytes().to_vec(),
-                acceptance: acceptance.as_bytes().to_vec(),
+                receipt: bytes(receipt),
+                acceptance: bytes(acceptance),
             },
-            LedgerEvent::Mint { mint } => EventWire::Mint {
-                mint: mint.as_bytes().to_vec(),
-            },
+            LedgerEvent::Mint { mint } => EventWire::Mint { mint: bytes(mint) },
         };
         let mut out = Vec::with_capacity(self.encoded_len_hint());
         out.push(EVENT_VERSION);
@@ -418,7 +450,7 @@ enum ResponseWire {
         more: bool,
     },
     Receipts {
-        events: Vec<Vec<u8>>,
+        events: Vec<Bytes>,
     },
     Refused {
         reason: String,
@@ -483,7 +515,7 @@ impl RollupResponse {
             RollupResponse::Receipts { events } => ResponseWire::Receipts {
                 events: events
                     .iter()
-                    .map(LedgerEvent::encode)
+                    .map(|e| e.encode().map(Bytes))
                     .collect::<Result<_, _>>()?,
             },
             RollupResponse::Refused { reason } => ResponseWire::Refused {
@@ -545,7 +577,7 @@ impl RollupResponse {
             ResponseWire::Receipts { events } => RollupResponse::Receipts {
                 events: events
                     .iter()
-                    .map(|e| LedgerEvent::decode(e))
+                    .map(|e| LedgerEvent::decode(&e.0))
                     .collect::<Result<_, _>>()?,
             },
             ResponseWire::Refused { reason } => {
@@ -638,8 +670,8 @@ mod tests {
         };
         // Swap the frames: each is refused as the other's kind.
         let wire = EventWire::Settle {
-            receipt: acceptance.as_bytes().to_vec(),
-            acceptance: receipt.as_bytes().to_vec(),
+            receipt: bytes(&acceptance),
+            acceptance: bytes(&receipt),
         };
         let mut bytes = vec![EVENT_VERSION];
         codec::encode_into(&wire, &mut bytes).unwrap();
@@ -650,6 +682,16 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn frame_bytes_encode_like_a_byte_vector() {
+        for len in [0usize, 1, 250, 251, 70_000] {
+            let v: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let fast = codec::encode(&Bytes(v.clone())).unwrap();
+            assert_eq!(fast, codec::encode(&v).unwrap(), "len {len}");
+            assert_eq!(codec::decode::<Bytes>(&fast, 1 << 20).unwrap(), Bytes(v));
+        }
     }
 
     #[test]
