@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `ledger_store/ingest_settle_1024` | 1024 doubly-signed receipts whose escrows are held (the "receipts ingested per second": verify + apply + persist) |
 //! | `ledger_store/ingest_escrow_settle_1024` | 1024 escrows, then their 1024 receipts (two flushes) |
+//! | `raw/sled_chunks_flush_1024` | the journal's writes alone: as many bytes as 1024 settle records, in 64 KiB records of one sled batch, then a flush |
 //!
 //! The store lives in a temporary directory (on this machine's disk); each
 //! timed batch is fresh (pre-signed outside the timing), so nothing is a duplicate.
@@ -144,6 +145,30 @@ fn ledger_store(c: &mut Criterion) {
                 left -= take;
             }
             total
+        })
+    });
+    g.finish();
+
+    // What the journal costs on this disk, without the ledger.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let tree = store.tree("ledger").unwrap();
+    let chunk = vec![0x5au8; 64 * 1024];
+    let mut seq = 0u64;
+    let mut g = c.benchmark_group("raw");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.sample_size(20);
+    g.bench_function("sled_chunks_flush_1024", |b| {
+        b.iter(|| {
+            let mut batch = sled::Batch::default();
+            for _ in 0..(BATCH * 540).div_ceil(chunk.len()) {
+                let mut key = vec![b'l'];
+                key.extend_from_slice(&seq.to_be_bytes());
+                batch.insert(key, chunk.clone());
+                seq += 1;
+            }
+            tree.apply_batch(batch).unwrap();
+            store.flush().unwrap();
         })
     });
     g.finish();

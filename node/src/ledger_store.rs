@@ -17,11 +17,16 @@
 //! the caller must stop using the store and reopen it.
 //!
 //! Layout, in the `ledger` tree of [`crate::store::Store`] (no schema change):
-//! * `l | seq (u64 BE)` → a journal record: `0 | now_ms (u64 LE) | event`
-//!   ([`LedgerEvent::encode`]) for an event, `1 | record` (protocol codec)
-//!   for a header, a finality or an anchor;
-//! * `i | event id (32)` → the `seq` of the event's latest record, to serve
-//!   receipts (and the escrows they matched) to reconciling peers.
+//! `l | seq (u64 BE)` → a journal record, either
+//! * `0 | now_ms (u64 LE) | (len (u32 LE) | event)*`: admitted events
+//!   ([`LedgerEvent::encode`]) fed at `now_ms`, packed up to 64 KiB per
+//!   record (one `ingest` writes one sled batch of such records: a few large
+//!   values cost an order of magnitude less than a key per event), or
+//! * `1 | record` (protocol codec): a header, a finality or an anchor.
+//!
+//! An in-memory index (event id → record and position, about 70 bytes per
+//! event, rebuilt on replay) serves receipts and the escrows they matched to
+//! reconciling peers.
 //!
 //! No ledger rule lives here: the store feeds [`LedgerPeer`] and carries out
 //! what it asks (sign, persist, hand out actions).
@@ -46,7 +51,10 @@ use crate::store::{Store, StoreError};
 
 const TREE: &str = "ledger";
 const LOG: u8 = b'l';
-const INDEX: u8 = b'i';
+/// Events packed per journal record (one event may exceed it alone).
+const CHUNK_BYTES: usize = 64 * 1024;
+/// Events replayed per machine call.
+const REPLAY_BATCH: usize = 4096;
 /// Largest journal record accepted on replay.
 const MAX_RECORD: usize = MAX_EVENT + 64;
 
@@ -124,6 +132,9 @@ pub struct LedgerStore {
     next_seq: u64,
     out: VecDeque<LedgerAction>,
     anchoring: BTreeSet<u64>,
+    /// Event id → (record, position) of its latest journaled copy.
+    index: BTreeMap<MessageId, (u64, u32)>,
+    events: u64,
 }
 
 impl std::fmt::Debug for LedgerStore {
@@ -142,21 +153,37 @@ fn log_key(seq: u64) -> [u8; 9] {
     k
 }
 
-fn index_key(id: &MessageId) -> [u8; 33] {
-    let mut k = [0u8; 33];
-    k[0] = INDEX;
-    k[1..].copy_from_slice(&id.0);
-    k
-}
-
-/// `(now_ms, event bytes)` of an event record.
-fn parse_event(value: &[u8]) -> Option<(u64, &[u8])> {
+/// `(now_ms, event bytes…)` of an event record; `None` for another record.
+fn parse_events(value: &[u8]) -> Option<Result<(u64, Vec<&[u8]>), String>> {
     let (&tag, rest) = value.split_first()?;
-    if tag != EVENT_RECORD || rest.len() < 8 {
+    if tag != EVENT_RECORD {
         return None;
     }
-    let (now, event) = rest.split_at(8);
-    Some((u64::from_le_bytes(now.try_into().ok()?), event))
+    let parse = || {
+        let (now, mut rest) = rest
+            .split_first_chunk::<8>()
+            .ok_or("event record shorter than its header")?;
+        let mut events = Vec::new();
+        while !rest.is_empty() {
+            let (len, tail) = rest
+                .split_first_chunk::<4>()
+                .ok_or("event record: truncated length")?;
+            let (event, tail) = tail
+                .split_at_checked(u32::from_le_bytes(*len) as usize)
+                .ok_or("event record: truncated event")?;
+            events.push(event);
+            rest = tail;
+        }
+        Ok((u64::from_le_bytes(*now), events))
+    };
+    Some(parse().map_err(|e: &str| e.to_string()))
+}
+
+fn start_chunk(now_ms: u64) -> Vec<u8> {
+    let mut chunk = Vec::with_capacity(CHUNK_BYTES + 1024);
+    chunk.push(EVENT_RECORD);
+    chunk.extend_from_slice(&now_ms.to_le_bytes());
+    chunk
 }
 
 fn parse_other(value: &[u8]) -> Result<Record, String> {
@@ -191,6 +218,8 @@ impl LedgerStore {
             next_seq: 0,
             out: VecDeque::new(),
             anchoring: BTreeSet::new(),
+            index: BTreeMap::new(),
+            events: 0,
         };
         s.replay()?;
         Ok(s)
@@ -208,14 +237,19 @@ impl LedgerStore {
                 reason: "journal key is not 9 bytes".into(),
             })?;
             let corrupt = |reason: String| LedgerStoreError::Corrupt { seq, reason };
-            if let Some((now_ms, event)) = parse_event(&v) {
-                let event = LedgerEvent::decode(event).map_err(|e| corrupt(e.to_string()))?;
-                if !batch.is_empty() && now_ms != batch_now {
+            if let Some(parsed) = parse_events(&v) {
+                let (now_ms, events) = parsed.map_err(corrupt)?;
+                if !batch.is_empty() && (now_ms != batch_now || batch.len() >= REPLAY_BATCH) {
                     self.peer.handle_events(&batch, batch_now);
                     batch.clear();
                 }
                 batch_now = now_ms;
-                batch.push(event);
+                for (pos, bytes) in events.into_iter().enumerate() {
+                    let event = LedgerEvent::decode(bytes).map_err(|e| corrupt(e.to_string()))?;
+                    self.index.insert(event.id(), (seq, pos as u32));
+                    self.events += 1;
+                    batch.push(event);
+                }
             } else {
                 let record = parse_other(&v).map_err(corrupt)?;
                 self.peer.handle_events(&batch, batch_now);
@@ -257,6 +291,7 @@ impl LedgerStore {
             .extend(to_anchor.into_values().map(LedgerAction::Rollup));
         tracing::info!(
             records = replayed,
+            events = self.events,
             balances = self.peer.ledger().balances().count(),
             pending = self.peer.ledger().pending(),
             "ledger journal replayed"
@@ -299,21 +334,34 @@ impl LedgerStore {
         let results = self.peer.handle_events(events, now_ms);
         let mut batch = sled::Batch::default();
         let before = self.next_seq;
+        let mut chunk = start_chunk(now_ms);
+        let mut pos = 0u32;
+        let mut staged = Vec::new();
         for (event, result) in events.iter().zip(&results) {
-            if result.is_ok() {
-                let encoded = event.encode()?;
-                let mut value = Vec::with_capacity(9 + encoded.len());
-                value.push(EVENT_RECORD);
-                value.extend_from_slice(&now_ms.to_le_bytes());
-                value.extend_from_slice(&encoded);
-                let seq = self.append_raw(&mut batch, value);
-                batch.insert(&index_key(&event.id())[..], &seq.to_be_bytes()[..]);
+            if result.is_err() {
+                continue;
             }
+            let encoded = event.encode()?;
+            if pos > 0 && chunk.len() + 4 + encoded.len() > CHUNK_BYTES {
+                let full = std::mem::replace(&mut chunk, start_chunk(now_ms));
+                self.append_raw(&mut batch, full);
+                pos = 0;
+            }
+            chunk.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
+            chunk.extend_from_slice(&encoded);
+            // The record this chunk becomes is the next one appended.
+            staged.push((event.id(), (self.next_seq, pos)));
+            pos += 1;
+        }
+        if pos > 0 {
+            self.append_raw(&mut batch, chunk);
         }
         self.drain(&mut batch)?;
         if self.next_seq != before {
             self.commit(batch)?;
         }
+        self.events += staged.len() as u64;
+        self.index.extend(staged);
         Ok(results)
     }
 
@@ -435,26 +483,28 @@ impl LedgerStore {
         self.next_seq
     }
 
+    /// Events journaled so far (the admitted ones).
+    pub fn journaled_events(&self) -> u64 {
+        self.events
+    }
+
     fn event_by_id(&self, id: &MessageId) -> Result<Option<LedgerEvent>, LedgerStoreError> {
-        let Some(value) = self.tree.get(index_key(id))? else {
+        let Some(&(seq, pos)) = self.index.get(id) else {
             return Ok(None);
         };
-        let seq = <[u8; 8]>::try_from(value.as_ref())
-            .map(u64::from_be_bytes)
-            .map_err(|_| LedgerStoreError::Corrupt {
-                seq: u64::MAX,
-                reason: format!("index entry of {id} is not a u64"),
-            })?;
         let corrupt = |reason: String| LedgerStoreError::Corrupt { seq, reason };
         let Some(bytes) = self.tree.get(log_key(seq))? else {
             return Err(corrupt("indexed record missing".into()));
         };
-        match parse_event(&bytes) {
-            Some((_, event)) => LedgerEvent::decode(event)
-                .map(Some)
-                .map_err(|e: LedgerWireError| corrupt(e.to_string())),
-            None => Err(corrupt("index points at a non-event record".into())),
-        }
+        let (_, events) = parse_events(&bytes)
+            .ok_or_else(|| corrupt("index points at a non-event record".into()))?
+            .map_err(corrupt)?;
+        let event = events
+            .get(pos as usize)
+            .ok_or_else(|| corrupt(format!("no event at position {pos}")))?;
+        LedgerEvent::decode(event)
+            .map(Some)
+            .map_err(|e: LedgerWireError| corrupt(e.to_string()))
     }
 
     /// The events that prove these receipts to a reconciling peer: for each

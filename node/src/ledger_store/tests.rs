@@ -85,7 +85,7 @@ fn reopen_rebuilds_balances_roots_and_the_chain() {
     let dir = tempfile::tempdir().unwrap();
     let kit = Kit::new(1);
     let all = events(&kit, 200);
-    let (digest, header, tip) = {
+    let (digest, header, tip, records) = {
         let mut s = open(dir.path(), &kit);
         for chunk in all.chunks(37) {
             let results = s.ingest(chunk, NOW).unwrap();
@@ -106,17 +106,15 @@ fn reopen_rebuilds_balances_roots_and_the_chain() {
             s.peer().ledger().digest(),
             headers[0].clone(),
             s.peer().rollup().chain_tip(),
+            s.records(),
         )
     };
     let mut s = open(dir.path(), &kit);
     assert_eq!(s.peer().ledger().digest(), digest);
     assert_eq!(s.peer().rollup().header(header.epoch), Some(&header));
     assert_eq!(s.peer().rollup().chain_tip(), tip);
-    assert_eq!(
-        s.records(),
-        400 + 3,
-        "400 events, a header, a finality and an anchor"
-    );
+    assert_eq!(s.records(), records);
+    assert_eq!(s.journaled_events(), 400);
     // Replayed state does not re-publish or re-anchor.
     s.handle_timeout(close_time(s.peer()) + 1).unwrap();
     assert!(actions(&mut s).is_empty());
@@ -130,7 +128,7 @@ fn reopen_rebuilds_balances_roots_and_the_chain() {
             .iter()
             .all(|r| matches!(r, Err(LedgerRejected::Duplicate { .. })))
     );
-    assert_eq!(s.records(), 403);
+    assert_eq!((s.records(), s.journaled_events()), (records, 400));
 }
 
 #[test]
@@ -198,30 +196,40 @@ fn a_tampered_journal_is_refused() {
     let all = events(&kit, 5);
     {
         let mut s = open(dir.path(), &kit);
-        s.ingest(&all, NOW).unwrap();
-        s.handle_timeout(close_time(s.peer())).unwrap();
+        s.ingest(&all[..6], NOW).unwrap(); // record 0
+        s.ingest(&all[6..], NOW).unwrap(); // record 1
+        s.handle_timeout(close_time(s.peer())).unwrap(); // header: record 2
     }
-    // Remove the last settle's record: the header no longer matches.
+    // Remove the second batch of events: the header no longer matches.
     {
         let store = store_at(dir.path());
         let tree = store.tree(TREE).unwrap();
-        tree.remove(log_key(9)).unwrap();
+        tree.remove(log_key(1)).unwrap();
         store.flush().unwrap();
     }
     let store = store_at(dir.path());
     let err =
         LedgerStore::open(&store, &kit.ledgers[0], kit.config(), rollup_config()).unwrap_err();
     assert!(
-        matches!(err, LedgerStoreError::Replay { seq: 10, .. }),
+        matches!(err, LedgerStoreError::Replay { seq: 2, .. }),
         "{err}"
     );
-    // Garbage in a record: refused with its sequence number.
+    // Garbage in a record, or a truncated one: refused with its sequence number.
     let tree = store.tree(TREE).unwrap();
-    tree.insert(log_key(3), &b"garbage"[..]).unwrap();
+    let first = tree.get(log_key(0)).unwrap().unwrap();
+    tree.insert(log_key(0), &first[..first.len() - 3]).unwrap();
     let err =
         LedgerStore::open(&store, &kit.ledgers[0], kit.config(), rollup_config()).unwrap_err();
     assert!(
-        matches!(err, LedgerStoreError::Corrupt { seq: 3, .. }),
+        matches!(err, LedgerStoreError::Corrupt { seq: 0, .. }),
+        "{err}"
+    );
+    tree.insert(log_key(0), first).unwrap();
+    tree.insert(log_key(1), &b"garbage"[..]).unwrap();
+    let err =
+        LedgerStore::open(&store, &kit.ledgers[0], kit.config(), rollup_config()).unwrap_err();
+    assert!(
+        matches!(err, LedgerStoreError::Corrupt { seq: 1, .. }),
         "{err}"
     );
 }
@@ -321,7 +329,7 @@ fn sigkill_mid_epoch_loses_nothing_and_applies_nothing_twice() {
         );
     }
     // The journal is a prefix of what the child ingested (batches are atomic).
-    let journaled = s.records() as usize;
+    let journaled = s.journaled_events() as usize;
     assert!(
         (journaled >= acked && journaled.is_multiple_of(CRASH_BATCH)) || journaled == all.len()
     );
@@ -341,7 +349,7 @@ fn sigkill_mid_epoch_loses_nothing_and_applies_nothing_twice() {
             assert!(r.is_ok(), "event {i}: {r:?}");
         }
     }
-    assert_eq!(s.records() as usize, all.len());
+    assert_eq!(s.journaled_events() as usize, all.len());
 
     // The other ledger peer saw everything without a crash; same root.
     let mut other = LedgerPeer::new(kit.ledgers[1].node_id(), kit.config(), rollup_config());
