@@ -153,8 +153,11 @@ fn log_key(seq: u64) -> [u8; 9] {
     k
 }
 
+/// An event record: the `now_ms` it was fed at and its events' bytes.
+type EventRecord<'a> = (u64, Vec<&'a [u8]>);
+
 /// `(now_ms, event bytes…)` of an event record; `None` for another record.
-fn parse_events(value: &[u8]) -> Option<Result<(u64, Vec<&[u8]>), String>> {
+fn parse_events(value: &[u8]) -> Option<Result<EventRecord<'_>, String>> {
     let (&tag, rest) = value.split_first()?;
     if tag != EVENT_RECORD {
         return None;
