@@ -140,3 +140,260 @@ async fn idle_node_resources() {
     );
     mesh.stop().await;
 }
+
+/// Submit → first assignment on a 20-node mesh: 40 one-frame jobs from a
+/// non-scheduler, one after another; the time from `POST /v1/jobs` to the
+/// first task having a worker (offered or running), polled every 10 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: run by hand"]
+async fn submit_to_first_assignment_20_nodes() {
+    use rendertrust_node::jobs::submit::{KindRequest, SubmitRequest};
+    use rendertrust_node::jobs::view::{JobDetail, SubmitView};
+    const N: usize = 20;
+    let mesh = Mesh::start(
+        N,
+        &["--advert-interval-secs", "2", "--capacity-ttl-secs", "10"],
+    )
+    .await;
+    for i in 0..N {
+        let api = mesh.api(i).clone();
+        eventually(
+            &format!("node {i} full"),
+            Duration::from_secs(300),
+            Duration::from_secs(1),
+            || {
+                let api = api.clone();
+                async move {
+                    let n = capacity_nodes(&api).await?.len();
+                    if n >= N { Ok(()) } else { Err(format!("{n}")) }
+                }
+            },
+        )
+        .await;
+    }
+    let creator = mesh.api(N - 1).clone();
+    let mut samples = Vec::new();
+    for round in 0..40u32 {
+        let req = SubmitRequest {
+            kind: KindRequest::Builtin,
+            scene: None,
+            inputs: vec![],
+            frames: Some(format!("{}", round + 1)),
+            tiles: None,
+            width: Some(64),
+            height: Some(36),
+            max_price_per_task: None,
+            requirements: Default::default(),
+            deadline_secs: None,
+        };
+        let start = std::time::Instant::now();
+        let v: SubmitView = creator.post("/v1/jobs", &req).await.unwrap();
+        loop {
+            let d: JobDetail = creator.get(&format!("/v1/jobs/{}", v.id)).await.unwrap();
+            if d.tasks.iter().any(|t| t.worker.is_some()) {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no assignment in 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        samples.push(start.elapsed().as_millis() as u64);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    samples.sort_unstable();
+    eprintln!(
+        "MEASURE submit -> first assignment, 20 nodes, {} jobs: p50 {} ms, p99 {} ms, min {} ms, max {} ms",
+        samples.len(),
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.99),
+        samples[0],
+        samples[samples.len() - 1]
+    );
+    mesh.stop().await;
+}
+
+/// Moves `size` bytes from one in-process node to another over a plain quinn
+/// connection on loopback (TLS 1.3, the same crypto backend as libp2p-quic):
+/// the baseline of the mesh transfer. Returns bytes per second.
+async fn plain_quic_transfer(size: u64) -> f64 {
+    use std::sync::Arc;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let der = cert.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+    let server_config = quinn::ServerConfig::with_single_cert(vec![der.clone()], key).unwrap();
+    let server = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = server.local_addr().unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).unwrap();
+    let client_config = quinn::ClientConfig::with_root_certificates(Arc::new(roots)).unwrap();
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    client.set_default_client_config(client_config);
+    let recv = tokio::spawn(async move {
+        let conn = server.accept().await.unwrap().await.unwrap();
+        let mut stream = conn.accept_uni().await.unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0u64;
+        while let Some(n) = stream.read(&mut buf).await.unwrap() {
+            got += n as u64;
+        }
+        got
+    });
+    let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
+    let start = std::time::Instant::now();
+    let mut s = conn.open_uni().await.unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    let mut sent = 0u64;
+    while sent < size {
+        let n = (size - sent).min(chunk.len() as u64) as usize;
+        s.write_all(&chunk[..n]).await.unwrap();
+        sent += n as u64;
+    }
+    s.finish().unwrap();
+    let got = recv.await.unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(got, size);
+    conn.close(0u32.into(), b"done");
+    size as f64 / secs
+}
+
+/// A 1 GiB input moved creator → worker over the mesh, sealed and
+/// content-addressed, as the job service does it (`fetch_content` over the
+/// `content` service, every chunk verified and stored), against a plain
+/// quinn transfer of the same bytes in the same run. `MEASURE_BYTES`
+/// overrides the size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: run by hand"]
+async fn one_gib_input_over_the_mesh_vs_plain_quic() {
+    use rand_chacha::rand_core::SeedableRng;
+    use rendertrust_node::content::{
+        ContentConfig, ContentStore, FetchOptions, fetch_content, seal_file_into_store,
+    };
+    use rendertrust_node::jobs::transfer::{self, PeerSource};
+    use rendertrust_node::net::{self, Inbound, NetConfig};
+    use rendertrust_protocol::identity::NodeKey;
+    use rendertrust_protocol::seal::JobKey;
+
+    let size: u64 = std::env::var("MEASURE_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1 << 30);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.bin");
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+        let mut block = vec![0u8; 1 << 20];
+        let mut x = 0x9e37_79b9u32;
+        for b in block.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            *b = x as u8;
+        }
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(block.len() as u64) as usize;
+            f.write_all(&block[..n]).unwrap();
+            left -= n as u64;
+        }
+    }
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+    let start_node = |seed: u8, bootstrap: Vec<libp2p::Multiaddr>| async move {
+        let key = NodeKey::from_secret_bytes(&[seed; 32]);
+        let template = rendertrust_protocol::wire::CapacityAdvert {
+            node: key.node_id(),
+            seq: 0,
+            issued_at_ms: 0,
+            wrap_key: [seed; 32],
+            roles: vec![rendertrust_protocol::wire::Role::Worker],
+            cpu_cores: 2,
+            cpu_model: "m".into(),
+            ram_bytes: 1 << 30,
+            disk_free_bytes: 1 << 30,
+            gpus: vec![],
+            runtimes: vec![],
+            bench_mfpm: 1,
+            running_tasks: 0,
+            max_tasks: 1,
+            price_per_task: 1,
+            region: String::new(),
+        };
+        let (_tx, rx) = tokio::sync::watch::channel(template);
+        let config = NetConfig {
+            listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
+            bootstrap,
+            kad_server: true,
+            ..NetConfig::default()
+        };
+        let spawned = net::spawn(&key, config, rx).await.unwrap();
+        (key.node_id(), spawned, _tx)
+    };
+    let (a_id, a, _a_tx) = start_node(71, vec![]).await;
+    let a_addr: libp2p::Multiaddr = a.handle.status().await.unwrap().listen_addrs[0]
+        .parse()
+        .unwrap();
+    let (_b_id, b, _b_tx) = start_node(72, vec![a_addr]).await;
+    let store_a = ContentStore::open(&dir.path().join("a"), ContentConfig::default()).unwrap();
+    let store_b = ContentStore::open(&dir.path().join("b"), ContentConfig::default()).unwrap();
+    let key = JobKey::generate(&mut rng);
+    let t = std::time::Instant::now();
+    let sealed = {
+        let (s, p, k) = (
+            store_a.clone(),
+            input.clone(),
+            JobKey::from_bytes(*key.as_bytes()),
+        );
+        tokio::task::spawn_blocking(move || {
+            let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(2);
+            seal_file_into_store(&s, &p, &k, b"measure", &mut rng).unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    let seal_secs = t.elapsed().as_secs_f64();
+    // A serves content requests from its store.
+    let mut inbound = a.inbound;
+    let serve_store = store_a.clone();
+    tokio::spawn(async move {
+        while let Some(msg) = inbound.recv().await {
+            if let Inbound::Request(r) = msg {
+                tokio::spawn(transfer::serve(serve_store.clone(), r));
+            }
+        }
+    });
+    let mut b_inbound = b.inbound;
+    tokio::spawn(async move { while b_inbound.recv().await.is_some() {} });
+    let source = PeerSource {
+        net: b.handle.clone(),
+        peer: a_id,
+    };
+    let t = std::time::Instant::now();
+    let report = fetch_content(
+        &store_b,
+        sealed.manifest_id,
+        &source,
+        &FetchOptions::default(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let mesh_secs = t.elapsed().as_secs_f64();
+    let sealed_bytes = sealed.manifest.total_size;
+    let mesh_rate = sealed_bytes as f64 / mesh_secs;
+    let quic_rate = plain_quic_transfer(sealed_bytes).await;
+    eprintln!(
+        "MEASURE {:.2} GiB sealed input, {} chunks: sealing {:.1} s ({:.0} MB/s); mesh transfer {:.1} s = {:.0} MB/s; plain quinn {:.0} MB/s; ratio {:.2}",
+        sealed_bytes as f64 / f64::from(1u32 << 30),
+        report.chunks_fetched,
+        seal_secs,
+        size as f64 / seal_secs / 1e6,
+        mesh_secs,
+        mesh_rate / 1e6,
+        quic_rate / 1e6,
+        mesh_rate / quic_rate
+    );
+    let _ = a.handle.shutdown().await;
+    let _ = b.handle.shutdown().await;
+}
