@@ -499,29 +499,65 @@ impl Default for Scenario {
     }
 }
 
-/// Sets `path` (dotted, e.g. `churn.rate`) in a TOML document to `value`
-/// (parsed as a TOML value; a bare word is taken as a string).
+/// Sets `path` (dotted, e.g. `churn.rate`; a number indexes an array, e.g.
+/// `groups.0.count`) in a TOML document to `value` (parsed as a TOML value;
+/// a bare word is taken as a string).
 pub fn set_path(doc: &mut toml::Table, path: &str, value: &str) -> Result<()> {
     let parsed: toml::Value = match format!("v = {value}").parse::<toml::Table>() {
         Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(value.into())),
         Err(_) => toml::Value::String(value.into()),
     };
-    let mut keys: Vec<&str> = path.split('.').collect();
-    let Some(last) = keys.pop() else {
+    let keys: Vec<&str> = path.split('.').collect();
+    let Some((last, parents)) = keys.split_last() else {
         bail!("empty parameter path");
     };
-    let mut table = doc;
-    for k in keys {
-        let entry = table
-            .entry(k.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        table = match entry {
-            toml::Value::Table(t) => t,
+    let mut here = doc;
+    for k in parents {
+        let next = match here.get(*k) {
+            Some(toml::Value::Array(_)) => None,
+            Some(toml::Value::Table(_)) => Some(()),
+            Some(_) => bail!("{path}: {k} is not a table"),
+            None => {
+                here.insert(k.to_string(), toml::Value::Table(toml::Table::new()));
+                Some(())
+            }
+        };
+        here = match (next, here.get_mut(*k)) {
+            (Some(()), Some(toml::Value::Table(t))) => t,
+            _ => bail!("{path}: {k} is an array; index it, e.g. {k}.0"),
+        };
+    }
+    here.insert(last.to_string(), parsed);
+    Ok(())
+}
+
+/// Like [`set_path`], with array indices (`groups.0.count`).
+fn set_indexed(doc: &mut toml::Table, path: &str, value: &str) -> Result<()> {
+    let keys: Vec<&str> = path.split('.').collect();
+    // Find the first numeric segment: everything after it lives in an array element.
+    let Some(pos) = keys.iter().position(|k| k.parse::<usize>().is_ok()) else {
+        return set_path(doc, path, value);
+    };
+    if pos == 0 || pos + 1 >= keys.len() {
+        bail!("{path}: an index must follow an array name and precede a field");
+    }
+    let mut here: &mut toml::Table = doc;
+    for k in &keys[..pos - 1] {
+        here = match here.get_mut(*k) {
+            Some(toml::Value::Table(t)) => t,
             _ => bail!("{path}: {k} is not a table"),
         };
     }
-    table.insert(last.to_string(), parsed);
-    Ok(())
+    let arr_name = keys[pos - 1];
+    let index: usize = keys[pos].parse()?;
+    let elem = match here.get_mut(arr_name) {
+        Some(toml::Value::Array(a)) => a.get_mut(index),
+        _ => bail!("{path}: {arr_name} is not an array in the scenario"),
+    };
+    match elem {
+        Some(toml::Value::Table(t)) => set_indexed(t, &keys[pos + 1..].join("."), value),
+        _ => bail!("{path}: {arr_name} has no element {index}"),
+    }
 }
 
 impl Scenario {
@@ -529,7 +565,7 @@ impl Scenario {
     pub fn parse(text: &str, overrides: &[(String, String)]) -> Result<Scenario> {
         let mut doc: toml::Table = text.parse().context("scenario is not valid TOML")?;
         for (k, v) in overrides {
-            set_path(&mut doc, k, v).with_context(|| format!("setting {k}={v}"))?;
+            set_indexed(&mut doc, k, v).with_context(|| format!("setting {k}={v}"))?;
         }
         let sc: Scenario = toml::Value::Table(doc)
             .try_into()
@@ -763,6 +799,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(sc.jobs.frames, Dist::Fixed { value: 5.0 });
+        let sc = Scenario::parse(
+            "[[groups]]\nname = \"w\"\n[[groups]]\nname = \"s\"\nroles = [\"scheduler\", \"creator\"]",
+            &[("groups.1.count".into(), "7".into())],
+        )
+        .unwrap();
+        assert_eq!(sc.groups[1].count, 7);
+        assert!(Scenario::parse("", &[("groups.9.count".into(), "7".into())]).is_err());
     }
 
     #[test]

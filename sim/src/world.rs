@@ -700,7 +700,11 @@ impl World {
                 WorkerConfig {
                     max_tasks: slots,
                     heartbeat_interval_ms: hb,
-                    remembered_answers: 64,
+                    // Answers are remembered for offers delivered twice (a
+                    // retried request); the simulator delivers each offer
+                    // once, so a few suffice, and 100 000 workers × 1024
+                    // remembered offers would take gigabytes.
+                    remembered_answers: 4,
                 },
             );
             w.runs.clear();
@@ -1436,6 +1440,20 @@ impl World {
             return;
         };
         let r = sp.m.submit(spec, frame, now);
+        if matches!(
+            r,
+            Ok(rendertrust_protocol::scheduler::Submitted::New { .. })
+        ) {
+            // Bookkeeping starts when a scheduler holds the job (it places at once).
+            let job = &mut self.jobs[j as usize];
+            if job.closed.is_empty() {
+                let n = job.spec.split.task_count() as usize;
+                job.closed = vec![0; n];
+                job.first_assigned = vec![u64::MAX; n];
+                self.m.open_tasks += n as i64;
+                self.m.tasks_submitted += n as u64;
+            }
+        }
         let (ok, busy) = match r {
             Ok(_) => (true, false),
             Err(SubmitError::TooManyJobs { .. } | SubmitError::TooManyTasks { .. }) => {
@@ -1928,7 +1946,19 @@ impl World {
             .collect();
         let ranked = hrw::rank(hrw::job_key(&job.spec.id), live.iter());
         match ranked.get(rank as usize).and_then(|id| self.index.get(id)) {
-            Some(&s) => self.send(c, s, Body::Submit { job: j, rank }, now),
+            Some(&s) => {
+                // The creator records the job before sending it, trusting
+                // the scheduler it submits to.
+                let sid = self.nodes[s as usize].id;
+                let job = &mut self.jobs[j as usize];
+                match job.cj.as_mut() {
+                    Some(cj) => {
+                        cj.trust_scheduler(sid);
+                    }
+                    None => job.cj = Some(CreatorJob::new(job.spec.clone(), sid)),
+                }
+                self.send(c, s, Body::Submit { job: j, rank }, now);
+            }
             None => {
                 if now + SUBMIT_RETRY_MS < job.spec.deadline_ms {
                     self.q.push(now + SUBMIT_RETRY_MS, Ev::Resubmit(j));
@@ -1968,13 +1998,8 @@ impl World {
             }
             job.taken = true;
             job.owner = Some(s);
-            let n = job.spec.split.task_count() as usize;
-            job.closed = vec![0; n];
-            job.first_assigned = vec![u64::MAX; n];
-            job.cj = Some(CreatorJob::new(job.spec.clone(), sid));
             job.rec.owner = s;
-            self.m.open_tasks += n as i64;
-            self.m.tasks_submitted += n as u64;
+            let _ = sid;
         } else if busy {
             self.submit(j, rank.saturating_add(1), now);
         } else {
@@ -2142,7 +2167,14 @@ impl World {
             job.rec.makespan_ms = Some(makespan);
             self.jobs_open -= 1;
             self.m.jobs_finished += 1;
-            // Per-task state is no longer needed.
+            // Keep the counts; the creator's per-task state (every accepted
+            // result) is not needed any more: at 100 000 nodes it would hold
+            // millions of results.
+            if let Some(cj) = job.cj.take() {
+                let c = cj.counts();
+                job.rec.accepted = c.accepted as u32;
+                job.rec.creator_failed = c.failed as u32;
+            }
             job.first_assigned = Vec::new();
         }
     }
@@ -2198,25 +2230,27 @@ fn template_advert(
         .and_then(|c| {
             vendor_of(&c.vendor).ok().flatten().map(|vendor| GpuInfo {
                 vendor,
-                model: c.name.clone(),
+                // The model name reaches no decision; empty costs no allocation.
+                model: String::new(),
                 vram_bytes: c.vram_gb << 30,
             })
         })
         .into_iter()
         .collect();
-    let runtimes = if worker {
-        vec![
-            RuntimeInfo {
-                kind: RuntimeKind::Builtin,
-                version: "1".into(),
-            },
-            RuntimeInfo {
-                kind: RuntimeKind::Blender,
-                version: "4.2".into(),
-            },
-        ]
-    } else {
+    // Workers offer the runtime the scenario's jobs need (one allocation
+    // less per advert than listing both).
+    let runtimes = if !worker {
         Vec::new()
+    } else if sc.jobs.kind == "builtin" {
+        vec![RuntimeInfo {
+            kind: RuntimeKind::Builtin,
+            version: "1".into(),
+        }]
+    } else {
+        vec![RuntimeInfo {
+            kind: RuntimeKind::Blender,
+            version: "4.2".into(),
+        }]
     };
     CapacityAdvert {
         node: NodeId::from_bytes([0; 32]),
