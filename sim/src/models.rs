@@ -208,7 +208,7 @@ impl ArrivalModel {
     /// Period of bursts and their size, if the process has them.
     pub fn bursts(&self) -> Option<(u64, u32)> {
         (self.a.process == "bursts")
-            .then(|| ((self.a.burst_every_s * 1000.0) as u64, self.a.burst_jobs))
+            .then_some(((self.a.burst_every_s * 1000.0) as u64, self.a.burst_jobs))
     }
 }
 

@@ -48,7 +48,7 @@ impl SimRng {
     }
 
     /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let s = &mut self.s;
         let result = (s[0].wrapping_add(s[3])).rotate_left(23).wrapping_add(s[0]);
         let t = s[1] << 17;
@@ -63,7 +63,7 @@ impl SimRng {
 
     /// A uniform draw in (0, 1] (never 0, so `ln` is finite).
     pub fn unit(&mut self) -> f64 {
-        ((self.next() >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64)
+        ((self.next_u64() >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
     /// True with probability `p`.
@@ -73,7 +73,7 @@ impl SimRng {
 
     /// A uniform index in `0..n` (`n` ≥ 1).
     pub fn below(&mut self, n: usize) -> usize {
-        ((u128::from(self.next()) * n as u128) >> 64) as usize
+        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
     }
 
     /// An index drawn by weight (weights ≥ 0, not all 0; else 0).
@@ -97,16 +97,16 @@ impl rand_core::TryRng for SimRng {
     type Error = Infallible;
 
     fn try_next_u32(&mut self) -> Result<u32, Infallible> {
-        Ok((self.next() >> 32) as u32)
+        Ok((self.next_u64() >> 32) as u32)
     }
 
     fn try_next_u64(&mut self) -> Result<u64, Infallible> {
-        Ok(self.next())
+        Ok(self.next_u64())
     }
 
     fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
         for chunk in dst.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
+            let v = self.next_u64().to_le_bytes();
             chunk.copy_from_slice(&v[..chunk.len()]);
         }
         Ok(())
@@ -123,11 +123,11 @@ mod tests {
         let mut b = SimRng::stream(1, "churn", 7);
         let mut c = SimRng::stream(1, "churn", 8);
         let mut d = SimRng::stream(2, "churn", 7);
-        let xs: Vec<u64> = (0..4).map(|_| a.next()).collect();
-        let ys: Vec<u64> = (0..4).map(|_| b.next()).collect();
+        let xs: Vec<u64> = (0..4).map(|_| a.next_u64()).collect();
+        let ys: Vec<u64> = (0..4).map(|_| b.next_u64()).collect();
         assert_eq!(xs, ys);
-        assert_ne!(xs[0], c.next());
-        assert_ne!(xs[0], d.next());
+        assert_ne!(xs[0], c.next_u64());
+        assert_ne!(xs[0], d.next_u64());
     }
 
     #[test]

@@ -641,14 +641,15 @@ impl Scenario {
             .map_err(anyhow::Error::msg)?;
         prob(self.net.rpc_loss, "net.rpc_loss")?;
         prob(self.net.gossip_loss, "net.gossip_loss")?;
-        if !(self.net.rpc_timeout_s > 0.0) || self.net.gossip_degree < 2 {
+        if !positive(self.net.rpc_timeout_s) || self.net.gossip_degree < 2 {
             bail!("net.rpc_timeout_s must be > 0 and net.gossip_degree >= 2");
         }
         for c in &self.gpu_classes {
             if vendor_of(&c.vendor).is_err() {
                 bail!("gpu class {}: unknown vendor {:?}", c.name, c.vendor);
             }
-            if !(c.speed > 0.0) || c.slots == 0 || !(c.down_mbps > 0.0) || !(c.up_mbps > 0.0) {
+            if !positive(c.speed) || c.slots == 0 || !positive(c.down_mbps) || !positive(c.up_mbps)
+            {
                 bail!(
                     "gpu class {}: speed, slots and bandwidths must be > 0",
                     c.name
@@ -709,7 +710,7 @@ impl Scenario {
             "poisson" | "bursts" | "diurnal" | "trace" => {}
             p => bail!("arrivals.process {p:?}: expected poisson, bursts, diurnal or trace"),
         }
-        if a.process == "trace" && (a.at_s.is_empty() || a.at_s.iter().any(|t| !(*t >= 0.0))) {
+        if a.process == "trace" && (a.at_s.is_empty() || a.at_s.iter().any(|t| !non_negative(*t))) {
             bail!("arrivals: a trace needs at_s = [seconds, …] (each >= 0)");
         }
         if a.process != "trace"
@@ -717,11 +718,11 @@ impl Scenario {
         {
             bail!("arrivals: set rate_per_hour > 0 or load > 0");
         }
-        if a.process == "bursts" && !(a.burst_every_s > 0.0) {
+        if a.process == "bursts" && !positive(a.burst_every_s) {
             bail!("arrivals.burst_every_s must be > 0");
         }
         if a.process == "diurnal"
-            && !(a.diurnal_period_s > 0.0 && (0.0..=1.0).contains(&a.diurnal_amplitude))
+            && !(positive(a.diurnal_period_s) && (0.0..=1.0).contains(&a.diurnal_amplitude))
         {
             bail!("arrivals: diurnal_period_s > 0 and 0 <= diurnal_amplitude <= 1");
         }
@@ -753,14 +754,24 @@ impl Scenario {
         let d = &self.dishonest;
         prob(d.fraction, "dishonest.fraction")?;
         prob(d.lazy_time, "dishonest.lazy_time")?;
-        if d.fraction > 0.0 && !(d.wrong + d.lazy + d.slow + d.silent > 0.0) {
+        if d.fraction > 0.0 && !positive(d.wrong + d.lazy + d.slow + d.silent) {
             bail!("dishonest: give at least one behaviour a weight > 0");
         }
-        if !(d.slow_factor >= 1.0) {
+        if !non_negative(d.slow_factor - 1.0) {
             bail!("dishonest.slow_factor must be >= 1");
         }
         Ok(())
     }
+}
+
+/// `x > 0` (false for NaN).
+fn positive(x: f64) -> bool {
+    x > 0.0
+}
+
+/// `x >= 0` (false for NaN).
+fn non_negative(x: f64) -> bool {
+    x >= 0.0
 }
 
 /// A vendor name as in scenarios; `None` for `none` (CPU only).

@@ -124,6 +124,8 @@ struct Node {
     template: u32,
     churns: bool,
     online: bool,
+    /// Held down by a regional outage: churn does not bring it back.
+    held: bool,
     inc: u32,
     wake_at: u64,
     next_token: u32,
@@ -420,6 +422,7 @@ impl World {
                     template,
                     churns: g.churn,
                     online: false,
+                    held: false,
                     inc: 0,
                     wake_at: u64::MAX,
                     next_token: 0,
@@ -684,7 +687,7 @@ impl World {
         let is_sched = self.schedulers.binary_search(&n).is_ok();
         let slots = self.slots_of(n);
         let node = &mut self.nodes[n as usize];
-        if node.online {
+        if node.online || node.held {
             return;
         }
         node.online = true;
@@ -764,9 +767,8 @@ impl World {
         self.m.busy_slots -= busy;
         self.m.rendering -= rendering;
         self.m.departures += 1;
-        let inc = node.inc;
+        // Timers, runs and sessions of this incarnation are void from now on.
         node.inc += 1;
-        let _ = inc;
         if returns
             && node.churns
             && let Some(off) = models::offline_ms(&self.sc, &mut node.rng)
@@ -794,7 +796,9 @@ impl World {
             }
             if start {
                 self.down(i as u32, now, false);
-            } else if !self.nodes[i].online {
+                self.nodes[i].held = true;
+            } else {
+                self.nodes[i].held = false;
                 self.up(i as u32, now);
             }
         }
@@ -1991,7 +1995,6 @@ impl World {
         now: u64,
     ) {
         if ok {
-            let sid = self.nodes[s as usize].id;
             let job = &mut self.jobs[j as usize];
             if job.taken {
                 return;
@@ -1999,7 +2002,6 @@ impl World {
             job.taken = true;
             job.owner = Some(s);
             job.rec.owner = s;
-            let _ = sid;
         } else if busy {
             self.submit(j, rank.saturating_add(1), now);
         } else {

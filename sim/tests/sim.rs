@@ -308,3 +308,29 @@ fn every_example_scenario_parses_and_conserves_when_scaled_down() {
         dir.display()
     );
 }
+
+#[test]
+fn a_sweep_runs_every_variant_and_compares_them() {
+    let text = small(30, "[arrivals]\nload = 0.5\n[churn]\nrate = 0.0");
+    let out = tempfile::tempdir().unwrap();
+    let params = vec!["churn.rate=0.0,1.5".parse().unwrap()];
+    println!("seed 11");
+    let rows =
+        rendertrust_sim::sweep::sweep(&text, &[], &params, Some(11), out.path(), false).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].variant, "churn.rate=0.0");
+    let (calm, churny) = (&rows[0].summary, &rows[1].summary);
+    assert_eq!(calm.activity.departures, 0);
+    assert!(churny.activity.departures > 0);
+    assert!(churny.activity.redispatches > calm.activity.redispatches);
+    let csv = std::fs::read_to_string(out.path().join("comparison.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(out.path().join("churn.rate=1.5/summary.json").is_file());
+    // The same sweep again gives the same comparison, whatever the threads did.
+    let again = tempfile::tempdir().unwrap();
+    rendertrust_sim::sweep::sweep(&text, &[], &params, Some(11), again.path(), false).unwrap();
+    assert_eq!(
+        csv,
+        std::fs::read_to_string(again.path().join("comparison.csv")).unwrap()
+    );
+}
