@@ -17,6 +17,9 @@
 //!   becomes a *candidate* for its task; the first candidate is fetched. At
 //!   most [`MAX_CANDIDATES`] wait per task; a task already accepted answers
 //!   [`Decision::Duplicate`], so a late result is never paid twice.
+//!   [`CreatorJob::check_verified`] is the same check after the signature
+//!   step, for a driver that verified the frames itself (the simulator
+//!   models signatures and calls it with decoded values).
 //! * **Acceptance** ([`CreatorJob::fetched`]): after the driver has fetched
 //!   and opened the sealed output, the plaintext hash must equal the one the
 //!   worker signed. Then, and only then, the machine returns the

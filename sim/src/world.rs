@@ -63,10 +63,13 @@ use crate::scenario::{Scenario, vendor_of};
 pub const T0: u64 = 1_780_000_000_000;
 /// Input caches a worker keeps (jobs whose inputs it has).
 const CACHE_JOBS: usize = 4;
-/// How often a creator retries fetching an output from an offline worker.
+/// A creator retries fetching an output from an offline worker after this,
+/// doubling up to [`FETCH_RETRY_MAX_MS`] (a volunteer's rig often comes back).
 const FETCH_RETRY_MS: u64 = 30_000;
-/// Fetch retries before the creator moves on to the next candidate.
-const FETCH_TRIES: u8 = 20;
+/// Longest wait between two fetch tries.
+const FETCH_RETRY_MAX_MS: u64 = 600_000;
+/// Fetch tries before the creator gives up on a result (about 2 hours).
+const FETCH_TRIES: u8 = 16;
 /// How often a worker re-sends a result that could not be delivered.
 const RESULT_RETRY_MS: u64 = 10_000;
 /// Result deliveries tried before the worker gives up.
@@ -2092,7 +2095,8 @@ impl World {
         };
         if !ok {
             if tries + 1 < FETCH_TRIES {
-                let at = now + FETCH_RETRY_MS;
+                let wait = (FETCH_RETRY_MS << tries.min(10)).min(FETCH_RETRY_MAX_MS);
+                let at = now + wait;
                 self.q.push(
                     at,
                     Ev::Msg(Box::new(Msg {
