@@ -40,7 +40,7 @@ use rendertrust_protocol::hrw;
 use rendertrust_protocol::identity::{NodeId, NodeKey};
 use rendertrust_protocol::scheduler::{
     JobEvent, JobSnapshot, ProgressError, ResultError, Scheduler, SchedulerAction, SchedulerConfig,
-    SubmitError,
+    SchedulerSnapshot, SubmitError,
 };
 use rendertrust_protocol::seal::WrappedKey;
 use rendertrust_protocol::signed::Signed;
@@ -140,6 +140,8 @@ struct Node {
     up_mbps: f64,
     worker: Option<Box<WorkerPart>>,
     sched: Option<Box<SchedPart>>,
+    /// A scheduler's state as persisted when it went down (the node resumes it).
+    saved: Option<Box<SchedulerSnapshot>>,
     creator: Option<Box<CreatorPart>>,
     cached: [u32; CACHE_JOBS],
     cache_next: usize,
@@ -442,6 +444,7 @@ impl World {
                         })
                     }),
                     sched: None,
+                    saved: None,
                     creator: creator_key.map(|key| Box::new(CreatorPart { key, nonce: 0 })),
                     cached: [u32::MAX; CACHE_JOBS],
                     cache_next: 0,
@@ -716,13 +719,20 @@ impl World {
             w.runs.clear();
         }
         if is_sched {
+            // The node resumes its persisted scheduler snapshot (as the job
+            // service does); its capacity table starts empty.
+            let m = node
+                .saved
+                .take()
+                .and_then(|snap| Scheduler::restore(cfg.clone(), *snap).ok())
+                .unwrap_or_else(|| Scheduler::new(node.id, cfg));
             node.sched = Some(Box::new(SchedPart {
                 table: CapacityTable::new(CapacityConfig {
                     ttl_ms: ttl,
                     max_skew_ms: 10_000,
                     max_entries,
                 }),
-                m: Scheduler::new(node.id, cfg),
+                m,
                 rng: SimRng::stream(
                     self.seed,
                     "placement",
@@ -753,7 +763,11 @@ impl World {
         }
         node.online = false;
         node.stats.online_ms += now.saturating_sub(node.online_since);
-        node.sched = None;
+        // The job service writes its snapshot at most every 2 s; the state
+        // at the crash stands for the last one written.
+        if let Some(s) = node.sched.take() {
+            node.saved = Some(Box::new(s.m.snapshot()));
+        }
         let mut busy = 0i64;
         let mut rendering = 0i64;
         if let Some(w) = &mut node.worker {
