@@ -129,7 +129,7 @@ pub struct Metrics {
     pub jobs_rejected: u64,
     /// Arrivals with no creator online.
     pub jobs_no_creator: u64,
-    /// Jobs taken but not finished at the end.
+    /// Jobs neither finished nor rejected at the end.
     pub unfinished_jobs: u64,
     /// Tasks of jobs a scheduler took.
     pub tasks_submitted: u64,

@@ -69,7 +69,7 @@ pub struct JobCounts {
     pub finished: u64,
     /// No scheduler took it (all busy or none live).
     pub rejected: u64,
-    /// Taken but not finished when the run ended.
+    /// Not finished (nor rejected) when the run ended.
     pub unfinished: u64,
     /// Arrivals dropped because no creator was online.
     pub no_creator: u64,

@@ -570,7 +570,7 @@ impl World {
             }
         }
         for j in &mut self.jobs {
-            if j.rec.finished_at.is_none() && j.taken {
+            if j.rec.finished_at.is_none() && !j.rec.rejected {
                 self.m.unfinished_jobs += 1;
             }
             j.rec.tasks_done = j.closed.iter().filter(|c| **c == 1).count() as u32;
