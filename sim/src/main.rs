@@ -101,7 +101,8 @@ enum Cmd {
         /// Simulator seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Seconds per frame for the simulator (default: measured with a 1-frame job).
+        /// Seconds per frame for the simulator (default: `rendertrust
+        /// render` of one frame, timed on this machine).
         #[arg(long)]
         seconds_per_frame: Option<f64>,
     },

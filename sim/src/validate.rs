@@ -92,7 +92,7 @@ impl Comparison {
              tasks/worker     {:>9}  {:>9}   (sorted, most first)\n\
              on schedulers    {:>8.1}%  {:>8.1}%\n\
              spread distance  {:>9.3}             (total variation of the sorted profiles; 0 = same)\n\
-             calibrated seconds per frame: {:.3}\n",
+             seconds per frame (builtin render, this machine): {:.3}\n",
             self.real_s,
             self.sim_s,
             format!("{:?}", self.real_counts),
@@ -262,10 +262,10 @@ fn start_devnet(bin: &Path, nodes: usize, dir: &Path, timeout: Duration) -> Resu
         .ok_or_else(|| anyhow!("devnet stdout not captured"))?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        // Read to the end (the devnet prints until it stops; a closed pipe
+        // would make its last lines fail), forwarding while anyone listens.
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
+            let _ = tx.send(line);
         }
     });
     let mut dev = Devnet {
@@ -294,6 +294,34 @@ fn start_devnet(bin: &Path, nodes: usize, dir: &Path, timeout: Duration) -> Resu
         }
     }
     Ok(dev)
+}
+
+/// Median wall time of `rendertrust render` for one default-scene frame.
+fn render_seconds(bin: &Path, width: u32, height: u32, dir: &Path) -> Result<f64> {
+    let out = dir.join("calibration.png");
+    let mut times = Vec::new();
+    for frame in 1..=3 {
+        let start = Instant::now();
+        let status = Command::new(bin)
+            .args(["render", "--default-scene", "--frame", &frame.to_string()])
+            .args([
+                "--width",
+                &width.to_string(),
+                "--height",
+                &height.to_string(),
+            ])
+            .arg("--out")
+            .arg(&out)
+            .stdout(Stdio::null())
+            .status()
+            .with_context(|| format!("running {} render", bin.display()))?;
+        if !status.success() {
+            bail!("{} render failed ({status})", bin.display());
+        }
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[1])
 }
 
 /// Submits a builtin job at `api`; returns (wall seconds to final state, tasks JSON).
@@ -347,7 +375,7 @@ fn real_job(
 pub fn devnet_scenario(nodes: usize, frames: u32, seconds_per_frame: f64) -> Scenario {
     let mut sc = Scenario {
         name: "validate".into(),
-        duration_s: 1,
+        duration_s: 10,
         drain_s: 3600,
         sample_s: 1,
         ..Scenario::default()
@@ -385,8 +413,10 @@ pub fn devnet_scenario(nodes: usize, frames: u32, seconds_per_frame: f64) -> Sce
     if nodes >= 3 {
         sc.groups.push(group("workers", nodes - 2, &["worker"]));
     }
+    // Submitted once every node's advert reached the schedulers, as on the
+    // devnet (which is up before the job comes).
     sc.arrivals.process = "trace".into();
-    sc.arrivals.at_s = vec![0.5];
+    sc.arrivals.at_s = vec![5.0];
     sc.jobs.kind = "builtin".into();
     sc.jobs.frames = Dist::Fixed {
         value: f64::from(frames),
@@ -409,14 +439,17 @@ pub fn validate(o: &ValidateOptions) -> Result<Comparison> {
     let api = dev.urls.first().cloned().unwrap_or_default();
     // Let the capacity adverts reach the schedulers.
     std::thread::sleep(Duration::from_secs(3));
+    // Calibration: the builtin renderer's time for one frame of this size on
+    // this machine (`rendertrust render`, median of three frames). The
+    // simulator adds the protocol's own costs (messages, heartbeats, adverts,
+    // transfers); what the real job takes beyond that is the job service's.
     let spf = match o.seconds_per_frame {
         Some(s) => s,
-        None => {
-            real_job(&api, "1", o.width, o.height, o.timeout)
-                .context("calibration job (1 frame)")?
-                .0
-        }
+        None => render_seconds(&o.rendertrust, o.width, o.height, &o.dir)?,
     };
+    // A fresh devnet's first job waits for the mesh to settle (adverts,
+    // provider records): a one-frame warm-up job takes that.
+    real_job(&api, "1", o.width, o.height, o.timeout).context("warm-up job")?;
     let (real_s, tasks) = real_job(&api, &o.frames, o.width, o.height, o.timeout)?;
     let sched_ids: Vec<String> = dev
         .urls

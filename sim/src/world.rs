@@ -108,6 +108,13 @@ struct SchedPart {
     m: Scheduler,
     rng: SimRng,
     next_sweep: u64,
+    /// When the job service next reads the capacity table (`u64::MAX`:
+    /// adverts go to the scheduler as they arrive).
+    next_refresh: u64,
+    /// Nodes whose entry changed, and nodes that left the table, since the
+    /// last read.
+    changed: Vec<NodeId>,
+    gone: Vec<NodeId>,
 }
 
 #[derive(Debug)]
@@ -690,6 +697,7 @@ impl World {
         let interval = self.sc.mesh.advert_interval_s * 1000;
         let hb = self.worker_config_hb;
         let max_entries = self.nodes.len() + 16;
+        let refresh_ms = self.sc.mesh.capacity_refresh_ms;
         let is_sched = self.schedulers.binary_search(&n).is_ok();
         let slots = self.slots_of(n);
         let node = &mut self.nodes[n as usize];
@@ -739,6 +747,13 @@ impl World {
                     u64::from(n) << 16 | u64::from(node.inc),
                 ),
                 next_sweep: now + self.sc.mesh.table_sweep_s * 1000,
+                next_refresh: if refresh_ms == 0 {
+                    u64::MAX
+                } else {
+                    now + refresh_ms
+                },
+                changed: Vec::new(),
+                gone: Vec::new(),
             }));
         }
         if node.worker.is_some() {
@@ -844,7 +859,7 @@ impl World {
             t = t.min(d);
         }
         if let Some(s) = &node.sched {
-            t = t.min(s.next_sweep);
+            t = t.min(s.next_sweep).min(s.next_refresh);
             if let Some(d) = s.m.next_deadline() {
                 t = t.min(d);
             }
@@ -877,8 +892,14 @@ impl World {
         let mut sched_due = false;
         if let Some(s) = &mut node.sched {
             if now >= s.next_sweep {
-                s.table.expire(now);
+                let gone = s.table.expire(now);
+                s.gone.extend(gone);
                 s.next_sweep = now + self.sc.mesh.table_sweep_s * 1000;
+            }
+            if now >= s.next_refresh {
+                s.next_refresh = now + self.sc.mesh.capacity_refresh_ms.max(1);
+                refresh(s, now);
+                sched_due = true;
             }
             if s.m.next_deadline().is_some_and(|d| d <= now) {
                 s.m.handle_timeout(now, &mut s.rng);
@@ -980,6 +1001,11 @@ impl World {
         };
         self.m.advert_deliveries += 1;
         if s.table.apply_verified(advert, now).is_err() {
+            return;
+        }
+        if s.next_refresh != u64::MAX {
+            // The job service reads the table at its next refresh.
+            s.changed.push(id);
             return;
         }
         if let Some(e) = s.table.get(&id, now) {
@@ -2216,6 +2242,31 @@ impl World {
         };
         self.m.samples.push(s);
     }
+}
+
+/// The job service's capacity refresh: every entry that changed since the
+/// last one goes to the scheduler (`observe_advert`, in node id order, as
+/// the service walks the table), every node that left it is forgotten.
+fn refresh(s: &mut SchedPart, now: u64) {
+    let mut changed = std::mem::take(&mut s.changed);
+    changed.sort_unstable();
+    changed.dedup();
+    for id in &changed {
+        if let Some(e) = s.table.get(id, now) {
+            s.m.observe_advert(&e.advert, e.expires_at_ms, now);
+        }
+    }
+    let mut gone = std::mem::take(&mut s.gone);
+    gone.sort_unstable();
+    gone.dedup();
+    for id in &gone {
+        if s.table.get(id, now).is_none() {
+            s.m.forget_node(id, now);
+        }
+    }
+    // Keep the buffers' capacity for the next second.
+    changed.clear();
+    s.changed = changed;
 }
 
 /// The output hash of a task: the true one, or (for a dishonest worker)
