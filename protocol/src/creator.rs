@@ -779,7 +779,9 @@ mod tests {
         let b = bundle(&framed, 2, 0);
         let c = decode(&b);
         assert_eq!(
-            Signed::<Receipt>::id_of(&c.receipt).unwrap().0,
+            crate::signed::message_id(&c.receipt.worker, &c.receipt)
+                .unwrap()
+                .0,
             c.receipt_id
         );
         // Cross-checks still apply without frames.

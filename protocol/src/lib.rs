@@ -26,6 +26,8 @@
 //! | [`task`] | task geometry: the frame and region task `index` of a job renders |
 //! | [`rpc`] | request/response envelopes of the rpc and content services, and their bounds |
 //! | [`merkle`] | domain-separated (RFC 6962 style) Merkle trees and inclusion proofs |
+//! | [`ledger`] | the credit ledger machine: escrow, settle, refund, mint; balances from double entries; order-independent |
+//! | [`rollup`] | epoch rollups: Merkle roots of receipt ids, agreement, reconciliation, the anchorer |
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
@@ -37,8 +39,10 @@ pub mod creator;
 pub mod fuzz;
 pub mod hrw;
 pub mod identity;
+pub mod ledger;
 pub mod merkle;
 pub mod placement;
+pub mod rollup;
 pub mod rpc;
 pub mod scheduler;
 pub mod seal;

@@ -84,6 +84,21 @@ impl fmt::Debug for MessageId {
     }
 }
 
+fn id_of(signer: &[u8; 32], payload: &[u8]) -> MessageId {
+    let mut h = blake3::Hasher::new_derive_key("rendertrust 2026-11 message id v1");
+    h.update(signer);
+    h.update(payload);
+    MessageId(*h.finalize().as_bytes())
+}
+
+/// The id [`Signed::id`] gives `message` once `signer` signs it, computed
+/// without signing (e.g. a ledger chaining its rollup headers, which its
+/// driver signs later).
+pub fn message_id<T: WireMessage>(signer: &NodeId, message: &T) -> Result<MessageId, CodecError> {
+    let payload = codec::encode_payload(T::KIND as u8, T::VERSION, message)?;
+    Ok(id_of(signer.as_bytes(), &payload))
+}
+
 /// A message of type `T` with its signature, as bytes.
 pub struct Signed<T> {
     frame: Vec<u8>,
@@ -199,41 +214,7 @@ impl<T: WireMessage> Signed<T> {
     /// The message id (see [`MessageId`]).
     pub fn id(&self) -> MessageId {
         let parts = self.parts();
-        let mut h = blake3::Hasher::new_derive_key("rendertrust 2026-11 message id v1");
-        h.update(parts.signer);
-        h.update(parts.payload);
-        MessageId(*h.finalize().as_bytes())
-    }
-
-    /// The [`MessageId`] that `message` has once signed by the node it
-    /// names ([`WireMessage::signer`]), computed without signing: the id
-    /// covers the signer and the payload, not the signature. For drivers
-    /// that model signatures instead of computing them (the simulator);
-    /// equal to `Signed::sign(key, message)?.id()`. Fails like
-    /// [`Signed::sign`] on a message that is out of bounds, and with
-    /// [`SignedError::Invalid`] on one that names no signer.
-    pub fn id_of(message: &T) -> Result<MessageId, SignedError> {
-        message.validate()?;
-        let Some(signer) = message.signer() else {
-            return Err(ValidationError::Invalid {
-                field: "signer",
-                reason: "the message names no signer, so its id depends on who signs it".into(),
-            }
-            .into());
-        };
-        let payload = codec::encode_payload(T::KIND as u8, T::VERSION, message)?;
-        let body_len = payload.len() - codec::PAYLOAD_HEADER_LEN;
-        if body_len > T::MAX_BODY {
-            return Err(CodecError::TooLarge {
-                limit: T::MAX_BODY,
-                found: body_len,
-            }
-            .into());
-        }
-        let mut h = blake3::Hasher::new_derive_key("rendertrust 2026-11 message id v1");
-        h.update(signer.as_bytes());
-        h.update(&payload);
-        Ok(MessageId(*h.finalize().as_bytes()))
+        id_of(parts.signer, parts.payload)
     }
 
     /// Checks the signature, then decodes and validates the body.
@@ -383,18 +364,12 @@ mod tests {
     }
 
     #[test]
-    fn id_of_equals_the_signed_id() {
+    fn message_id_without_signing_matches() {
         let k = key(1);
         let r = samples::receipt(k.node_id(), 3);
         let s = Signed::sign(&k, &r).unwrap();
-        assert_eq!(Signed::<Receipt>::id_of(&r).unwrap(), s.id());
-        let mut other = r.clone();
-        other.price += 1;
-        assert_ne!(Signed::<Receipt>::id_of(&other).unwrap(), s.id());
-        // Out of bounds: refused like sign.
-        let mut bad = r;
-        bad.finished_at_ms = bad.started_at_ms.saturating_sub(1);
-        assert!(Signed::<Receipt>::id_of(&bad).is_err());
+        assert_eq!(message_id(&k.node_id(), &r).unwrap(), s.id());
+        assert_ne!(message_id(&key(2).node_id(), &r).unwrap(), s.id());
     }
 
     #[test]

@@ -2069,7 +2069,10 @@ impl World {
                 let Some(b) = bundle else {
                     return;
                 };
-                let receipt_id = match Signed::<Receipt>::id_of(&b.receipt) {
+                let receipt_id = match rendertrust_protocol::signed::message_id(
+                    &b.receipt.worker,
+                    &b.receipt,
+                ) {
                     Ok(id) => id.0,
                     Err(_) => return,
                 };
