@@ -221,7 +221,17 @@ fn main() -> Result<()> {
                 std::fs::write(&p, serde_json::to_string_pretty(&v)? + "\n")
                     .with_context(|| format!("writing {}", p.display()))?;
             }
-            if !(c.tasks_accounted && c.credits_balanced && c.no_double_escrow) {
+            if let Some(l) = &s.ledger {
+                println!(
+                    "ledger: {} events admitted, {} refused; {} credits in escrow; balanced {}",
+                    l.admitted, l.refused, l.escrowed, l.balanced
+                );
+            }
+            if !(c.tasks_accounted
+                && c.credits_balanced
+                && c.no_double_escrow
+                && c.ledger_balanced != Some(false))
+            {
                 bail!("a conservation check failed (see summary.json)");
             }
         }

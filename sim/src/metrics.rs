@@ -205,6 +205,28 @@ pub struct Metrics {
     pub nodes: Vec<NodeStats>,
     /// Credits.
     pub credits: Credits,
+    /// The ledger's end state, when driven.
+    pub ledger: Option<LedgerReport>,
+}
+
+/// The ledger machine's end state (`ledger.enabled`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LedgerReport {
+    /// Events admitted.
+    pub admitted: u64,
+    /// Events refused (duplicates, unmatched beyond bounds, invalid).
+    pub refused: u64,
+    /// Events the simulator could not build (a frame missing).
+    pub unsigned: u64,
+    /// Credits minted (genesis and mints).
+    pub minted: i64,
+    /// Credits in escrow at the end.
+    pub escrowed: i64,
+    /// Sum of all node balances (creators negative, workers positive).
+    pub node_balances: i64,
+    /// `node balances + escrowed = minted`, and the balances re-derived
+    /// from the entries equal the ones kept.
+    pub balanced: bool,
 }
 
 impl Metrics {

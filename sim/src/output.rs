@@ -147,6 +147,8 @@ pub struct Conservation {
     pub credits_balanced: bool,
     /// No attempt escrowed twice.
     pub no_double_escrow: bool,
+    /// The ledger machine's books balance (`None`: ledger not driven).
+    pub ledger_balanced: Option<bool>,
 }
 
 /// Credits.
@@ -198,6 +200,8 @@ pub struct Summary {
     pub credits: CreditSummary,
     /// Conservation checks.
     pub conservation: Conservation,
+    /// The ledger machine's end state (`ledger.enabled`).
+    pub ledger: Option<crate::metrics::LedgerReport>,
 }
 
 /// Builds the summary of a run.
@@ -292,7 +296,9 @@ pub fn summarize(sc: &Scenario, seed: u64, m: &Metrics) -> Summary {
             all_tasks_closed: m.open_tasks == 0,
             credits_balanced: m.credits.balanced(),
             no_double_escrow: t.double_escrows == 0,
+            ledger_balanced: m.ledger.map(|l| l.balanced),
         },
+        ledger: m.ledger,
     }
 }
 

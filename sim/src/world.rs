@@ -337,6 +337,8 @@ pub struct World {
     worker_config_hb: u64,
     credits: Credits,
     m: Metrics,
+    /// The credit ledger, when `ledger.enabled` (see [`LedgerDriver`]).
+    ledger: Option<Box<LedgerDriver>>,
     /// Latest arrival per directed link: messages between two nodes keep
     /// their order (one QUIC connection), whatever the jitter.
     links: HashMap<(u32, u32), u64>,
@@ -362,6 +364,7 @@ impl World {
         let class_weights: Vec<f64> = sc.gpu_classes.iter().map(|c| c.weight).collect();
         let total: usize = sc.groups.iter().map(|g| g.count).sum();
         let mut capacity = 0.0;
+        let mut keys: Vec<Option<NodeKey>> = Vec::new();
         for (gi, g) in sc.groups.iter().enumerate() {
             let rw: Vec<f64> = if g.regions.is_empty() {
                 region_weights.clone()
@@ -408,11 +411,27 @@ impl World {
                     NodeKey::from_secret_bytes(&seed_bytes(seed, "scheduler key", i as u64))
                         .node_id()
                 });
-                let id = match (&creator_key, sched_key_id) {
-                    (Some(k), _) => k.node_id(),
-                    (None, Some(id)) => id,
+                let ledger_key = (sc.ledger.enabled && creator_key.is_none()).then(|| {
+                    let name = if is_sched {
+                        "scheduler key"
+                    } else {
+                        "worker key"
+                    };
+                    NodeKey::from_secret_bytes(&seed_bytes(seed, name, i as u64))
+                });
+                let id = match (&creator_key, &ledger_key, sched_key_id) {
+                    (Some(k), _, _) | (None, Some(k), _) => k.node_id(),
+                    (None, None, Some(id)) => id,
                     _ => node_id_of(seed, i),
                 };
+                if sc.ledger.enabled {
+                    keys.push(
+                        creator_key
+                            .as_ref()
+                            .map(|k| NodeKey::from_secret_bytes(&k.secret_bytes()))
+                            .or(ledger_key),
+                    );
+                }
                 let (down, up) = match sc.gpu_classes.get(class as usize) {
                     Some(c) => (c.down_mbps, c.up_mbps),
                     None => (INFRA_MBPS, INFRA_MBPS),
@@ -506,11 +525,15 @@ impl World {
             sched_config,
             worker_config_hb,
             credits: Credits::default(),
+            ledger: None,
             links: HashMap::new(),
             jobs_open: 0,
             on_progress: None,
             sc,
         };
+        if w.sc.ledger.enabled {
+            w.ledger = Some(Box::new(LedgerDriver::new(keys)));
+        }
         w.m.capacity = capacity;
         w.m.arrival_rate_per_hour = w.arrivals.rate_per_ms * 3_600_000.0;
         w
@@ -591,6 +614,10 @@ impl World {
         self.m.end_ms = end - T0;
         self.m.jobs = self.jobs.into_iter().map(|j| j.rec).collect();
         self.m.credits = self.credits;
+        if let Some(l) = self.ledger.as_mut() {
+            l.ledger.handle_timeout(end);
+            self.m.ledger = Some(l.report());
+        }
         for (i, n) in self.nodes.iter().enumerate() {
             let g = &self.sc.groups[n.group as usize];
             let mut s = n.stats.clone();
@@ -604,7 +631,11 @@ impl World {
                 .map_or_else(String::new, |c| c.name.clone());
             s.behaviour = n.behaviour.name();
             s.id = n.id.to_hex()[..16].to_string();
-            s.credits = self.m.credits.earned(&n.id);
+            s.credits = match &self.ledger {
+                // The ledger's balance of the node (never negative for a worker).
+                Some(l) => u64::try_from(l.ledger.balance(&n.id).max(0)).unwrap_or(0),
+                None => self.m.credits.earned(&n.id),
+            };
             s.capacity = self
                 .sc
                 .gpu_classes
@@ -1359,6 +1390,10 @@ impl World {
                         continue;
                     };
                     self.m.offers += 1;
+                    if let Some(l) = self.ledger.as_mut() {
+                        l.offers
+                            .insert((offer.task, offer.attempt), (n, offer.clone()));
+                    }
                     self.send(n, w, Body::Offer { offer, job }, now);
                 }
                 SchedulerAction::CancelTask {
@@ -1414,6 +1449,11 @@ impl World {
                     price,
                 } => {
                     self.credits.escrow(task, attempt, worker, price);
+                    if let Some(l) = self.ledger.as_mut()
+                        && let Some(&j) = self.job_index.get(&task.job)
+                    {
+                        l.escrow(&self.jobs[j as usize].frame, task, attempt, now);
+                    }
                     self.m.assignments += 1;
                     if let Some(&j) = self.job_index.get(&task.job) {
                         let job = &mut self.jobs[j as usize];
@@ -1436,6 +1476,9 @@ impl World {
                     reason,
                 } => {
                     self.credits.refund(task, attempt, worker, reason);
+                    if let Some(l) = self.ledger.as_mut() {
+                        l.refund(n, task, attempt, worker, reason, now);
+                    }
                 }
                 SchedulerAction::Replicate { to, snapshot } => {
                     if let Some(&r) = self.index.get(&to) {
@@ -1610,6 +1653,10 @@ impl World {
         };
         let accept = wp.m.offer(&offer, &job.spec, &own, now);
         let accepted = accept.accepted;
+        if accepted && let Some(l) = self.ledger.as_mut() {
+            l.accepts
+                .insert((offer.task, offer.attempt), (w, accept.clone()));
+        }
         // The answer travels back on the same exchange.
         let (wr, sr) = (self.nodes[w as usize].region, self.nodes[s as usize].region);
         let node = &mut self.nodes[w as usize];
@@ -2069,13 +2116,11 @@ impl World {
                 let Some(b) = bundle else {
                     return;
                 };
-                let receipt_id = match rendertrust_protocol::signed::message_id(
-                    &b.receipt.worker,
-                    &b.receipt,
-                ) {
-                    Ok(id) => id.0,
-                    Err(_) => return,
-                };
+                let receipt_id =
+                    match rendertrust_protocol::signed::message_id(&b.receipt.worker, &b.receipt) {
+                        Ok(id) => id.0,
+                        Err(_) => return,
+                    };
                 let Bundle {
                     offer,
                     result,
@@ -2190,6 +2235,14 @@ impl World {
             let true_hash = output_hash(&receipt.task, None);
             let wrong = hash != true_hash;
             self.credits.settle(&receipt, &acceptance, wrong);
+            if let Some(l) = self.ledger.as_mut()
+                && let (Some(&wi), Some(&ci)) = (
+                    self.index.get(&receipt.worker),
+                    self.index.get(&acceptance.creator),
+                )
+            {
+                l.settle(wi, ci, &receipt, &acceptance, now);
+            }
             self.m.tasks_accepted += 1;
             if wrong {
                 self.m.wrong_accepted += 1;
@@ -2346,5 +2399,131 @@ fn template_advert(
             .regions
             .get(region as usize)
             .map_or_else(String::new, |r| r.name.clone()),
+    }
+}
+
+/// Drives `protocol::ledger::Ledger` with the run's credit events, really
+/// signed, as one ledger peer that receives every event (its state is a
+/// function of the admitted set, so the order gossip would deliver them in
+/// does not change the end state).
+pub struct LedgerDriver {
+    /// The ledger machine.
+    pub ledger: rendertrust_protocol::ledger::Ledger,
+    keys: Vec<Option<NodeKey>>,
+    /// Offers made, by (task, attempt): the escrow needs them signed.
+    offers: HashMap<(TaskId, u32), (u32, TaskOffer)>,
+    /// Accepts given, by (task, attempt).
+    accepts: HashMap<(TaskId, u32), (u32, TaskAccept)>,
+    admitted: u64,
+    refused: u64,
+    unsigned: u64,
+}
+
+impl LedgerDriver {
+    fn new(keys: Vec<Option<NodeKey>>) -> LedgerDriver {
+        LedgerDriver {
+            ledger: rendertrust_protocol::ledger::Ledger::new(Default::default()),
+            keys,
+            offers: HashMap::new(),
+            accepts: HashMap::new(),
+            admitted: 0,
+            refused: 0,
+            unsigned: 0,
+        }
+    }
+
+    fn key(&self, node: u32) -> Option<&NodeKey> {
+        self.keys.get(node as usize).and_then(Option::as_ref)
+    }
+
+    fn feed(&mut self, event: Option<rendertrust_protocol::ledger::LedgerEvent>, now: u64) {
+        let Some(event) = event else {
+            self.unsigned += 1;
+            return;
+        };
+        match self.ledger.handle_event(&event, now) {
+            Ok(_) => self.admitted += 1,
+            Err(_) => self.refused += 1,
+        }
+    }
+
+    fn escrow(&mut self, spec_frame: &[u8], task: TaskId, attempt: u32, now: u64) {
+        let offer = self.offers.remove(&(task, attempt));
+        let accept = self.accepts.remove(&(task, attempt));
+        let event = (|| {
+            let (s, offer) = offer?;
+            let (w, accept) = accept?;
+            Some(rendertrust_protocol::ledger::LedgerEvent::Escrow {
+                spec: Signed::from_slice(spec_frame).ok()?,
+                offer: Signed::sign(self.key(s)?, &offer).ok()?,
+                accept: Signed::sign(self.key(w)?, &accept).ok()?,
+            })
+        })();
+        self.feed(event, now);
+    }
+
+    fn refund(
+        &mut self,
+        s: u32,
+        task: TaskId,
+        attempt: u32,
+        worker: NodeId,
+        reason: rendertrust_protocol::scheduler::CloseReason,
+        now: u64,
+    ) {
+        use rendertrust_protocol::scheduler::CloseReason as R;
+        use rendertrust_protocol::wire::CloseOutcome as O;
+        // The job service's mapping (node/src/jobs/sched.rs, `ledger_refund`).
+        let outcome = match reason {
+            R::Silent | R::PastDeadline | R::JobDeadline => O::Lapsed,
+            R::Cancelled => O::Cancelled,
+            _ => O::Failed,
+        };
+        let event = self.key(s).and_then(|k| {
+            let closed = rendertrust_protocol::wire::TaskClosed {
+                task,
+                attempt,
+                worker,
+                scheduler: k.node_id(),
+                outcome,
+                closed_at_ms: now,
+            };
+            Some(rendertrust_protocol::ledger::LedgerEvent::Refund {
+                closed: Signed::sign(k, &closed).ok()?,
+            })
+        });
+        self.feed(event, now);
+    }
+
+    fn settle(
+        &mut self,
+        w: u32,
+        c: u32,
+        receipt: &Receipt,
+        acceptance: &rendertrust_protocol::wire::ReceiptAcceptance,
+        now: u64,
+    ) {
+        let event = (|| {
+            Some(rendertrust_protocol::ledger::LedgerEvent::Settle {
+                receipt: Signed::sign(self.key(w)?, receipt).ok()?,
+                acceptance: Signed::sign(self.key(c)?, acceptance).ok()?,
+            })
+        })();
+        self.feed(event, now);
+    }
+
+    fn report(&self) -> crate::metrics::LedgerReport {
+        let l = &self.ledger;
+        let balances: i128 = l.balances().map(|(_, b)| b).sum();
+        crate::metrics::LedgerReport {
+            admitted: self.admitted,
+            refused: self.refused,
+            unsigned: self.unsigned,
+            minted: i64::try_from(l.minted()).unwrap_or(i64::MAX),
+            escrowed: i64::try_from(l.escrowed()).unwrap_or(i64::MAX),
+            node_balances: i64::try_from(balances).unwrap_or(i64::MAX),
+            balanced: balances + l.escrowed() == l.minted()
+                && l.recompute_accounts() == *l.accounts(),
+        }
     }
 }

@@ -348,3 +348,37 @@ fn a_sweep_runs_every_variant_and_compares_them() {
         std::fs::read_to_string(again.path().join("comparison.csv")).unwrap()
     );
 }
+
+#[test]
+fn the_ledger_machine_pays_what_creators_accepted_and_balances() {
+    // Failed runs make refunds; every credit flow goes through the real,
+    // really signed ledger machine.
+    let text = small(
+        20,
+        "[arrivals]\nload = 0.5\n[failures]\ntask_fail_prob = 0.1\n[ledger]\nenabled = true",
+    );
+    println!("seed 9");
+    let sc = Scenario::parse(&text, &[]).unwrap();
+    let out = rendertrust_sim::run(&sc, 9, None, None).unwrap();
+    let s = &out.summary;
+    assert_conserved(s, "ledger");
+    let l = s.ledger.expect("ledger report");
+    assert!(l.balanced, "{l:?}");
+    assert_eq!(s.conservation.ledger_balanced, Some(true));
+    assert_eq!((l.unsigned, l.refused), (0, 0), "{l:?}");
+    let t = &s.credits.totals;
+    assert!(t.refunded > 0, "no refund exercised: {t:?}");
+    // Every escrow, refund and settle was admitted; nothing is left in escrow.
+    let refunds = s.activity.assignments - s.tasks.accepted;
+    assert_eq!(
+        l.admitted,
+        s.activity.assignments + refunds + s.tasks.accepted,
+        "{l:?}"
+    );
+    assert_eq!(l.escrowed, 0, "{l:?}");
+    // The workers' ledger balances are exactly what the settles paid, and
+    // the creators paid it (no mint: their balances are its negative).
+    let workers: u64 = out.metrics.nodes.iter().map(|n| n.credits).sum();
+    assert_eq!(workers, t.settled, "{t:?}");
+    assert_eq!(l.node_balances, l.minted - l.escrowed);
+}
