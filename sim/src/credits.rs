@@ -2,14 +2,12 @@
 //!
 //! The scheduler publishes `Escrow` and `Closed` (refund) actions, the
 //! creator countersigns receipts (settle). In the mesh these travel to
-//! ledger peers (`protocol::ledger`); this module is the simulator's end of
-//! that topic. Until the ledger machine is on main it *observes* the three
-//! flows and keeps no rule of its own: a settle pays the receipt's price to
-//! its worker, a refund releases the escrow it names, and the books must
-//! balance (`escrowed = settled + refunded + still open`). When
-//! `protocol::ledger` lands, `Credits` feeds its events to a `Ledger` and
-//! reads balances from it instead (the seam stays: `escrow`, `refund`,
-//! `settle`, `earned`).
+//! ledger peers (`protocol::ledger`). This module *observes* the three flows
+//! on every run and keeps no rule of its own: a settle pays the receipt's
+//! price to its worker, a refund releases the escrow it names, and the books
+//! must balance (`escrowed = settled + refunded + still open`). With
+//! `[ledger] enabled` the world also feeds the real `Ledger` machine
+//! (`world::LedgerDriver`) and takes balances from it.
 
 use std::collections::BTreeMap;
 
