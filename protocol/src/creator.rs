@@ -17,6 +17,9 @@
 //!   becomes a *candidate* for its task; the first candidate is fetched. At
 //!   most [`MAX_CANDIDATES`] wait per task; a task already accepted answers
 //!   [`Decision::Duplicate`], so a late result is never paid twice.
+//!   [`CreatorJob::check_verified`] is the same check after the signature
+//!   step, for a driver that verified the frames itself (the simulator
+//!   models signatures and calls it with decoded values).
 //! * **Acceptance** ([`CreatorJob::fetched`]): after the driver has fetched
 //!   and opened the sealed output, the plaintext hash must equal the one the
 //!   worker signed. Then, and only then, the machine returns the
@@ -383,6 +386,34 @@ impl CreatorJob {
         let (_, offer) = frame::<TaskOffer>("offer", &frames.offer)?;
         let (_, result) = frame::<TaskResult>("result", &frames.result)?;
         let (signed_receipt, receipt) = frame::<Receipt>("receipt", &frames.receipt)?;
+        let receipt_id = signed_receipt.id().0;
+        self.check_verified(CheckedResult {
+            offer,
+            result,
+            receipt,
+            receipt_id,
+            frames,
+        })
+    }
+
+    /// The checks of [`CreatorJob::check_result`] after the signatures:
+    /// takes the three messages already decoded and verified (and the
+    /// receipt's id, [`Signed::id`]) and applies every cross-check and the
+    /// candidate rules. `check_result` calls it; a driver that verified the
+    /// frames itself (or, like the simulator, models signatures instead of
+    /// computing them) calls it directly. The `receipt_id` and `frames` are
+    /// taken as given.
+    pub fn check_verified(&mut self, checked: CheckedResult) -> Result<Decision, ResultRejected> {
+        if self.cancelled {
+            return Err(ResultRejected::Cancelled);
+        }
+        let CheckedResult {
+            offer,
+            result,
+            receipt,
+            receipt_id,
+            frames,
+        } = checked;
         if !self.schedulers.contains(&offer.scheduler) {
             return Err(ResultRejected::UntrustedScheduler(offer.scheduler));
         }
@@ -443,7 +474,6 @@ impl CreatorJob {
         let i = self
             .index_of(&offer.task)
             .ok_or(ResultRejected::NotThisJob(offer.task))?;
-        let receipt_id = signed_receipt.id().0;
         if self.seen.contains(&receipt_id) {
             return Ok(Decision::Duplicate);
         }
@@ -711,6 +741,62 @@ mod tests {
             Decision::Duplicate
         );
         assert!(w.job.fetched(0, 0, [8; 32], 5_000).is_err());
+    }
+
+    /// The verified entry point decides exactly as the frame path does, on
+    /// the same values: accepted once, duplicates dropped, cross-checks kept.
+    #[test]
+    fn check_verified_agrees_with_check_result() {
+        let mut framed = world();
+        let mut direct = world();
+        let decode = |b: &ResultFrames| CheckedResult {
+            offer: Signed::<TaskOffer>::from_slice(&b.offer)
+                .unwrap()
+                .verify()
+                .unwrap(),
+            result: Signed::<TaskResult>::from_slice(&b.result)
+                .unwrap()
+                .verify()
+                .unwrap(),
+            receipt: Signed::<Receipt>::from_slice(&b.receipt)
+                .unwrap()
+                .verify()
+                .unwrap(),
+            receipt_id: Signed::<Receipt>::from_slice(&b.receipt).unwrap().id().0,
+            frames: ResultFrames::default(),
+        };
+        for (index, attempt) in [(0, 0), (0, 0), (0, 1), (1, 3)] {
+            let b = bundle(&framed, index, attempt);
+            let a = framed.job.check_result(b.clone()).unwrap();
+            let d = direct.job.check_verified(decode(&b)).unwrap();
+            assert_eq!(
+                std::mem::discriminant(&a),
+                std::mem::discriminant(&d),
+                "task {index} attempt {attempt}"
+            );
+        }
+        // The receipt id of an unsigned receipt is the signed one's.
+        let b = bundle(&framed, 2, 0);
+        let c = decode(&b);
+        assert_eq!(
+            crate::signed::message_id(&c.receipt.worker, &c.receipt)
+                .unwrap()
+                .0,
+            c.receipt_id
+        );
+        // Cross-checks still apply without frames.
+        let mut bad = decode(&bundle(&framed, 3, 0));
+        bad.receipt.price += 1;
+        assert!(matches!(
+            direct.job.check_verified(bad),
+            Err(ResultRejected::Mismatch { field: "price", .. })
+        ));
+        let mut untrusted = decode(&bundle(&framed, 3, 0));
+        untrusted.offer.scheduler = framed.other.node_id();
+        assert!(matches!(
+            direct.job.check_verified(untrusted),
+            Err(ResultRejected::UntrustedScheduler(_))
+        ));
     }
 
     #[test]
