@@ -106,6 +106,7 @@ pub async fn start(config: Config) -> Result<()> {
         handle: net,
         task: net_task,
         inbound,
+        capacity_version,
     } = net::spawn(&key, net_config, advert_rx)
         .await
         .context("starting the libp2p swarm")?;
@@ -139,6 +140,7 @@ pub async fn start(config: Config) -> Result<()> {
         data_dir: data_dir.clone(),
         roles: config.roles.clone(),
         advert: advert_tx,
+        capacity_version,
         config: jobs_config,
         ledger: None,
     })

@@ -2471,14 +2471,7 @@ impl LedgerDriver {
         reason: rendertrust_protocol::scheduler::CloseReason,
         now: u64,
     ) {
-        use rendertrust_protocol::scheduler::CloseReason as R;
-        use rendertrust_protocol::wire::CloseOutcome as O;
-        // The job service's mapping (node/src/jobs/sched.rs, `ledger_refund`).
-        let outcome = match reason {
-            R::Silent | R::PastDeadline | R::JobDeadline => O::Lapsed,
-            R::Cancelled => O::Cancelled,
-            _ => O::Failed,
-        };
+        let outcome = reason.outcome();
         let event = self.key(s).and_then(|k| {
             let closed = rendertrust_protocol::wire::TaskClosed {
                 task,

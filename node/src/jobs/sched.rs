@@ -15,7 +15,7 @@ use rendertrust_protocol::scheduler::{
 };
 use rendertrust_protocol::signed::Signed;
 use rendertrust_protocol::wire::{
-    CloseOutcome, JobId, JobSpec, Progress, TaskAccept, TaskClosed, TaskId, TaskOffer, TaskResult,
+    JobId, JobSpec, Progress, TaskAccept, TaskClosed, TaskId, TaskOffer, TaskResult,
 };
 
 use super::service::{Internal, JobService};
@@ -432,17 +432,7 @@ impl JobService {
         reason: CloseReason,
         now_ms: u64,
     ) {
-        let outcome = match reason {
-            CloseReason::Silent | CloseReason::PastDeadline | CloseReason::JobDeadline => {
-                CloseOutcome::Lapsed
-            }
-            CloseReason::Cancelled => CloseOutcome::Cancelled,
-            CloseReason::Reported | CloseReason::Superseded | CloseReason::TaskFailed => {
-                CloseOutcome::Failed
-            }
-            #[allow(unreachable_patterns)]
-            _ => CloseOutcome::Failed,
-        };
+        let outcome = reason.outcome();
         let closed = TaskClosed {
             task,
             attempt,

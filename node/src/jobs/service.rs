@@ -48,8 +48,12 @@ use crate::net::{Inbound, InboundRequest, NetHandle, Service as NetService, unix
 use crate::runtime::{GpuBackend, Limits};
 use crate::store::Store;
 
-/// How often the capacity view is refreshed from the network driver.
+/// How often the capacity view is refreshed at least, and the job timers
+/// (creator queries) run.
 pub const CAPACITY_REFRESH: Duration = Duration::from_secs(1);
+/// Least time between two capacity refreshes triggered by table changes
+/// (a changed advert reaches the scheduler within this, not a full tick).
+pub const CAPACITY_DEBOUNCE: Duration = Duration::from_millis(50);
 /// Least time between two scheduler snapshot writes.
 pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(2);
 /// Events from spawned work waiting for the loop, at most.
@@ -108,6 +112,8 @@ pub struct ServiceParts {
     pub roles: Vec<Role>,
     /// The capacity advert template (the service updates `running_tasks`).
     pub advert: watch::Sender<CapacityAdvert>,
+    /// Bumped by the network driver whenever its capacity table changes.
+    pub capacity_version: watch::Receiver<u64>,
     /// Settings.
     pub config: JobsConfig,
     /// The ledger service's queue, when this node is a ledger peer: ledger
@@ -295,6 +301,7 @@ pub fn spawn(parts: ServiceParts) -> Result<tokio::task::JoinHandle<()>, JobsErr
     };
     let mut inbound = parts.inbound;
     let mut commands = parts.commands;
+    let mut capacity_version = parts.capacity_version;
     let mut internal_rx = internal_rx;
     Ok(tokio::spawn(async move {
         service.refresh_capacity().await;
@@ -316,6 +323,17 @@ pub fn spawn(parts: ServiceParts) -> Result<tokio::task::JoinHandle<()>, JobsErr
                 _ = refresh.tick() => {
                     service.refresh_capacity().await;
                     service.on_tick(unix_now_ms());
+                }
+                changed = capacity_version.changed() => {
+                    if changed.is_ok() {
+                        // Let a burst of adverts settle, then mirror them once.
+                        tokio::time::sleep(CAPACITY_DEBOUNCE).await;
+                        capacity_version.borrow_and_update();
+                        service.refresh_capacity().await;
+                    } else {
+                        // The network driver is gone; inbound will close too.
+                        tokio::time::sleep(MAX_SLEEP).await;
+                    }
                 }
                 () = tokio::time::sleep(sleep) => {}
             }

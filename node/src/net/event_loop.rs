@@ -107,6 +107,8 @@ pub(super) struct EventLoop {
     commands: mpsc::Receiver<Command>,
     swarm: Swarm<NodeBehaviour>,
     inbound: mpsc::Sender<Inbound>,
+    /// Bumped whenever the capacity table gains, replaces or drops an entry.
+    capacity_version: watch::Sender<u64>,
     requests: HashMap<OutboundRequestId, PendingRequest>,
     responses: FuturesUnordered<PendingResponse>,
     subscribed: BTreeSet<Topic>,
@@ -124,6 +126,7 @@ pub(super) struct Parts {
     pub(super) commands: mpsc::Receiver<Command>,
     pub(super) swarm: Swarm<NodeBehaviour>,
     pub(super) inbound: mpsc::Sender<Inbound>,
+    pub(super) capacity_version: watch::Sender<u64>,
 }
 
 fn without_p2p(addr: &Multiaddr) -> Multiaddr {
@@ -183,6 +186,7 @@ impl EventLoop {
             commands: parts.commands,
             swarm: parts.swarm,
             inbound: parts.inbound,
+            capacity_version: parts.capacity_version,
             requests: HashMap::new(),
             responses: FuturesUnordered::new(),
             subscribed: Topic::LIVE.into_iter().collect(),
@@ -263,6 +267,9 @@ impl EventLoop {
     fn on_deadline(&mut self, now_ms: u64) {
         if self.table.next_deadline().is_some_and(|at| at <= now_ms) {
             let gone = self.table.expire(now_ms);
+            if !gone.is_empty() {
+                self.capacity_changed();
+            }
             for node in gone {
                 tracing::debug!(%node, "capacity entry expired");
             }
@@ -321,6 +328,7 @@ impl EventLoop {
                 return;
             }
         };
+        self.capacity_changed();
         if let Err(e) = self.table.apply_verified(advert, now_ms) {
             tracing::warn!(error = %e, "our own advert was not applied to the local table");
         }
@@ -509,6 +517,9 @@ impl EventLoop {
                 let acceptance = match Topic::from_hash(&message.topic) {
                     Some(Topic::Capacity) => {
                         let verdict = self.table.handle_frame(&message.data, now_ms);
+                        if verdict.is_ok() {
+                            self.capacity_changed();
+                        }
                         match &verdict {
                             Ok(applied) => tracing::trace!(?applied, "capacity advert applied"),
                             Err(e) if e.is_misbehaviour() => {
@@ -724,6 +735,11 @@ impl EventLoop {
                 let _ = reply.send(());
             }
         }
+    }
+
+    fn capacity_changed(&mut self) {
+        self.capacity_version
+            .send_modify(|v| *v = v.wrapping_add(1));
     }
 
     // ----- request/response -------------------------------------------------

@@ -427,6 +427,9 @@ pub struct Spawned {
     /// What peers send to the node's services (bounded: [`INBOUND_QUEUE`];
     /// when it is full, further requests are refused).
     pub inbound: mpsc::Receiver<Inbound>,
+    /// A counter bumped whenever the capacity table changes, so services
+    /// that mirror it ([`NetHandle::capacity`]) refresh only then.
+    pub capacity_version: watch::Receiver<u64>,
 }
 
 /// Starts the swarm and its event loop.
@@ -465,8 +468,10 @@ pub async fn spawn(
 
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE);
+    let (version_tx, capacity_version) = watch::channel(0u64);
     let parts = event_loop::Parts {
         inbound: inbound_tx,
+        capacity_version: version_tx,
         key: NodeKey::from_secret_bytes(&key.secret_bytes()),
         table: CapacityTable::new(config.capacity),
         advert_interval: config.advert_interval,
@@ -483,5 +488,6 @@ pub async fn spawn(
         handle: NetHandle { commands: tx },
         task,
         inbound,
+        capacity_version,
     })
 }

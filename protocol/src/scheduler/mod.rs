@@ -489,11 +489,21 @@ impl Scheduler {
             (job, Some(owner)) => ProgressError::NotOwner { job, owner },
         })?;
         let index = p.task.index;
-        let current = job.task(index).is_some_and(|t| {
-            t.phase == Phase::Assigned
-                && t.attempt == p.attempt
-                && job.worker_ref.get(&p.worker) == Some(&t.worker)
-        });
+        let ours = |t: &TaskState| {
+            t.attempt == p.attempt && job.worker_ref.get(&p.worker) == Some(&t.worker)
+        };
+        // The worker's first report can overtake its accept (they travel on
+        // different streams): the offered worker of the current attempt is
+        // not cancelled for it; the report changes nothing.
+        if job
+            .task(index)
+            .is_some_and(|t| t.phase == Phase::Offered && ours(t))
+        {
+            return Ok(());
+        }
+        let current = job
+            .task(index)
+            .is_some_and(|t| t.phase == Phase::Assigned && ours(t));
         if !current {
             return Err(ProgressError::Cancelled {
                 index,

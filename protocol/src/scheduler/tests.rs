@@ -461,6 +461,30 @@ fn accept_only_from_the_offered_worker_and_attempt() {
 }
 
 #[test]
+fn a_progress_report_that_overtakes_its_accept_cancels_nothing() {
+    let (mut s, w, mut r) = setup(2, 1);
+    let c = key(1);
+    let (spec, frame) = builtin_job(&c, 1, 1);
+    s.submit(spec, frame, T0).unwrap();
+    let o = offers(&pump(&mut s, T0, &mut r)).remove(0);
+    // The offered worker's first report arrives before its accept: no harm.
+    assert_eq!(s.handle_progress(&progress_of(&o, 1, 0), T0 + 1), Ok(()));
+    assert!(drain(&mut s).is_empty(), "nothing cancelled, nothing told");
+    // Another worker's report for the task is still refused.
+    let mut stranger = progress_of(&o, 1, 0);
+    stranger.worker = if o.worker == w[0] { w[1] } else { w[0] };
+    assert!(matches!(
+        s.handle_progress(&stranger, T0 + 1),
+        Err(ProgressError::Cancelled { .. })
+    ));
+    assert_eq!(
+        s.handle_accept(&answer(&o, true), T0 + 2),
+        Ok(AcceptOutcome::Assigned)
+    );
+    assert_eq!(s.handle_progress(&progress_of(&o, 2, 100), T0 + 3), Ok(()));
+}
+
+#[test]
 fn declined_and_lapsed_offers_go_back_to_placement() {
     let (mut s, _, mut r) = setup(3, 1);
     let c = key(1);

@@ -268,6 +268,23 @@ pub enum CloseReason {
     TaskFailed,
 }
 
+impl CloseReason {
+    /// The outcome a refund (`TaskClosed`) states for this reason: lost
+    /// attempts lapsed, cancelled ones were cancelled, everything else failed.
+    pub fn outcome(self) -> crate::wire::CloseOutcome {
+        use crate::wire::CloseOutcome;
+        match self {
+            CloseReason::Silent | CloseReason::PastDeadline | CloseReason::JobDeadline => {
+                CloseOutcome::Lapsed
+            }
+            CloseReason::Cancelled => CloseOutcome::Cancelled,
+            CloseReason::Reported | CloseReason::Superseded | CloseReason::TaskFailed => {
+                CloseOutcome::Failed
+            }
+        }
+    }
+}
+
 /// A job's state as carried to its replica and kept in a
 /// [`SchedulerSnapshot`](super::SchedulerSnapshot) (opaque). A large job does
 /// not fit one codec frame: send and store it as
