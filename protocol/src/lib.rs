@@ -26,6 +26,8 @@
 //! | [`task`] | task geometry: the frame and region task `index` of a job renders |
 //! | [`rpc`] | request/response envelopes of the rpc and content services, and their bounds |
 //! | [`merkle`] | domain-separated (RFC 6962 style) Merkle trees and inclusion proofs |
+//! | [`verify`] | verification policies and their defaults, sampling, spot-check crops, quorum and spot-check tallies, the SSIM image metric |
+//! | [`reputation`] | the reputation book: beta scores with decay, probation, signed reports and their bounded merge |
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
@@ -39,10 +41,12 @@ pub mod hrw;
 pub mod identity;
 pub mod merkle;
 pub mod placement;
+pub mod reputation;
 pub mod rpc;
 pub mod scheduler;
 pub mod seal;
 pub mod signed;
 pub mod task;
+pub mod verify;
 pub mod wire;
 pub mod worker;
