@@ -286,7 +286,9 @@ pub enum MergeError {
         now_ms: u64,
     },
     /// Not newer than the reporter's last merged report.
-    #[error("report issued at {issued_at_ms}, not after the last one from this reporter ({last_ms})")]
+    #[error(
+        "report issued at {issued_at_ms}, not after the last one from this reporter ({last_ms})"
+    )]
     NotNewer {
         /// Report time.
         issued_at_ms: u64,
@@ -602,17 +604,14 @@ impl ReputationBook {
                 dropped += 1;
                 continue;
             }
-            let scale = |v: u64| {
-                (u128::from(v.min(cap)) * u128::from(weight) / 1000) as u64
-            };
+            let scale = |v: u64| (u128::from(v.min(cap)) * u128::from(weight) / 1000) as u64;
             let evidence = Evidence {
                 verified_milli: scale(entry.verified_milli),
                 failed_milli: scale(entry.failed_milli),
                 lost_milli: scale(entry.lost_milli),
                 step,
             };
-            if !self.nodes.contains_key(&entry.subject)
-                && self.nodes.len() >= self.config.max_nodes
+            if !self.nodes.contains_key(&entry.subject) && self.nodes.len() >= self.config.max_nodes
             {
                 dropped += 1; // hearsay never evicts what we know
                 continue;

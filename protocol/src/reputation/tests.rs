@@ -166,10 +166,7 @@ fn invalid_reports_are_refused_at_decoding() {
             ..e(0)
         })
         .collect();
-    assert!(matches!(
-        r.validate(),
-        Err(ValidationError::TooLong { .. })
-    ));
+    assert!(matches!(r.validate(), Err(ValidationError::TooLong { .. })));
     assert!(Signed::sign(&k, &r).is_err());
     // A full report fits its size limit.
     r.entries.truncate(MAX_REPORT_ENTRIES);
@@ -211,11 +208,7 @@ fn reports_from_unknown_identities_change_nothing() {
         r[..4].copy_from_slice(&i.to_le_bytes());
         let m = b
             .merge(
-                &report(
-                    NodeId::from_bytes(r),
-                    T0,
-                    &[(1, 0, 50_000), (2, 50_000, 0)],
-                ),
+                &report(NodeId::from_bytes(r), T0, &[(1, 0, 50_000), (2, 50_000, 0)]),
                 T0,
             )
             .unwrap();
@@ -249,7 +242,11 @@ fn established_reporters_count_within_caps() {
     }
     let s1 = b.standing(&id(1), T0 + 20);
     assert_eq!(s1.evidence.failed_milli, 3_000, "failed hearsay capped");
-    assert!(s1.permille >= 700, "100 own verified outweigh capped hearsay: {}", s1.permille);
+    assert!(
+        s1.permille >= 700,
+        "100 own verified outweigh capped hearsay: {}",
+        s1.permille
+    );
     let s2 = b.standing(&id(2), T0 + 20);
     assert_eq!(s2.evidence.verified_milli, 5_000, "verified hearsay capped");
     assert!(s2.probation, "peers never vouch a node out of probation");
@@ -288,7 +285,9 @@ fn merge_refusals() {
         .unwrap();
     assert_eq!(b.standing(&id(1), T0 + 1).evidence.verified_milli, 2000);
     // Entries about this book's owner are dropped.
-    let m = b.merge(&report(id(9), T0 + 2, &[(0, 4000, 0)]), T0 + 2).unwrap();
+    let m = b
+        .merge(&report(id(9), T0 + 2, &[(0, 4000, 0)]), T0 + 2)
+        .unwrap();
     assert_eq!((m.applied, m.dropped), (0, 1));
     assert_eq!(b.stats().refused, 4);
 }

@@ -86,6 +86,7 @@
 //! No signatures, no sockets, no clock, no storage: the driver signs offers,
 //! sends, persists [`SchedulerSnapshot`]s and feeds answers back.
 
+mod check;
 mod job;
 mod parts;
 mod place;
@@ -99,13 +100,15 @@ mod view;
 mod props;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod verify_tests;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 pub use parts::{
-    LIVE_PER_PART, MAX_PARTS, PartsError, SnapshotAssembler, SnapshotPart, TASKS_PER_PART,
-    WORKERS_PER_PART,
+    CHECKS_PER_PART, LIVE_PER_PART, MAX_PARTS, PartsError, SnapshotAssembler, SnapshotPart,
+    TASKS_PER_PART, WORKERS_PER_PART,
 };
 pub use snapshot::{
     CoreSnapshot, JobRole, JobView, NodeSnapshot, SNAPSHOT_VERSION, SchedulerSnapshot, TaskStatus,
@@ -116,6 +119,7 @@ pub use types::*;
 use crate::identity::NodeId;
 use crate::placement::Need;
 use crate::signed::Signed;
+pub use crate::verify::{CompareResult, Comparison};
 use crate::wire::{
     CapacityAdvert, JobId, JobSpec, Progress, TaskAccept, TaskId, TaskResult, WireMessage,
 };
@@ -153,6 +157,8 @@ pub(crate) struct Ctx {
     pub(crate) replicas: usize,
     pub(crate) actions: VecDeque<SchedulerAction>,
     pub(crate) stats: SchedulerStats,
+    /// Attempts (offered or accepted) held on each worker, over owned jobs.
+    pub(crate) held: BTreeMap<NodeId, u32>,
 }
 
 /// The scheduler state machine. See the module docs.
@@ -180,6 +186,7 @@ impl Scheduler {
                 replicas: 0,
                 actions: VecDeque::new(),
                 stats: SchedulerStats::default(),
+                held: BTreeMap::new(),
             },
             jobs: BTreeMap::new(),
         }
@@ -362,8 +369,11 @@ impl Scheduler {
                 last_replicated_ms: 0,
                 replicate_now: false,
                 timer_at: None,
+                checks: BTreeMap::new(),
+                next_line: 0,
             },
             worker_ref: BTreeMap::new(),
+            line_task: BTreeMap::new(),
         };
         self.ctx.owned += 1;
         self.ctx.tasks_held += tasks;
@@ -420,30 +430,37 @@ impl Scheduler {
             })?;
         let index = accept.task.index;
         let tasks = job.n_tasks();
+        if index >= tasks {
+            return Err(AcceptError::UnknownTask { index, tasks });
+        }
+        // The line (the task, or one of its verification lines) offered this attempt.
+        let line = job
+            .line_with_attempt(index, accept.attempt)
+            .unwrap_or(index);
         let task = job
-            .task(index)
+            .task(line)
             .ok_or(AcceptError::UnknownTask { index, tasks })?;
         let is_current = job.worker_ref.get(&accept.worker) == Some(&task.worker)
             && task.attempt == accept.attempt;
         match task.phase {
             Phase::Offered if is_current => {
-                let reserve_until_ms = job.core.live.get(&index).map_or(0, |l| l.reserve_until_ms);
+                let reserve_until_ms = job.core.live.get(&line).map_or(0, |l| l.reserve_until_ms);
                 if !accept.accepted {
                     self.ctx.stats.declines += 1;
                     self.ctx.view.saturate(&accept.worker);
-                    self.ctx.end_offer(job, index, false, now_ms);
+                    self.ctx.end_offer(job, line, false, now_ms);
                     return Ok(AcceptOutcome::Declined);
                 }
                 if now_ms >= reserve_until_ms {
                     self.ctx.stats.lapses += 1;
                     self.ctx.view.saturate(&accept.worker);
-                    self.ctx.end_offer(job, index, true, now_ms);
+                    self.ctx.end_offer(job, line, true, now_ms);
                     return Err(AcceptError::Lapsed {
                         reserve_until_ms,
                         now_ms,
                     });
                 }
-                self.ctx.assign(job, index, accept.worker, now_ms);
+                self.ctx.assign(job, line, accept.worker, now_ms);
                 Ok(AcceptOutcome::Assigned)
             }
             Phase::Assigned if is_current && accept.accepted => Ok(AcceptOutcome::Duplicate),
@@ -470,7 +487,13 @@ impl Scheduler {
         let Ok(job) = owned_job(&mut self.jobs, self.ctx.me, &task.job) else {
             return;
         };
-        let Some(t) = job.task(task.index) else {
+        if task.index >= job.n_tasks() {
+            return;
+        }
+        let Some(line) = job.line_with_attempt(task.index, attempt) else {
+            return;
+        };
+        let Some(t) = job.task(line) else {
             return;
         };
         if t.phase == Phase::Offered && t.attempt == attempt {
@@ -478,7 +501,7 @@ impl Scheduler {
                 self.ctx.view.saturate(&w);
             }
             self.ctx.stats.lapses += 1;
-            self.ctx.end_offer(job, task.index, true, now_ms);
+            self.ctx.end_offer(job, line, true, now_ms);
         }
     }
 
@@ -489,18 +512,21 @@ impl Scheduler {
             (job, Some(owner)) => ProgressError::NotOwner { job, owner },
         })?;
         let index = p.task.index;
-        let current = job.task(index).is_some_and(|t| {
+        let line = (index < job.n_tasks())
+            .then(|| job.line_with_attempt(index, p.attempt))
+            .flatten();
+        let current = line.and_then(|l| job.task(l)).is_some_and(|t| {
             t.phase == Phase::Assigned
                 && t.attempt == p.attempt
                 && job.worker_ref.get(&p.worker) == Some(&t.worker)
         });
-        if !current {
+        let (true, Some(line)) = (current, line) else {
             return Err(ProgressError::Cancelled {
                 index,
                 attempt: p.attempt,
             });
-        }
-        self.ctx.progress(job, index, p.seq, p.permille, now_ms);
+        };
+        self.ctx.progress(job, line, p.seq, p.permille, now_ms);
         Ok(())
     }
 
@@ -541,18 +567,43 @@ impl Scheduler {
         let Some(&w) = job.worker_ref.get(&result.worker) else {
             return Err(not_assigned);
         };
-        let current =
-            task.phase == Phase::Assigned && task.worker == w && task.attempt == result.attempt;
-        let earlier = task.past.iter().any(|p| {
-            p.worker == w
-                && p.attempt == result.attempt
-                && matches!(p.kind, PastKind::Silent | PastKind::PastDeadline)
-        });
-        if !current && !earlier {
-            return Err(not_assigned);
+        // The line that holds (or held, and lost) this attempt.
+        let mut found = None;
+        for line in job.lines_of(index) {
+            let Some(t) = job.task(line) else {
+                continue;
+            };
+            let current =
+                t.phase == Phase::Assigned && t.worker == w && t.attempt == result.attempt;
+            let earlier = t.phase != Phase::Voted
+                && t.past.iter().any(|p| {
+                    p.worker == w
+                        && p.attempt == result.attempt
+                        && matches!(p.kind, PastKind::Silent | PastKind::PastDeadline)
+                });
+            if current || earlier {
+                found = Some((line, earlier));
+                break;
+            }
         }
+        let Some((line, earlier)) = found else {
+            return Err(not_assigned);
+        };
         if earlier {
             self.ctx.stats.late_accepted += 1;
+        }
+        if job.core.checks.contains_key(&index) {
+            self.ctx.vote(
+                job,
+                index,
+                line,
+                w,
+                result.attempt,
+                result.output_hash,
+                frames,
+                now_ms,
+            );
+            return Ok(ResultOutcome::Voted);
         }
         self.ctx
             .complete(job, index, w, result.attempt, frames, now_ms);
@@ -572,23 +623,26 @@ impl Scheduler {
             (j, None) => FailureError::UnknownJob(j),
             (job, Some(owner)) => FailureError::NotOwner { job, owner },
         })?;
-        let current = job.task(task.index).is_some_and(|t| {
+        let line = (task.index < job.n_tasks())
+            .then(|| job.line_with_attempt(task.index, attempt))
+            .flatten();
+        let current = line.and_then(|l| job.task(l)).is_some_and(|t| {
             t.phase == Phase::Assigned
                 && t.attempt == attempt
                 && job.worker_ref.get(worker) == Some(&t.worker)
         });
-        if !current {
+        let (true, Some(line)) = (current, line) else {
             return Err(FailureError::NotAssigned {
                 index: task.index,
                 attempt,
                 worker: *worker,
             });
-        }
+        };
         self.ctx.stats.reported_failures += 1;
         let reason = truncate(reason, 256);
         self.ctx.lose(
             job,
-            task.index,
+            line,
             PastKind::Reported,
             AttemptEnd::Reported { reason },
             now_ms,

@@ -434,6 +434,7 @@ impl Harness {
             SchedulerAction::Replicate { snapshot, .. } => {
                 prop_assert!(codec::encode(snapshot).is_ok());
             }
+            SchedulerAction::OfferCrop { .. } | SchedulerAction::Outcome { .. } => {}
         }
         Ok(())
     }

@@ -165,8 +165,8 @@ impl<'a> Image<'a> {
     }
 
     fn at(&self, x: u32, y: u32, channel: usize) -> i64 {
-        let i = (y as usize * self.width as usize + x as usize) * usize::from(self.channels)
-            + channel;
+        let i =
+            (y as usize * self.width as usize + x as usize) * usize::from(self.channels) + channel;
         i64::from(self.pixels.get(i).copied().unwrap_or(0))
     }
 }
@@ -322,7 +322,10 @@ mod tests {
     fn alpha_is_ignored_and_bad_buffers_refused() {
         let rgb = picture(16, 16);
         let rgba: Vec<u8> = rgb.chunks(3).flat_map(|c| [c[0], c[1], c[2], 7]).collect();
-        let other: Vec<u8> = rgb.chunks(3).flat_map(|c| [c[0], c[1], c[2], 200]).collect();
+        let other: Vec<u8> = rgb
+            .chunks(3)
+            .flat_map(|c| [c[0], c[1], c[2], 200])
+            .collect();
         let a = Image::new(16, 16, 4, &rgba).unwrap();
         let b = Image::new(16, 16, 4, &other).unwrap();
         assert_eq!(similarity_milli(&a, &b).unwrap(), 1000);
@@ -361,10 +364,7 @@ mod tests {
         for y in 0..4usize {
             for x in 0..5usize {
                 for k in 0..3usize {
-                    assert_eq!(
-                        c[(y * 5 + x) * 3 + k],
-                        p[((y + 2) * 20 + x + 3) * 3 + k]
-                    );
+                    assert_eq!(c[(y * 5 + x) * 3 + k], p[((y + 2) * 20 + x + 3) * 3 + k]);
                 }
             }
         }

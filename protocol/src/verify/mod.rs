@@ -52,10 +52,14 @@
 //! alone can open both outputs, computes the similarity of the crop to the
 //! same pixels of the primary. The primary passes when at least one
 //! comparison meets the threshold and passing comparisons outnumber failing
-//! and pending ones; it fails when at least two comparisons fail and outnumber
-//! the passing and pending ones. A single failing comparison is not enough:
-//! the checker may be the liar, so another checker decides. At most
-//! [`MAX_SPOT_LINES`] verification lines are made per primary.
+//! and pending ones. A single failing comparison is not enough (the checker
+//! may be the liar), so another checker is added; the primary fails when two
+//! checkers disagree with it **and agree with each other** (a cross
+//! comparison of their crops). Two dissenters that disagree with each other
+//! are set aside. So one liar can never convict an honest primary, and two
+//! independent liars cannot either; only colluders producing the same wrong
+//! crop can. At most [`MAX_SPOT_LINES`] verification lines are made per
+//! primary.
 //!
 //! # What it must not do
 //!
@@ -64,8 +68,10 @@
 
 pub mod metric;
 
+use serde::{Deserialize, Serialize};
+
 use crate::task::Rect;
-use crate::wire::{JobKind, ValidationError, VerificationPolicy};
+use crate::wire::{JobKind, TaskId, ValidationError, VerificationPolicy};
 
 /// Most workers a quorum may ask for.
 pub const MAX_QUORUM_K: u8 = 5;
@@ -274,32 +280,133 @@ pub enum SpotTally {
     Wait,
     /// The primary passes.
     Pass,
-    /// The primary fails: at least two checkers disagree with it.
+    /// The primary fails: two checkers that agree with each other disagree with it.
     Fail,
+    /// Two checkers (indices into the checks) disagree with the primary:
+    /// compare them with each other before the primary is blamed.
+    CrossCheck {
+        /// The first.
+        a: usize,
+        /// The second.
+        b: usize,
+    },
     /// Nothing stands yet and nothing is out: add a verification line.
     AddLine,
     /// Nothing stands and no line may be added.
     Unresolved,
 }
 
-/// Tallies a spot-check: `similarities` are the comparisons made (SSIM ×
-/// 1000 of each usable check against the primary), `pending` the checks not
-/// yet compared (still running, or waiting for the creator), `lines` the
-/// verification lines made so far.
-pub fn spot_tally(threshold: u16, similarities: &[u16], pending: usize, lines: usize) -> SpotTally {
-    let pass = similarities.iter().filter(|s| **s >= threshold).count();
-    let fail = similarities.len() - pass;
-    if pass >= 1 && pass > fail + pending {
-        SpotTally::Pass
-    } else if fail >= 2 && fail > pass + pending {
-        SpotTally::Fail
-    } else if pending > 0 {
+/// One spot-check vote, as the tally sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpotVote {
+    /// Not compared with the primary yet.
+    Pending,
+    /// Its similarity to the primary, × 1000.
+    Compared(u16),
+    /// Its output could not be used: it counts for nothing.
+    Unusable,
+}
+
+/// A comparison of two checks' crops with each other (indices into the checks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cross {
+    /// The first check.
+    pub a: usize,
+    /// The second check.
+    pub b: usize,
+    /// Their similarity × 1000, once compared (an unusable output counts as 0).
+    pub similarity: Option<u16>,
+}
+
+/// Tallies a spot-check from its checks' comparisons with the primary, the
+/// cross comparisons made between dissenting checks, the verification lines
+/// still running (`running`) and the lines made so far (`lines`).
+///
+/// Two dissenters that disagree with each other as well are set aside (at
+/// least one of them is wrong, maybe both) unless another cross confirmed
+/// them: they neither pass nor fail the primary. A primary fails only when two checkers that agree with each
+/// other both disagree with it, so two independent liars never convict an
+/// honest primary.
+pub fn spot_tally(
+    threshold: u16,
+    checks: &[SpotVote],
+    crosses: &[Cross],
+    running: usize,
+    lines: usize,
+) -> SpotTally {
+    let touches = |i: usize, agree: bool| {
+        crosses.iter().any(|c| {
+            (c.a == i || c.b == i) && c.similarity.is_some_and(|s| (s >= threshold) == agree)
+        })
+    };
+    // Set aside: disagrees with another dissenter, and agrees with none.
+    let aside = |i: usize| touches(i, false) && !touches(i, true);
+    let (mut pass, mut fail, mut pending) = (0, Vec::new(), running);
+    for (i, v) in checks.iter().enumerate() {
+        if aside(i) {
+            continue;
+        }
+        match v {
+            SpotVote::Pending => pending += 1,
+            SpotVote::Compared(s) if *s >= threshold => pass += 1,
+            SpotVote::Compared(_) => fail.push(i),
+            SpotVote::Unusable => {}
+        }
+    }
+    if pass >= 1 && pass > fail.len() + pending {
+        return SpotTally::Pass;
+    }
+    if fail.len() >= 2 && fail.len() > pass + pending {
+        let among = |c: &Cross| fail.contains(&c.a) && fail.contains(&c.b);
+        if crosses
+            .iter()
+            .any(|c| among(c) && c.similarity.is_some_and(|s| s >= threshold))
+        {
+            return SpotTally::Fail;
+        }
+        if crosses.iter().any(|c| among(c) && c.similarity.is_none()) {
+            return SpotTally::Wait;
+        }
+        if let (Some(a), Some(b)) = (fail.first(), fail.get(1)) {
+            return SpotTally::CrossCheck { a: *a, b: *b };
+        }
+    }
+    if pending > 0 {
         SpotTally::Wait
     } else if lines < MAX_SPOT_LINES {
         SpotTally::AddLine
     } else {
         SpotTally::Unresolved
     }
+}
+
+/// What the creator found comparing a spot-check crop with its reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareResult {
+    /// Both outputs opened and matched their signed hashes: the
+    /// [`metric::similarity_milli`] of the crop and the reference's pixels
+    /// under it.
+    Similarity(u16),
+    /// The reference's output could not be fetched or opened, did not match
+    /// its signed hash, or was not an image of the expected size.
+    ReferenceUnusable,
+    /// The same, for the check's output.
+    CheckUnusable,
+}
+
+/// A creator's answer to a `Compare` event, sent to the job's scheduler
+/// (`RpcRequest::Compared`; the transport authenticates the creator).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Comparison {
+    /// The task.
+    pub task: TaskId,
+    /// The attempt compared against: the primary (its whole output, cropped
+    /// here), or another check (its crop).
+    pub reference_attempt: u32,
+    /// The attempt that rendered the crop.
+    pub check_attempt: u32,
+    /// What the creator found.
+    pub result: CompareResult,
 }
 
 /// Whether a comparison passes the policy's threshold.

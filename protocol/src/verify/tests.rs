@@ -122,36 +122,99 @@ fn quorum_tallies() {
     assert_eq!(quorum_max_lines(2), 5);
     // k = 2: agreement of both.
     assert_eq!(quorum_tally(2, &[a], 1, 2), QuorumTally::Wait);
-    assert_eq!(quorum_tally(2, &[a, a], 0, 2), QuorumTally::Agreed { hash: a });
+    assert_eq!(
+        quorum_tally(2, &[a, a], 0, 2),
+        QuorumTally::Agreed { hash: a }
+    );
     // Disagreement adds a line; the third decides.
     assert_eq!(quorum_tally(2, &[a, b], 0, 2), QuorumTally::AddLine);
     assert_eq!(quorum_tally(2, &[a, b], 1, 3), QuorumTally::Wait);
-    assert_eq!(quorum_tally(2, &[a, b, b], 0, 3), QuorumTally::Agreed { hash: b });
+    assert_eq!(
+        quorum_tally(2, &[a, b, b], 0, 3),
+        QuorumTally::Agreed { hash: b }
+    );
     assert_eq!(quorum_tally(2, &[a, b, c], 0, 3), QuorumTally::AddLine);
     assert_eq!(quorum_tally(2, &[a, b, c, a], 0, 4), QuorumTally::AddLine);
-    assert_eq!(quorum_tally(2, &[a, b, c, a, a], 0, 5), QuorumTally::Agreed { hash: a });
-    assert_eq!(quorum_tally(2, &[a, b, c, a, b], 0, 5), QuorumTally::Unresolved);
+    assert_eq!(
+        quorum_tally(2, &[a, b, c, a, a], 0, 5),
+        QuorumTally::Agreed { hash: a }
+    );
+    assert_eq!(
+        quorum_tally(2, &[a, b, c, a, b], 0, 5),
+        QuorumTally::Unresolved
+    );
     // k = 3: two agreeing stand as soon as the third cannot overturn them.
-    assert_eq!(quorum_tally(3, &[a, a], 1, 3), QuorumTally::Agreed { hash: a });
+    assert_eq!(
+        quorum_tally(3, &[a, a], 1, 3),
+        QuorumTally::Agreed { hash: a }
+    );
     assert_eq!(quorum_tally(3, &[a, b], 1, 3), QuorumTally::Wait);
 }
 
 #[test]
 fn spot_tallies() {
+    use SpotVote::{Compared as C, Pending as P, Unusable as U};
     let t = 900;
-    assert_eq!(spot_tally(t, &[], 1, 1), SpotTally::Wait);
-    assert_eq!(spot_tally(t, &[950], 0, 1), SpotTally::Pass);
-    assert_eq!(spot_tally(t, &[900], 0, 1), SpotTally::Pass, "the threshold passes");
+    let x = |a, b, s| Cross {
+        a,
+        b,
+        similarity: s,
+    };
+    assert_eq!(spot_tally(t, &[], &[], 1, 1), SpotTally::Wait);
+    assert_eq!(spot_tally(t, &[P], &[], 0, 1), SpotTally::Wait);
+    assert_eq!(spot_tally(t, &[C(950)], &[], 0, 1), SpotTally::Pass);
+    assert_eq!(
+        spot_tally(t, &[C(900)], &[], 0, 1),
+        SpotTally::Pass,
+        "the threshold passes"
+    );
     // One failing check is not enough: the checker may be the liar.
-    assert_eq!(spot_tally(t, &[100], 0, 1), SpotTally::AddLine);
-    assert_eq!(spot_tally(t, &[100], 1, 2), SpotTally::Wait);
-    assert_eq!(spot_tally(t, &[100, 200], 0, 2), SpotTally::Fail);
-    assert_eq!(spot_tally(t, &[100, 990], 0, 2), SpotTally::AddLine);
-    assert_eq!(spot_tally(t, &[100, 990, 980], 0, 3), SpotTally::Pass);
-    assert_eq!(spot_tally(t, &[100, 990, 10], 0, 3), SpotTally::Fail);
-    // Unusable checks used lines up without a comparison.
-    assert_eq!(spot_tally(t, &[], 0, MAX_SPOT_LINES), SpotTally::Unresolved);
-    assert_eq!(spot_tally(t, &[100], 0, MAX_SPOT_LINES), SpotTally::Unresolved);
+    assert_eq!(spot_tally(t, &[C(100)], &[], 0, 1), SpotTally::AddLine);
+    assert_eq!(spot_tally(t, &[C(100)], &[], 1, 2), SpotTally::Wait);
+    // Two dissenters: compared with each other first.
+    assert_eq!(
+        spot_tally(t, &[C(100), C(200)], &[], 0, 2),
+        SpotTally::CrossCheck { a: 0, b: 1 }
+    );
+    assert_eq!(
+        spot_tally(t, &[C(100), C(200)], &[x(0, 1, None)], 0, 2),
+        SpotTally::Wait
+    );
+    assert_eq!(
+        spot_tally(t, &[C(100), C(200)], &[x(0, 1, Some(950))], 0, 2),
+        SpotTally::Fail
+    );
+    // Dissenters that disagree with each other are set aside.
+    let apart = [x(0, 1, Some(300))];
+    assert_eq!(
+        spot_tally(t, &[C(100), C(200)], &apart, 0, 2),
+        SpotTally::AddLine
+    );
+    assert_eq!(
+        spot_tally(t, &[C(100), C(200), C(990)], &apart, 0, 3),
+        SpotTally::Pass
+    );
+    assert_eq!(
+        spot_tally(t, &[C(100), C(990)], &[], 0, 2),
+        SpotTally::AddLine
+    );
+    assert_eq!(
+        spot_tally(t, &[C(100), C(990), C(980)], &[], 0, 3),
+        SpotTally::Pass
+    );
+    assert_eq!(
+        spot_tally(t, &[C(100), C(990), C(10)], &[], 0, 3),
+        SpotTally::CrossCheck { a: 0, b: 2 }
+    );
+    // Unusable checks use lines up without a comparison.
+    assert_eq!(
+        spot_tally(t, &[U, U, U, U], &[], 0, MAX_SPOT_LINES),
+        SpotTally::Unresolved
+    );
+    assert_eq!(
+        spot_tally(t, &[C(100)], &[], 0, MAX_SPOT_LINES),
+        SpotTally::Unresolved
+    );
 }
 
 proptest! {
@@ -197,22 +260,48 @@ proptest! {
         prop_assert_eq!(quorum_tally(k, &same, 0, usize::from(k)), QuorumTally::Agreed { hash: [9; 32] });
     }
 
-    /// A spot verdict is final too, and a single comparison never fails a primary.
+    /// A spot-check driven to its verdict as the scheduler drives it (one
+    /// check, more on `AddLine`, a cross comparison on `CrossCheck`), with
+    /// checkers that are honest, independent liars (each its own garbage) or
+    /// colluders (one shared garbage): a verdict comes within the line bound;
+    /// an honest primary is never failed unless two colluders checked it; a
+    /// lying primary never passes.
     #[test]
-    fn spot_verdicts_are_final(
-        sims in prop::collection::vec(0u16..=1000, 0..4),
-        later in prop::collection::vec(0u16..=1000, 0..3),
-        t in 0u16..=1000,
+    fn spot_checks_convict_only_with_agreeing_dissenters(
+        primary_honest in any::<bool>(),
+        kinds in prop::collection::vec(0u8..3, MAX_SPOT_LINES),
+        t in 500u16..=1000,
     ) {
-        let lines = sims.len() + later.len();
-        let now = spot_tally(t, &sims, later.len(), lines);
-        if matches!(now, SpotTally::Pass | SpotTally::Fail) {
-            let mut all = sims.clone();
-            all.extend(&later);
-            prop_assert_eq!(spot_tally(t, &all, 0, lines), now);
+        // 0 honest, 1 independent liar, 2 colluder. Outputs: honest = 0,
+        // colluders = 1, liar i = 100 + i, lying primary = 99.
+        let out = |i: usize| match kinds[i] { 0 => 0u32, 1 => 100 + i as u32, _ => 1 };
+        let primary = if primary_honest { 0 } else { 99 };
+        let sim = |a: u32, b: u32| if a == b { t.max(950).min(1000) } else { t.saturating_sub(400) };
+        let mut checks: Vec<SpotVote> = vec![SpotVote::Compared(sim(out(0), primary))];
+        let mut crosses: Vec<Cross> = Vec::new();
+        let verdict = loop {
+            match spot_tally(t, &checks, &crosses, 0, checks.len()) {
+                SpotTally::AddLine => {
+                    let i = checks.len();
+                    checks.push(SpotVote::Compared(sim(out(i), primary)));
+                }
+                SpotTally::CrossCheck { a, b } => {
+                    prop_assert!(!crosses.iter().any(|c| c.a == a && c.b == b), "asked twice");
+                    crosses.push(Cross { a, b, similarity: Some(sim(out(a), out(b))) });
+                }
+                SpotTally::Wait => prop_assert!(false, "nothing is pending"),
+                v => break v,
+            }
+        };
+        let used = &kinds[..checks.len()];
+        if primary_honest && used.iter().filter(|k| **k == 2).count() < 2 {
+            prop_assert_ne!(verdict, SpotTally::Fail);
         }
-        if sims.len() == 1 {
-            prop_assert_ne!(spot_tally(t, &sims, 0, 1), SpotTally::Fail);
+        if !primary_honest {
+            prop_assert_ne!(verdict, SpotTally::Pass);
+        }
+        if used.iter().all(|k| *k == 0) {
+            prop_assert_eq!(verdict, if primary_honest { SpotTally::Pass } else { SpotTally::Fail });
         }
     }
 }
