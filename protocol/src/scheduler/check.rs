@@ -252,20 +252,20 @@ impl Ctx {
         ) else {
             return;
         };
-        let mut asks: Vec<(u32, u32)> = check
+        let mut asks: Vec<(u32, u32, bool)> = check
             .votes
             .iter()
             .filter(|v| v.line != task && v.cmp == Cmp::NotSent)
-            .map(|v| (primary, v.attempt))
+            .map(|v| (primary, v.attempt, false))
             .collect();
         asks.extend(
             check
                 .cross
                 .iter()
                 .filter(|c| c.cmp == Cmp::NotSent)
-                .map(|c| (c.a, c.b)),
+                .map(|c| (c.a, c.b, true)),
         );
-        for (reference_attempt, check_attempt) in asks {
+        for (reference_attempt, check_attempt, cross) in asks {
             self.notify(
                 job,
                 JobEvent::Compare {
@@ -273,6 +273,7 @@ impl Ctx {
                     crop,
                     reference_attempt,
                     check_attempt,
+                    cross,
                 },
             );
         }

@@ -184,6 +184,9 @@ pub enum JobEvent {
         reference_attempt: u32,
         /// The attempt that rendered the crop.
         check_attempt: u32,
+        /// The reference is another check's crop (compare whole images), not
+        /// the primary's output (crop it first).
+        cross: bool,
     },
     /// Verification caught this result: never countersign it.
     Rejected {

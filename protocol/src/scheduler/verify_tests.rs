@@ -401,7 +401,8 @@ fn spot_started(s: &mut Scheduler, r: &mut ChaCha20Rng) -> (JobSpec, TaskOffer, 
         task: 0,
         crop,
         reference_attempt: primary.0.attempt,
-        check_attempt: check.0.attempt
+        check_attempt: check.0.attempt,
+        cross: false
     }));
     (spec, primary.0, check.0, crop)
 }
@@ -501,7 +502,8 @@ fn a_failed_spot_check_needs_a_confirmed_second_opinion_then_reruns_elsewhere() 
             task: 0,
             crop,
             reference_attempt: check.attempt,
-            check_attempt: second.attempt
+            check_attempt: second.attempt,
+            cross: true
         }]
     );
     s.handle_comparison(
@@ -613,4 +615,203 @@ fn verification_survives_snapshots_and_takeover() {
         "{ev:?}"
     );
     b.check_invariants().unwrap();
+}
+
+/// The devnet scenario as a model: 8 workers, 2 of them cheating
+/// (each returns its own wrong output), a 48-frame job under each policy,
+/// every new worker on probation. The scheduler, the creator's machine and a
+/// reputation book are wired as the node wires them, with real signed
+/// bundles. Every accepted frame is correct, cheaters earn nothing for a
+/// caught task, and their reputation falls below the honest workers'.
+#[test]
+fn two_cheaters_among_eight_never_get_a_wrong_frame_accepted() {
+    use crate::creator::{CreatorJob, Decision, VoteDecision};
+    use crate::identity::NodeKey;
+    use crate::reputation::{ReputationBook, ReputationConfig};
+    use std::collections::{BTreeMap, BTreeSet};
+
+    for (nonce, policy, kind) in [
+        (1, quorum(100, 2), JobKind::Builtin),
+        (2, spot(), blender()),
+    ] {
+        let sched_key = key(100);
+        let mut cfg = config();
+        cfg.new_nodes_on_probation = true;
+        let mut s = Scheduler::new(sched_key.node_id(), cfg);
+        let keys: Vec<NodeKey> = (0..8).map(|i| key(200 + i)).collect();
+        let cheaters: BTreeSet<NodeId> = keys[..2].iter().map(|k| k.node_id()).collect();
+        let runtimes = [(RuntimeKind::Builtin, "1"), (RuntimeKind::Blender, "4.2")];
+        for k in &keys {
+            s.observe_advert(&worker_advert(k.node_id(), 1, &runtimes, 2), u64::MAX, T0);
+        }
+        let mut book = ReputationBook::new(sched_key.node_id(), ReputationConfig::default());
+        let c = key(1);
+        let (spec, frame) = with_policy(&c, nonce, 48, kind, policy);
+        let mut creator = CreatorJob::new(spec.clone(), s.me());
+        s.submit(spec.clone(), frame, T0).unwrap();
+        let honest_hash = |t: u32| [t as u8; 32];
+        let output = |w: &NodeId, t: u32| {
+            if cheaters.contains(w) {
+                let mut h = [0xC0; 32];
+                h[..4].copy_from_slice(&w.as_bytes()[..4]);
+                h
+            } else {
+                honest_hash(t)
+            }
+        };
+        let mut r = rng(nonce);
+        let mut now = T0;
+        let mut running: Vec<(TaskOffer, u64)> = Vec::new();
+        let mut accepted: BTreeMap<u32, (NodeId, [u8; 32])> = BTreeMap::new();
+        let mut caught: BTreeSet<(u32, u32)> = BTreeSet::new();
+        let mut finished = false;
+        while !finished && now < T0 + 3_600_000 {
+            let mut acts = pump(&mut s, now, &mut r);
+            while !acts.is_empty() {
+                let mut next = Vec::new();
+                for a in acts {
+                    match a {
+                        SchedulerAction::Offer { offer, .. }
+                        | SchedulerAction::OfferCrop { offer, .. } => {
+                            s.handle_accept(&answer(&offer, true), now).unwrap();
+                            running.push((offer, now + 5_000));
+                        }
+                        SchedulerAction::Outcome {
+                            worker, outcome, ..
+                        } => {
+                            book.observe(worker, outcome, now);
+                            let st = book.standing(&worker, now);
+                            s.set_reputation(worker, st.permille);
+                            s.set_probation(worker, st.probation);
+                        }
+                        SchedulerAction::Notify { event, .. } => match event {
+                            JobEvent::Done { frames, .. } => {
+                                if let Ok(Decision::Fetch(b)) = creator.check_result(frames) {
+                                    let (t, at) = (b.offer.task.index, b.offer.attempt);
+                                    creator.fetched(t, at, b.result.output_hash, now).unwrap();
+                                    accepted.insert(t, (b.offer.worker, b.result.output_hash));
+                                }
+                            }
+                            JobEvent::Vote { frames, .. } => {
+                                if let VoteDecision::Fetch(b) = creator.vote(frames).unwrap() {
+                                    let (t, at) = (b.offer.task.index, b.offer.attempt);
+                                    creator.fetched(t, at, b.result.output_hash, now).unwrap();
+                                    accepted.insert(t, (b.offer.worker, b.result.output_hash));
+                                }
+                            }
+                            JobEvent::Verified { task, attempt, .. } => {
+                                if let Some(b) = creator.verified(task, attempt).unwrap() {
+                                    creator
+                                        .fetched(task, attempt, b.result.output_hash, now)
+                                        .unwrap();
+                                    accepted.insert(task, (b.offer.worker, b.result.output_hash));
+                                }
+                            }
+                            JobEvent::Rejected { task, attempt, .. } => {
+                                creator.rejected(task, attempt);
+                                caught.insert((task, attempt));
+                            }
+                            JobEvent::Compare {
+                                task,
+                                crop,
+                                reference_attempt,
+                                check_attempt,
+                                cross,
+                            } => {
+                                let req = creator
+                                    .compare(task, crop, reference_attempt, check_attempt, cross)
+                                    .unwrap();
+                                // The metric: honest renders match, nothing else does.
+                                let ok = |b: &crate::creator::CheckedResult| {
+                                    !cheaters.contains(&b.offer.worker)
+                                };
+                                let sim = if ok(&req.reference) && ok(&req.check) {
+                                    970
+                                } else {
+                                    80
+                                };
+                                let cmp = creator
+                                    .compared(
+                                        task,
+                                        reference_attempt,
+                                        check_attempt,
+                                        Some(req.reference.result.output_hash),
+                                        Some(req.check.result.output_hash),
+                                        CompareResult::Similarity(sim),
+                                    )
+                                    .unwrap();
+                                s.handle_comparison(&spec.creator, &cmp, now).unwrap();
+                            }
+                            JobEvent::JobFinished { done, failed } => {
+                                assert_eq!((done, failed), (48, 0));
+                                finished = true;
+                            }
+                            _ => {}
+                        },
+                        _ => {}
+                    }
+                }
+                next.extend(pump(&mut s, now, &mut r));
+                acts = next;
+            }
+            now += 1_000;
+            let due: Vec<(TaskOffer, u64)> = running
+                .iter()
+                .filter(|(_, at)| *at <= now)
+                .cloned()
+                .collect();
+            running.retain(|(_, at)| *at > now);
+            for (o, _) in due {
+                let wk = keys.iter().find(|k| k.node_id() == o.worker).unwrap();
+                let hash = output(&o.worker, o.task.index);
+                let result = TaskResult {
+                    output_hash: hash,
+                    ..result_of(&o)
+                };
+                let receipt = crate::wire::Receipt {
+                    task: o.task,
+                    worker: o.worker,
+                    creator: spec.creator,
+                    scheduler: o.scheduler,
+                    attempt: o.attempt,
+                    output_hash: hash,
+                    usage: result.usage,
+                    started_at_ms: now - 5_000,
+                    finished_at_ms: now,
+                    price: o.price,
+                };
+                let frames = ResultFrames {
+                    offer: Signed::sign(&sched_key, &o).unwrap().into_bytes(),
+                    result: Signed::sign(wk, &result).unwrap().into_bytes(),
+                    receipt: Signed::sign(wk, &receipt).unwrap().into_bytes(),
+                };
+                let _ = s.handle_result(&result, frames, now);
+            }
+        }
+        assert!(finished, "policy {nonce}: the job finished");
+        assert_eq!(creator.counts().accepted, 48);
+        for (t, (w, h)) in &accepted {
+            assert_eq!(
+                *h,
+                honest_hash(*t),
+                "task {t} accepted a wrong frame from {w:?}"
+            );
+            assert!(!cheaters.contains(w));
+        }
+        assert!(
+            !caught.is_empty(),
+            "policy {nonce}: the cheaters were caught"
+        );
+        let now = now + 1;
+        let worst_honest = keys[2..]
+            .iter()
+            .map(|k| book.score(&k.node_id(), now))
+            .min()
+            .unwrap();
+        for ch in &cheaters {
+            assert!(book.score(ch, now) < worst_honest, "policy {nonce}");
+            assert!(book.on_probation(ch, now));
+        }
+        s.check_invariants().unwrap();
+    }
 }
