@@ -17,7 +17,7 @@
 //! | [`signed`] | [`Signed<T>`](signed::Signed): signatures with a domain tag per message kind, batch verification |
 //! | [`wire`] | the versioned messages of the mesh (capacity, jobs, offers, progress, results, receipts, rollups) |
 //! | [`seal`] | per-job keys, chunked STREAM XChaCha20-Poly1305, key wrapping to X25519 |
-//! | [`creator`] | the creator's side of a job: key requests, result checks, acceptance and countersigning |
+//! | [`creator`] | the creator's side of a job: key requests, result checks, verification votes and verdicts, spot-check comparisons, acceptance and countersigning |
 //! | [`content`] | BLAKE3 content addressing: fixed-size chunks and a manifest |
 //! | [`hrw`] | rendezvous hashing: job owner and replica, epoch anchorer |
 //! | [`placement`] | does a worker meet a job's requirements ([`placement::meets`], one rule for scheduler and worker), why not, integer candidate scores |

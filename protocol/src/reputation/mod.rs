@@ -35,11 +35,14 @@
 //! ## Probation
 //!
 //! A node is **on probation** while its verified evidence is under 10
-//! outcomes or its score under 600 ‰. Placement (the scheduler) verifies every
-//! task of a probationer and caps its concurrent tasks, so a fresh identity
-//! must do about ten honestly verified tasks before it can lie unobserved,
-//! and a caught one falls back into probation: throwaway identities are
-//! expensive.
+//! outcomes, or its score is under 600 ‰, or this book itself caught it
+//! within about a half-life (own failed evidence above half an outcome: one
+//! catch keeps a node there for 30 days, two for 60). Placement (the
+//! scheduler) verifies every task of a probationer and caps its concurrent
+//! tasks, so a fresh identity must do about ten honestly verified tasks
+//! before it can lie unobserved, and a caught one spends a month verified on
+//! every task at one task at a time: throwaway identities are expensive, and
+//! so is lying with an established one.
 //!
 //! ## Reports and their influence
 //!
@@ -151,6 +154,9 @@ pub struct ReputationConfig {
     pub probation_min_verified_milli: u64,
     /// Score below which a node is on probation, per mille.
     pub probation_below_permille: u16,
+    /// Own failed evidence above which a node is on probation (this book
+    /// caught it recently), milli-outcomes.
+    pub probation_failed_milli: u64,
     /// A fully trusted reporter's weight, per mille of own observations.
     pub peer_weight_permille: u16,
     /// Most evidence of each kind one report entry counts.
@@ -186,6 +192,7 @@ impl Default for ReputationConfig {
             lost_weight: 1,
             probation_min_verified_milli: 10 * ONE,
             probation_below_permille: 600,
+            probation_failed_milli: 500,
             peer_weight_permille: 500,
             max_report_evidence_milli: 50 * ONE,
             peer_cap_verified_milli: 5 * ONE,
@@ -454,17 +461,21 @@ impl ReputationBook {
         (alpha * 1000 / (alpha + beta)) as u16
     }
 
-    fn probation_of(&self, ev: &Evidence) -> bool {
+    /// Probation from effective evidence `ev` and own evidence `own`.
+    fn probation_of(&self, ev: &Evidence, own: &Evidence) -> bool {
         ev.verified_milli < self.config.probation_min_verified_milli
             || self.score_of(ev) < self.config.probation_below_permille
+            || own.failed_milli > self.config.probation_failed_milli
     }
 
-    /// Where `node` stands now: score and probation from own and capped peer evidence.
+    /// Where `node` stands now: score and probation from own and capped peer
+    /// evidence (the recent-catch rule from own evidence only, so peers
+    /// cannot put a node there alone).
     pub fn standing(&self, node: &NodeId, now_ms: u64) -> Standing {
-        let (_, ev) = self.effective(node, self.step(now_ms));
+        let (own, ev) = self.effective(node, self.step(now_ms));
         Standing {
             permille: self.score_of(&ev),
-            probation: self.probation_of(&ev),
+            probation: self.probation_of(&ev, &own),
             evidence: ev,
         }
     }
@@ -490,7 +501,7 @@ impl ReputationBook {
             return w;
         }
         let own = self.own_evidence(reporter, now_ms);
-        if self.probation_of(&own) {
+        if self.probation_of(&own, &own) {
             return 0;
         }
         (u32::from(w) * u32::from(self.score_of(&own)) / 1000) as u16
@@ -513,7 +524,7 @@ impl ReputationBook {
             .collect();
         picked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
         picked.truncate(max_entries.min(MAX_REPORT_ENTRIES));
-        picked.sort_by(|a, b| a.1.cmp(&b.1));
+        picked.sort_by_key(|a| a.1);
         ReputationReport {
             reporter: self.me,
             issued_at_ms: now_ms,

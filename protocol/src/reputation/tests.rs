@@ -53,6 +53,30 @@ fn ten_verified_leave_probation_and_one_catch_returns_to_it() {
 }
 
 #[test]
+fn a_catch_means_a_half_life_of_probation_however_established() {
+    let mut b = book();
+    verified(&mut b, id(1), 200, T0);
+    b.observe(id(1), Outcome::Failed, T0);
+    let s = b.standing(&id(1), T0);
+    assert!(s.permille > 900, "the score barely moves: {}", s.permille);
+    assert!(s.probation, "but the node is verified on every task again");
+    let h = b.config().half_life_ms;
+    assert!(b.on_probation(&id(1), T0 + h - h / 8));
+    assert!(!b.on_probation(&id(1), T0 + h + h / 8));
+    // Two catches: two half-lives.
+    b.observe(id(1), Outcome::Failed, T0 + h + h / 8);
+    assert!(b.on_probation(&id(1), T0 + 2 * h + h / 4));
+    assert!(!b.on_probation(&id(1), T0 + 3 * h));
+    // Peers alone cannot put a node there: their failures only weigh on the score.
+    let mut cfg = ReputationConfig::default();
+    cfg.trusted_reporters.insert(id(9));
+    let mut c = ReputationBook::new(id(0), cfg);
+    verified(&mut c, id(2), 200, T0);
+    c.merge(&report(id(9), T0, &[(2, 0, 50_000)]), T0).unwrap();
+    assert!(!c.on_probation(&id(2), T0));
+}
+
+#[test]
 fn evidence_halves_every_half_life() {
     let mut b = book();
     verified(&mut b, id(1), 16, T0);
@@ -347,10 +371,12 @@ proptest! {
     /// score is in range, and more own verified evidence never lowers it.
     #[test]
     fn peer_influence_is_bounded(events in prop::collection::vec(ev(), 0..80)) {
-        let mut cfg = ReputationConfig::default();
         // Half the reporters are trusted: the strongest peers there can be.
-        cfg.trusted_reporters = (12u8..18).map(id).collect();
-        cfg.max_nodes = 20;
+        let cfg = ReputationConfig {
+            trusted_reporters: (12u8..18).map(id).collect(),
+            max_nodes: 20,
+            ..ReputationConfig::default()
+        };
         let mut b = ReputationBook::new(id(200), cfg);
         let mut now = T0;
         for e in &events {
@@ -366,7 +392,7 @@ proptest! {
                         })
                         .filter(|x| x.subject != id(*r))
                         .collect();
-                    es.sort_by(|a, b| a.subject.cmp(&b.subject));
+                    es.sort_by_key(|a| a.subject);
                     es.dedup_by(|a, b| a.subject == b.subject);
                     let rep = ReputationReport { reporter: id(*r), issued_at_ms: now.saturating_sub(u64::from(*dt % 1000)), entries: es };
                     prop_assert!(rep.validate().is_ok());
@@ -396,6 +422,25 @@ proptest! {
             let mut d = b.clone();
             d.observe(id(n), Outcome::Failed, now);
             prop_assert!(d.score(&id(n), now) <= before);
+        }
+    }
+
+    /// The report decoder (the fuzz entry point: frame and body paths, then
+    /// a merge) never panics on arbitrary bytes, nor on a valid frame or
+    /// body with bytes flipped.
+    #[test]
+    fn report_decoding_never_panics(
+        bytes in prop::collection::vec(any::<u8>(), 0..1200),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+    ) {
+        crate::fuzz::reputation_report(&bytes);
+        for (_, seed) in crate::fuzz::seeds().into_iter().filter(|(t, _)| *t == "reputation_report") {
+            let mut m = seed.clone();
+            for (i, x) in &flips {
+                let i = i.index(m.len());
+                m[i] ^= x | 1;
+            }
+            crate::fuzz::reputation_report(&m);
         }
     }
 }

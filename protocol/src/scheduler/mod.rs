@@ -28,11 +28,20 @@
 //! * After each input: drain `poll_action`; then call
 //!   `handle_timeout(now, rng)` whenever `now >= next_deadline()` (an input
 //!   that queues placement sets the deadline to `now`).
-//! * Actions: `Offer` (sign, send with the spec frame), `CancelTask`,
+//! * Actions: `Offer` (sign, send with the spec frame), `OfferCrop` (the
+//!   same for a spot-check line, with the crop to render), `CancelTask`,
 //!   `Notify` (creator), `Escrow` (publish spec + offer + accept),
 //!   `Closed` (publish a refund), `Replicate` (send
 //!   [`JobSnapshot::to_parts`]; the receiver rebuilds it with a
-//!   [`SnapshotAssembler`]).
+//!   [`SnapshotAssembler`]), `Outcome` (feed the node's
+//!   [`ReputationBook`](crate::reputation::ReputationBook), then
+//!   `set_reputation` / `set_probation` with the worker's new standing).
+//! * Trust inputs: `set_reputation(node, permille)` and
+//!   `set_probation(node, on)` from the reputation book (on every
+//!   `Outcome`, and for each advert observed, since scores decay);
+//!   `set_operator(node, group)` with the driver's operator group of the
+//!   node (its address prefix); `handle_comparison(&creator, &c, now)` for
+//!   the creator's answer to a `Compare` event.
 //! * Persist with [`Scheduler::snapshot`] (take it after draining actions),
 //!   resume with [`Scheduler::restore`].
 //!
@@ -59,6 +68,24 @@
 //!   `heartbeat_timeout_ms`) or one past its task deadline is lost: its
 //!   worker is excluded from the task, the task is offered again, and after
 //!   `max_attempts` losses or reported failures the task fails.
+//! * **Verification** ([`crate::verify`] has the rules; `check.rs` applies
+//!   them): when a task is first placed, whether it is verified is drawn
+//!   from the RNG at the policy's rate (before any result exists; an offer
+//!   looks the same either way), and it always is when its worker is on
+//!   probation (and when it re-runs after a catch). A verified task gets
+//!   verification *lines* (quorum: `k − 1`; spot-check: one crop line), each
+//!   tracked like the task itself (offers, accepts, heartbeats, losses,
+//!   escrows), on workers that hold or held no other line of the task,
+//!   preferring another operator group and, for a probationer's task,
+//!   workers off probation. Attempt numbers stay unique per task across its
+//!   lines. Each result is a vote (`Vote` to the creator); a quorum verdict,
+//!   or the creator's comparisons for a spot-check, decide: `Verified` (the
+//!   winner's receipt is the one the creator countersigns; every other
+//!   attempt is refunded, `Checked` or `Caught`), a catch (`Rejected`,
+//!   `Outcome::Failed`; a caught spot-check primary is re-run elsewhere), one
+//!   more line, or `FailReason::Unverified` after the bound. Probationers
+//!   hold at most `probation_max_tasks` attempts from this scheduler, and a
+//!   job keeps at most `max_open_checks` tasks under verification.
 //! * **Results**: the first valid result wins: from the current attempt, or
 //!   from an earlier attempt that was lost (not one that reported failure); a
 //!   running attempt is then cancelled. A result for a done task is a
@@ -567,6 +594,14 @@ impl Scheduler {
         let Some(&w) = job.worker_ref.get(&result.worker) else {
             return Err(not_assigned);
         };
+        if job.core.checks.get(&index).is_some_and(|c| {
+            c.votes
+                .iter()
+                .any(|v| v.worker == w && v.attempt == result.attempt)
+        }) {
+            self.ctx.stats.duplicates += 1;
+            return Ok(ResultOutcome::Duplicate);
+        }
         // The line that holds (or held, and lost) this attempt.
         let mut found = None;
         for line in job.lines_of(index) {

@@ -140,6 +140,8 @@ struct Model {
     /// Tasks for which an output was reported unusable (an honest worker may be blamed).
     unusable: BTreeSet<TaskId>,
     rejected: BTreeSet<(TaskId, NodeId, u32)>,
+    /// Attempts whose result is a verification vote.
+    voted: BTreeSet<(TaskId, u32)>,
     nonce: u64,
     open: BTreeMap<TaskId, Vec<Held>>,
     history: Vec<(TaskId, NodeId, u32)>,
@@ -351,6 +353,7 @@ impl Harness {
                             prop_assert!(!was_terminal);
                             self.forget(&t, w, a);
                         }
+                        Ok(ResultOutcome::Duplicate) if self.m.voted.contains(&(t, a)) => {}
                         Ok(_) => prop_assert!(was_terminal || !self.s.jobs().any(|j| *j == t.job)),
                         Err(_) => {}
                     }
@@ -616,6 +619,17 @@ impl Harness {
                         "an accepted result caught"
                     );
                     self.m.rejected.insert((t, *worker, *attempt));
+                }
+                JobEvent::Vote { task, attempt, .. } => {
+                    let t = TaskId {
+                        job: *job,
+                        index: *task,
+                    };
+                    prop_assert!(self.m.voted.insert((t, *attempt)), "voted twice");
+                    prop_assert!(
+                        self.m.escrowed.contains(&(t, *attempt)),
+                        "vote without escrow"
+                    );
                 }
                 JobEvent::Compare {
                     task,

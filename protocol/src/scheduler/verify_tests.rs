@@ -155,6 +155,11 @@ fn a_sampled_task_runs_on_two_workers_and_agreement_verifies_it() {
         result(&mut s, &o[1].0, HONEST, T0 + 5),
         ResultOutcome::Voted
     );
+    assert_eq!(
+        result(&mut s, &o[1].0, HONEST, T0 + 5),
+        ResultOutcome::Duplicate,
+        "a vote sent twice counts once"
+    );
     let acts = drain(&mut s);
     assert!(matches!(
         events(&acts)[..],

@@ -276,7 +276,7 @@ proptest! {
         // colluders = 1, liar i = 100 + i, lying primary = 99.
         let out = |i: usize| match kinds[i] { 0 => 0u32, 1 => 100 + i as u32, _ => 1 };
         let primary = if primary_honest { 0 } else { 99 };
-        let sim = |a: u32, b: u32| if a == b { t.max(950).min(1000) } else { t.saturating_sub(400) };
+        let sim = |a: u32, b: u32| if a == b { t.clamp(950, 1000) } else { t.saturating_sub(400) };
         let mut checks: Vec<SpotVote> = vec![SpotVote::Compared(sim(out(0), primary))];
         let mut crosses: Vec<Cross> = Vec::new();
         let verdict = loop {
