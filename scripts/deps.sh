@@ -12,13 +12,20 @@
 #
 # What it installs (and why):
 #   rustfmt, clippy      the fmt and lint gates in scripts/test.sh (rustup components)
+#   bubblewrap (bwrap)   the sandbox of `process` and `blender` tasks (apt)
+#   util-linux (prlimit) memory/CPU/file-size limits of sandboxed tasks (apt)
+#   blender              the `blender` runtime and its tests (apt; large, ~1 GB
+#                        with dependencies, so only when missing)
 #   anvil                a local EVM chain for the anchor tests (node/tests/anchor_evm.rs):
 #                        npm package @foundry-rs/anvil-linux-amd64, pinned, into the
 #                        git-ignored .tools/ (binary: .tools/node_modules/.bin/anvil,
 #                        printed at the end; scripts/anvil.sh starts it). Needs npm
 #                        (installed from apt if missing). Linux x86-64 only; elsewhere
 #                        install foundry and set RENDERTRUST_ANVIL=/path/to/anvil.
-# Later issues add: blender and bubblewrap (apt) for the render and sandbox tests.
+#
+# System packages need apt-get and either root or sudo. Without them, what is
+# missing is reported and skipped: the tests that need it then print a loud
+# SKIPPED outside CI, and fail in CI (the CI environment variable is set).
 set -eu
 
 usage() { sed -n '2,/^set -eu/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
@@ -40,6 +47,27 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+if [ "$(id -u)" = 0 ]; then
+  sudo=""
+elif command -v sudo >/dev/null 2>&1; then
+  sudo="sudo"
+else
+  sudo="none"
+fi
+apt_install() {
+  if ! command -v apt-get >/dev/null 2>&1; then
+    note "apt-get not available: install these yourself: $* (skipping)"
+    return 1
+  elif [ "$sudo" = none ]; then
+    note "not root and no sudo: install these yourself: $* (skipping)"
+    return 1
+  fi
+  note "installing from apt: $*"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  # shellcheck disable=SC2086
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+}
+
 for comp in rustfmt clippy; do
   if ! cargo "$( [ "$comp" = rustfmt ] && echo fmt || echo clippy )" --version >/dev/null 2>&1; then
     missing="$missing $comp"
@@ -50,16 +78,24 @@ for comp in rustfmt clippy; do
   fi
 done
 
+# System packages: command -> apt package.
+apt_missing=""
+for pair in bwrap:bubblewrap prlimit:util-linux blender:blender; do
+  cmd=${pair%%:*}; pkg=${pair#*:}
+  if ! command -v "$cmd" >/dev/null 2>&1; then
+    missing="$missing $cmd"
+    apt_missing="$apt_missing $pkg"
+  fi
+done
+if [ "$check_only" = 0 ] && [ -n "$apt_missing" ]; then
+  # shellcheck disable=SC2086
+  apt_install $apt_missing || true
+fi
+
 # anvil, from npm into .tools/ (the tests look there first).
 ANVIL_VERSION=1.7.1
 root=$(cd "$(dirname "$0")/.." && pwd)
 anvil="$root/.tools/node_modules/.bin/anvil"
-as_root() {
-  if [ "$(id -u)" = 0 ]; then "$@"
-  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
-  else return 1
-  fi
-}
 if [ -n "${RENDERTRUST_ANVIL:-}" ]; then
   note "anvil: using RENDERTRUST_ANVIL=$RENDERTRUST_ANVIL"
 elif [ "$(uname -s)-$(uname -m)" != Linux-x86_64 ]; then
@@ -70,8 +106,7 @@ else
   missing="$missing anvil"
   if [ "$check_only" = 0 ]; then
     if ! command -v npm >/dev/null 2>&1; then
-      note "installing npm (apt) for anvil"
-      as_root apt-get update -qq && as_root apt-get install -y -qq npm >/dev/null ||
+      apt_install npm ||
         { echo "deps.sh: npm not found and could not be installed: install Node.js and npm" >&2; exit 1; }
     fi
     note "installing anvil $ANVIL_VERSION (npm @foundry-rs/anvil-linux-amd64) into .tools/"
@@ -81,10 +116,27 @@ else
     "$anvil" --version >/dev/null
   fi
 fi
-if [ -x "$anvil" ]; then note "anvil: $anvil"; fi
 
-if [ "$check_only" = 1 ] && [ -n "$missing" ]; then
-  note "missing:$missing"
-  exit 1
+if [ "$check_only" = 1 ]; then
+  if [ -n "$missing" ]; then
+    note "missing:$missing"
+    exit 1
+  fi
+  note "all dependencies present"
+  exit 0
+fi
+
+# What is still missing after installing.
+missing=""
+for comp in rustfmt clippy; do
+  cargo "$( [ "$comp" = rustfmt ] && echo fmt || echo clippy )" --version >/dev/null 2>&1 || missing="$missing $comp"
+done
+for cmd in bwrap prlimit blender; do
+  command -v "$cmd" >/dev/null 2>&1 || missing="$missing $cmd"
+done
+if [ -x "$anvil" ]; then note "anvil: $anvil"; elif [ -z "${RENDERTRUST_ANVIL:-}" ]; then missing="$missing anvil"; fi
+if [ -n "$missing" ]; then
+  note "still missing:$missing; tests that need them skip loudly (and fail in CI)"
+  exit 0
 fi
 note "all dependencies present"

@@ -59,6 +59,9 @@ pub struct Config {
     pub price_per_task: u64,
     /// Tasks run at once.
     pub max_tasks: u16,
+    /// Seconds without a heartbeat before a scheduler gives a worker's task
+    /// to another worker; workers report at a fifth of it.
+    pub heartbeat_timeout_secs: u64,
     /// Seconds between capacity adverts.
     pub advert_interval_secs: u64,
     /// Seconds a node stays in the capacity table after its last advert.
@@ -229,6 +232,7 @@ impl Default for Config {
             region: String::new(),
             price_per_task: 10,
             max_tasks: 1,
+            heartbeat_timeout_secs: 15,
             advert_interval_secs: 10,
             capacity_ttl_secs: 30,
             kad_server: true,
@@ -257,6 +261,10 @@ pub struct ConfigOverrides {
     pub advert_interval_secs: Option<u64>,
     /// `--capacity-ttl-secs`.
     pub capacity_ttl_secs: Option<u64>,
+    /// `--max-tasks`.
+    pub max_tasks: Option<u16>,
+    /// `--heartbeat-timeout-secs`.
+    pub heartbeat_timeout_secs: Option<u64>,
     /// `--log-format`.
     pub log_format: Option<String>,
     /// `--anchor-backend`.
@@ -393,6 +401,9 @@ impl Config {
         if let Some(v) = get("RENDERTRUST_MAX_TASKS") {
             self.max_tasks = parse_env("max_tasks", &v)?;
         }
+        if let Some(v) = get("RENDERTRUST_HEARTBEAT_TIMEOUT_SECS") {
+            self.heartbeat_timeout_secs = parse_env("heartbeat_timeout_secs", &v)?;
+        }
         if let Some(v) = get("RENDERTRUST_ADVERT_INTERVAL_SECS") {
             self.advert_interval_secs = parse_env("advert_interval_secs", &v)?;
         }
@@ -434,6 +445,12 @@ impl Config {
         if let Some(v) = o.capacity_ttl_secs {
             self.capacity_ttl_secs = v;
         }
+        if let Some(v) = o.max_tasks {
+            self.max_tasks = v;
+        }
+        if let Some(v) = o.heartbeat_timeout_secs {
+            self.heartbeat_timeout_secs = v;
+        }
         if let Some(v) = &o.log_format {
             self.log_format = v.parse()?;
         }
@@ -465,6 +482,18 @@ impl Config {
                     "{} is not a loopback address: set api_token (or RENDERTRUST_API_TOKEN) so the API is not open to the network",
                     self.api
                 ),
+            });
+        }
+        if self.max_tasks == 0 {
+            return Err(ConfigError::Invalid {
+                field: "max_tasks",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.heartbeat_timeout_secs < 2 {
+            return Err(ConfigError::Invalid {
+                field: "heartbeat_timeout_secs",
+                reason: format!("{} s is too short: at least 2", self.heartbeat_timeout_secs),
             });
         }
         if self.advert_interval_secs == 0 || self.capacity_ttl_secs <= self.advert_interval_secs {

@@ -8,8 +8,9 @@
 //! | [`config`] | the `Config` struct: TOML file, env, flags, defaults |
 //! | [`keys`] | identity and wrap keys on disk (mode 0600) |
 //! | [`store`] | the sled store: one tree per module, schema version, migrations |
+//! | [`content`] | sealed, content-addressed chunks on disk; seal/open file pipelines; chunk fetch |
 //! | [`probe`] | what this machine has: CPU, RAM, disk, GPUs, runtimes, benchmark score |
-//! | [`runtime`] | task runtimes (builtin renderer, …) |
+//! | [`runtime`] | task runtimes (builtin renderer, Blender, sandboxed process) and the output check |
 //! | [`net`] | the libp2p swarm and its event loop; [`net::NetHandle`] for the rest of the node |
 //! | [`api`] | the local HTTP API and its OpenAPI document |
 //! | [`cli`] | client commands that talk to a node's API |
@@ -23,6 +24,7 @@ pub mod anchor;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod content;
 pub mod devnet;
 pub mod jobs;
 pub mod keys;

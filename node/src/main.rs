@@ -62,6 +62,36 @@ enum Command {
         #[arg(long, default_value = "devnet")]
         dir: PathBuf,
     },
+    /// Render one frame (or a region of it) with the builtin renderer, locally.
+    Render(RenderArgs),
+}
+
+/// `rendertrust render`: a local builtin render, no mesh involved. The same
+/// inputs give the same PNG bytes on every x86-64 machine.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("source").required(true).args(["scene", "default_scene"]))]
+struct RenderArgs {
+    /// Scene file (TOML; format in node/src/runtime/builtin/scene.rs).
+    #[arg(long, value_name = "FILE")]
+    scene: Option<PathBuf>,
+    /// Render the embedded default scene (the demo's and the benchmark's).
+    #[arg(long)]
+    default_scene: bool,
+    /// Frame number (the camera orbits with it).
+    #[arg(long, default_value_t = 0)]
+    frame: u32,
+    /// Image width, pixels.
+    #[arg(long, default_value_t = 320)]
+    width: u32,
+    /// Image height, pixels.
+    #[arg(long, default_value_t = 180)]
+    height: u32,
+    /// Only this region, as X,Y,W,H (pixels, from the top left).
+    #[arg(long, value_name = "X,Y,W,H")]
+    region: Option<String>,
+    /// Output PNG file.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,6 +130,12 @@ struct StartArgs {
     /// Seconds a node stays in the capacity table after its last advert.
     #[arg(long, value_name = "SECS")]
     capacity_ttl_secs: Option<u64>,
+    /// Tasks this node runs at once.
+    #[arg(long, value_name = "N")]
+    max_tasks: Option<u16>,
+    /// Seconds without a heartbeat before a scheduler re-offers a worker's task.
+    #[arg(long, value_name = "SECS")]
+    heartbeat_timeout_secs: Option<u64>,
     /// Log format: text or json.
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
@@ -438,6 +474,8 @@ async fn main() -> Result<()> {
                 api: a.api,
                 advert_interval_secs: a.advert_interval_secs,
                 capacity_ttl_secs: a.capacity_ttl_secs,
+                max_tasks: a.max_tasks,
+                heartbeat_timeout_secs: a.heartbeat_timeout_secs,
                 log_format: a.log_format,
                 anchor_backend: a.anchor_backend,
                 anchor_rpc_url: a.anchor_rpc_url,
@@ -492,5 +530,34 @@ async fn main() -> Result<()> {
             init_logging(LogFormat::Text);
             devnet::run(devnet::DevnetOptions { nodes, dir }).await
         }
+        Command::Render(a) => render(a),
     }
+}
+
+fn render(a: RenderArgs) -> Result<()> {
+    use rendertrust_node::runtime::builtin;
+    use rendertrust_protocol::task::Rect;
+    let text = match &a.scene {
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("reading scene {}", p.display()))?
+        }
+        None => builtin::DEFAULT_SCENE.to_owned(),
+    };
+    let region = match &a.region {
+        None => Rect::full(a.width, a.height),
+        Some(r) => {
+            let v: Vec<u32> = r
+                .split(',')
+                .map(|n| n.trim().parse())
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("--region {r:?}: expected X,Y,W,H"))?;
+            let [x, y, w, h] = v[..] else {
+                anyhow::bail!("--region {r:?}: expected four numbers X,Y,W,H");
+            };
+            Rect { x, y, w, h }
+        }
+    };
+    let png = builtin::render_png(&text, a.frame, a.width, a.height, region)?;
+    std::fs::write(&a.out, png).with_context(|| format!("writing {}", a.out.display()))?;
+    Ok(())
 }

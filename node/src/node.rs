@@ -88,7 +88,7 @@ pub async fn start(config: Config) -> Result<()> {
         config.max_tasks,
         config.region.clone(),
     );
-    let (_advert_tx, advert_rx) = watch::channel(template);
+    let (advert_tx, advert_rx) = watch::channel(template);
 
     let net_config = NetConfig {
         listen: config.listen_multiaddrs()?,
@@ -105,15 +105,48 @@ pub async fn start(config: Config) -> Result<()> {
     let net::Spawned {
         handle: net,
         task: net_task,
-        inbound: _inbound,
+        inbound,
     } = net::spawn(&key, net_config, advert_rx)
         .await
         .context("starting the libp2p swarm")?;
 
-    // The job service is wired in with the scheduler and worker drivers; until
-    // then job commands answer "the job service has stopped".
+    let content =
+        crate::content::ContentStore::open(&data_dir, crate::content::ContentConfig::default())
+            .with_context(|| format!("opening the content store in {}", data_dir.display()))?;
+    let timeout_ms = config.heartbeat_timeout_secs.saturating_mul(1000);
+    let jobs_config = crate::jobs::JobsConfig {
+        max_tasks: config.max_tasks,
+        heartbeat_interval_ms: (timeout_ms / 5).max(1000),
+        limits: runtime::Limits::default(),
+        gpu: hw
+            .gpus
+            .first()
+            .and_then(|g| runtime::GpuBackend::for_vendor(g.vendor)),
+        scheduler: rendertrust_protocol::scheduler::SchedulerConfig {
+            heartbeat_timeout_ms: timeout_ms,
+            // Until this node keeps a ReputationBook and feeds
+            // set_probation (issue 7, node side), every worker would stay on
+            // probation (one task at a time, every task verified).
+            new_nodes_on_probation: false,
+            ..Default::default()
+        },
+    };
     let (jobs, jobs_commands) = crate::jobs::JobsHandle::channel();
-    drop(jobs_commands);
+    let jobs_task = crate::jobs::spawn(crate::jobs::ServiceParts {
+        key: rendertrust_protocol::identity::NodeKey::from_secret_bytes(&key.secret_bytes()),
+        wrap,
+        net: net.clone(),
+        inbound,
+        commands: jobs_commands,
+        store: store.clone(),
+        content,
+        data_dir: data_dir.clone(),
+        roles: config.roles.clone(),
+        advert: advert_tx,
+        config: jobs_config,
+    })
+    .context("starting the job service")?;
+
     let state = ApiState {
         jobs,
         net: net.clone(),
@@ -138,6 +171,7 @@ pub async fn start(config: Config) -> Result<()> {
     let _ = net.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), net_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), jobs_task).await;
     store.flush_async().await?;
     tracing::info!("stopped");
     Ok(())

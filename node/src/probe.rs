@@ -4,7 +4,8 @@
 //!
 //! GPUs: NVML (loaded at run time through `nvml-wrapper`), then
 //! `nvidia-smi --query-gpu`, else none ("CPU-only node"). Runtimes: builtin
-//! always; blender and bubblewrap when on `PATH`. The benchmark score is
+//! always; blender and process when bubblewrap and prlimit (the sandbox)
+//! are on `PATH`, blender only when it is too. The benchmark score is
 //! cached in the store per hardware fingerprint, so it runs at first start
 //! and after a hardware change only.
 
@@ -154,13 +155,23 @@ pub fn probe(data_dir: &Path) -> Hardware {
         kind: RuntimeKind::Builtin,
         version: env!("CARGO_PKG_VERSION").into(),
     }];
-    if let Some(v) = run("blender", &["--version"]).and_then(|t| parse_blender_version(&t)) {
+    // Blender and process tasks run only inside the sandbox (bwrap + prlimit).
+    let bwrap = run("bwrap", &["--version"]).and_then(|t| parse_bwrap_version(&t));
+    let sandbox = bwrap.is_some() && crate::runtime::sandbox::find_program("prlimit").is_some();
+    if !sandbox {
+        tracing::warn!(
+            "no sandbox (bubblewrap and prlimit): blender and process tasks disabled; run scripts/deps.sh"
+        );
+    }
+    if let Some(v) = run("blender", &["--version"]).and_then(|t| parse_blender_version(&t))
+        && sandbox
+    {
         runtimes.push(RuntimeInfo {
             kind: RuntimeKind::Blender,
             version: truncate(v, 64),
         });
     }
-    if let Some(v) = run("bwrap", &["--version"]).and_then(|t| parse_bwrap_version(&t)) {
+    if let Some(v) = bwrap.filter(|_| sandbox) {
         runtimes.push(RuntimeInfo {
             kind: RuntimeKind::Process,
             version: truncate(v, 64),

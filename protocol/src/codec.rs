@@ -50,6 +50,45 @@ pub const PAYLOAD_OFFSET: usize = SIGNER_LEN + SIGNATURE_LEN;
 
 type WireConfig = Configuration<LittleEndian, Varint, Limit<MAX_FRAME>>;
 
+/// Largest value a node stores for itself ([`encode_local`] / [`decode_local`]):
+/// its own persisted state (scheduler snapshots, a creator's jobs), never
+/// bytes from a peer.
+pub const MAX_LOCAL: usize = 256 << 20;
+
+type LocalConfig = Configuration<LittleEndian, Varint, Limit<MAX_LOCAL>>;
+
+const fn local_config() -> LocalConfig {
+    bincode::config::standard()
+        .with_little_endian()
+        .with_variable_int_encoding()
+        .with_limit::<MAX_LOCAL>()
+}
+
+/// Encodes a node's own state for its store (same layout as the wire
+/// encoding, with the larger [`MAX_LOCAL`] bound).
+pub fn encode_local<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    Ok(bincode::serde::encode_to_vec(value, local_config())?)
+}
+
+/// Decodes what [`encode_local`] wrote. Only for the node's own store: peer
+/// input goes through [`decode`] and its per-message bounds.
+pub fn decode_local<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    if bytes.len() > MAX_LOCAL {
+        return Err(CodecError::TooLarge {
+            limit: MAX_LOCAL,
+            found: bytes.len(),
+        });
+    }
+    let (value, consumed): (T, usize) = bincode::serde::decode_from_slice(bytes, local_config())?;
+    if consumed != bytes.len() {
+        return Err(CodecError::TrailingBytes {
+            consumed,
+            total: bytes.len(),
+        });
+    }
+    Ok(value)
+}
+
 const fn config() -> WireConfig {
     bincode::config::standard()
         .with_little_endian()

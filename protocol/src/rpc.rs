@@ -138,6 +138,14 @@ pub enum RpcRequest {
         /// The job.
         job: JobId,
     },
+    /// Creator → worker: the signed frames of a result the scheduler reported
+    /// done (when the event that carried them was lost).
+    ResultOf {
+        /// The task.
+        task: TaskId,
+        /// The attempt.
+        attempt: u32,
+    },
     /// Scheduler → replica: the state of a job (encoded snapshot).
     Replicate {
         /// The job.
@@ -196,6 +204,11 @@ pub enum RpcResponse {
         /// The wrapped key.
         wrapped: WrappedKey,
     },
+    /// A result's signed frames.
+    Result {
+        /// The frames.
+        frames: ResultFrames,
+    },
     /// The scheduler's view of a job (encoded `scheduler::JobView`).
     View {
         /// The encoded view.
@@ -227,7 +240,9 @@ impl RpcRequest {
             }
             RpcRequest::TaskFailed { reason, .. } => bound("reason", reason.len(), MAX_REASON),
             RpcRequest::Key { offer } => bound_frame::<TaskOffer>("offer", offer),
-            RpcRequest::Cancel { .. } | RpcRequest::Query { .. } => Ok(()),
+            RpcRequest::Cancel { .. } | RpcRequest::Query { .. } | RpcRequest::ResultOf { .. } => {
+                Ok(())
+            }
             RpcRequest::Event { event, .. } => bound("event", event.len(), 64 << 10),
             RpcRequest::Replicate { snapshot, .. } => {
                 bound("snapshot", snapshot.len(), MAX_RPC - 1024)
@@ -283,6 +298,11 @@ impl RpcResponse {
                 bound_frame::<crate::wire::TaskAccept>("accept", accept)
             }
             RpcResponse::View { view } => bound("view", view.len(), MAX_RPC - 1024),
+            RpcResponse::Result { frames } => {
+                bound_frame::<TaskOffer>("offer", &frames.offer)?;
+                bound_frame::<TaskResult>("result", &frames.result)?;
+                bound_frame::<Receipt>("receipt", &frames.receipt)
+            }
             RpcResponse::Error { message, .. } => bound("message", message.len(), MAX_REASON),
         }
     }
@@ -412,6 +432,12 @@ mod tests {
                 .prop_map(|(job, task)| RpcRequest::Cancel { job, task }),
             (job.clone(), bytes(100)).prop_map(|(job, event)| RpcRequest::Event { job, event }),
             job.clone().prop_map(|job| RpcRequest::Query { job }),
+            (job.clone(), any::<u32>(), any::<u32>()).prop_map(|(job, index, attempt)| {
+                RpcRequest::ResultOf {
+                    task: TaskId { job, index },
+                    attempt,
+                }
+            }),
             (job.clone(), bytes(100))
                 .prop_map(|(job, snapshot)| RpcRequest::Replicate { job, snapshot }),
             (

@@ -11,13 +11,53 @@
 //! tiles never overlap, cover the frame exactly, and differ in size by at
 //! most one pixel.
 //!
+//! It also names the seal and key-wrap *contexts* of a job's data
+//! ([`input_context`], [`output_context`], [`job_key_context`],
+//! [`output_key_context`]): both peers must bind the same bytes, and each
+//! context differs by domain, so a sealed input can never be opened as an
+//! output, nor a wrapped output key as a job key.
+//!
 //! # What it must not do
 //!
 //! No I/O; it only computes.
 
 use serde::{Deserialize, Serialize};
 
-use crate::wire::SplitRule;
+use crate::wire::{JobId, SplitRule, TaskId};
+
+/// Seal context of a job's input `name`: what a creator seals the input
+/// with and a worker opens it with (domain | job id | name).
+pub fn input_context(job: &JobId, name: &str) -> Vec<u8> {
+    let mut c = b"rendertrust input v1\0".to_vec();
+    c.extend_from_slice(&job.0);
+    c.extend_from_slice(name.as_bytes());
+    c
+}
+
+/// Seal context of a task attempt's output (domain | job id | index | attempt).
+pub fn output_context(task: &TaskId, attempt: u32) -> Vec<u8> {
+    let mut c = b"rendertrust output v1\0".to_vec();
+    c.extend_from_slice(&task.job.0);
+    c.extend_from_slice(&task.index.to_le_bytes());
+    c.extend_from_slice(&attempt.to_le_bytes());
+    c
+}
+
+/// Key-wrap context of a job key sent to a worker (domain | job id).
+pub fn job_key_context(job: &JobId) -> Vec<u8> {
+    let mut c = b"rendertrust job key v1\0".to_vec();
+    c.extend_from_slice(&job.0);
+    c
+}
+
+/// Key-wrap context of an output key sent to the creator (domain | job id | index | attempt).
+pub fn output_key_context(task: &TaskId, attempt: u32) -> Vec<u8> {
+    let mut c = b"rendertrust output key v1\0".to_vec();
+    c.extend_from_slice(&task.job.0);
+    c.extend_from_slice(&task.index.to_le_bytes());
+    c.extend_from_slice(&attempt.to_le_bytes());
+    c
+}
 
 /// A rectangle of pixels in a `width × height` frame; `y` counts from the top.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

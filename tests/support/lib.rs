@@ -42,8 +42,15 @@ pub struct NodeProc {
 impl Mesh {
     /// Starts a bootstrap peer and `n` nodes (devnet role plan: nodes 0 and 1
     /// schedulers, node 2 ledger), each with `extra` arguments.
+    ///
+    /// Set `RENDERTRUST_KEEP_TEST_DIR=1` to keep the data dirs and logs after
+    /// the test (their path is printed).
     pub async fn start(n: usize, extra: &[&str]) -> Mesh {
-        let dir = tempfile::tempdir().unwrap();
+        let mut dir = tempfile::tempdir().unwrap();
+        if std::env::var_os("RENDERTRUST_KEEP_TEST_DIR").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("test mesh dir (kept): {}", dir.path().display());
+        }
         let (bootstrap, bootstrap_addr) = devnet::start_bootstrap(dir.path()).await.unwrap();
         let mut mesh = Mesh {
             dir,

@@ -1,10 +1,27 @@
 //! The job service: the node's driver of the scheduler, worker and creator
 //! machines (see `docs/jobs.md`).
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`service`] | the service loop: inputs, timers, persistence |
+//! | `sched` | the scheduler role: requests into the scheduler machine, its actions out |
+//! | `work` | the worker role: offers, running tasks, results |
+//! | `create` | the creator: submit, events, fetching and accepting results |
+//! | [`transfer`] | content over the mesh (serve, fetch) |
+//! | [`outbox`] | ordered per-peer delivery of requests |
+//! | [`submit`], [`view`], [`handle`], [`api`], [`cli`] | what creators send and see |
 
 pub mod api;
 pub mod cli;
+mod create;
 pub mod handle;
+pub mod outbox;
+mod sched;
+pub mod service;
 pub mod submit;
+pub mod transfer;
 pub mod view;
+mod work;
 
 pub use handle::{JobsCommand, JobsError, JobsHandle};
+pub use service::{JobsConfig, ServiceParts, spawn};
