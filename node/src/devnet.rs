@@ -25,6 +25,11 @@ pub struct DevnetOptions {
     pub nodes: usize,
     /// Directory for data dirs and logs.
     pub dir: PathBuf,
+    /// Run the demo (submit a builtin job from a non-scheduler, watch it,
+    /// fetch and verify the frames), then stop.
+    pub demo: bool,
+    /// Frames the demo renders.
+    pub demo_frames: u32,
 }
 
 /// A started child process.
@@ -226,6 +231,19 @@ pub async fn run(opts: DevnetOptions) -> Result<()> {
                 roles_for(p.name[5..].parse().unwrap_or(99))
             );
         }
+        if opts.demo {
+            let urls: Vec<String> = procs
+                .iter()
+                .skip(1)
+                .filter_map(|p| std::fs::read_to_string(p.data_dir.join("api.url")).ok())
+                .map(|u| u.trim().to_owned())
+                .collect();
+            return tokio::select! {
+                _ = crate::node::shutdown_signal() => Ok(()),
+                r = watch_children(&mut procs) => r,
+                r = demo(&dir, &urls, opts.demo_frames) => r,
+            };
+        }
         println!(
             "\n{} nodes up. Try: rendertrust mesh capacity --api <URL>. Ctrl-C stops the devnet.",
             opts.nodes
@@ -239,6 +257,76 @@ pub async fn run(opts: DevnetOptions) -> Result<()> {
     println!("stopping {} processes", procs.len());
     stop_all(&mut procs, Duration::from_secs(10)).await;
     result
+}
+
+/// The demo: wait until every node sees the whole mesh, submit a builtin job
+/// from the last node (not a scheduler), watch it, fetch and verify the frames.
+#[allow(clippy::print_stdout)]
+async fn demo(dir: &Path, urls: &[String], frames: u32) -> Result<()> {
+    use crate::cli::ApiClient;
+    use crate::jobs::submit::{KindRequest, SubmitRequest};
+
+    let Some(creator_url) = urls.last() else {
+        bail!("the demo needs at least one node");
+    };
+    let creator = ApiClient::new(creator_url, None)?;
+    println!("\nwaiting for the mesh to form ({} nodes)…", urls.len());
+    let start = Instant::now();
+    loop {
+        let mut ready = true;
+        for u in urls {
+            let c = ApiClient::new(u, None)?;
+            let seen = c
+                .get::<crate::api::CapacityResponse>("/v1/capacity")
+                .await
+                .map(|r| r.nodes.len())
+                .unwrap_or(0);
+            ready &= seen >= urls.len();
+        }
+        if ready {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            bail!(
+                "the mesh did not form within 120 s; see the node logs under {}",
+                dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let request = SubmitRequest {
+        kind: KindRequest::Builtin,
+        scene: None,
+        inputs: Vec::new(),
+        frames: Some(format!("1-{}", frames.max(1))),
+        tiles: None,
+        width: None,
+        height: None,
+        max_price_per_task: None,
+        requirements: Default::default(),
+        deadline_secs: None,
+    };
+    let (view, text) = crate::jobs::cli::submit(&creator, &request, false).await?;
+    println!(
+        "{text}\n(submitted from node-{}, which is not a scheduler)",
+        urls.len() - 1
+    );
+    let summary = crate::jobs::cli::watch(&creator, &view.id).await?;
+    if summary.state != crate::jobs::view::JobState::Done {
+        bail!(
+            "the demo job ended {:?}: {:?}",
+            summary.state,
+            summary.reason
+        );
+    }
+    let out = dir.join("frames");
+    let fetched = crate::jobs::cli::fetch(&creator, &view.id, &out, false).await?;
+    println!("\n{fetched}");
+    println!(
+        "every frame was rendered by a worker of the mesh, sealed to this creator, and checked against the hash its worker signed.\nframes: {}",
+        out.display()
+    );
+    Ok(())
 }
 
 async fn watch_children(procs: &mut [Proc]) -> Result<()> {

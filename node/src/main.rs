@@ -61,6 +61,14 @@ enum Command {
         /// Directory for the nodes' data dirs and logs (reused across runs).
         #[arg(long, default_value = "devnet")]
         dir: PathBuf,
+        /// Run the demo: submit a builtin render job from a node that is not
+        /// a scheduler, show its progress, fetch and verify the frames into
+        /// DIR/frames, then stop the mesh.
+        #[arg(long)]
+        demo: bool,
+        /// Frames the demo renders.
+        #[arg(long, default_value_t = 24, value_name = "N")]
+        demo_frames: u32,
     },
     /// Render one frame (or a region of it) with the builtin renderer, locally.
     Render(RenderArgs),
@@ -526,9 +534,20 @@ async fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Devnet { nodes, dir } => {
+        Command::Devnet {
+            nodes,
+            dir,
+            demo,
+            demo_frames,
+        } => {
             init_logging(LogFormat::Text);
-            devnet::run(devnet::DevnetOptions { nodes, dir }).await
+            devnet::run(devnet::DevnetOptions {
+                nodes,
+                dir,
+                demo,
+                demo_frames,
+            })
+            .await
         }
         Command::Render(a) => render(a),
     }

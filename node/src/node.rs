@@ -144,6 +144,7 @@ pub async fn start(config: Config) -> Result<()> {
         roles: config.roles.clone(),
         advert: advert_tx,
         config: jobs_config,
+        ledger: None,
     })
     .context("starting the job service")?;
 

@@ -12,6 +12,9 @@
 //! | `scheduler/place_1000_of_10k_nodes_quorum` (the same with every task verified: 500 tasks and their lines) | - |
 //! | `trust/ssim_256x256` (spot-check metric on a 256 × 256 RGB crop) | - |
 //! | `trust/reputation_observe_10k`, `trust/reputation_merge_1024`, `trust/reputation_report_1024` | - |
+//! | `ledger/ingest_settle_1024` (decode + batch verify + apply 1024 doubly-signed receipts, escrows held) | `raw/ed25519_verify_batch_1024` (half the signatures) |
+//! | `ledger/ingest_escrow_settle_1024` (the same with their 1024 escrows: 4 signatures per task, spec cached) | - |
+//! | `rollup/record_close_1M` (record 1M receipt ids in one epoch and close it), `rollup/proof_1M`, `rollup/proof_verify_1M` | - |
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::hint::black_box;
@@ -22,11 +25,16 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
+use rendertrust_protocol::codec;
 use rendertrust_protocol::content::ManifestBuilder;
 use rendertrust_protocol::identity::{NodeId, NodeKey};
+use rendertrust_protocol::ledger::testkit::{Kit, T0};
+use rendertrust_protocol::ledger::{Ledger, LedgerEvent};
 use rendertrust_protocol::merkle::{MerkleTree, root_of};
+use rendertrust_protocol::rollup::{Rollup, RollupConfig};
 use rendertrust_protocol::scheduler::{Scheduler, SchedulerConfig};
 use rendertrust_protocol::seal::{self, JobKey};
+use rendertrust_protocol::signed::MessageId;
 use rendertrust_protocol::signed::{KeyCache, Signed, verify_batch};
 use rendertrust_protocol::wire::{
     BlenderEngine, CapacityAdvert, GpuInfo, GpuVendor, ImageFormat, JobId, JobKind, JobSpec,
@@ -399,6 +407,130 @@ fn scheduler(c: &mut Criterion) {
     g.finish();
 }
 
+/// A kit with `WORKERS` workers, and `n` tasks of one job: escrow and
+/// settle events, encoded as they arrive from the wire.
+fn ledger_flow(n: u32) -> (Kit, Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let mut kit = Kit::new(9);
+    kit.workers = (0..WORKERS as u64)
+        .map(|i| NodeKey::from_secret_bytes(blake3::hash(&i.to_le_bytes()).as_bytes()))
+        .collect();
+    let spec = kit.spec(0, 1, n, 10).unwrap();
+    let job = spec.verify().unwrap().id;
+    let creator = kit.creators[0].node_id();
+    let (mut escrows, mut settles) = (Vec::new(), Vec::new());
+    for index in 0..n {
+        let offer = kit.offer(TaskId { job, index }, 0, index as usize, 0, 5);
+        escrows.push(
+            kit.escrow_for(&spec, &offer, true)
+                .unwrap()
+                .encode()
+                .unwrap(),
+        );
+        let receipt = kit.receipt(&offer, &creator);
+        settles.push(
+            kit.settle(&receipt, T0 + 130_000 + u64::from(index))
+                .unwrap()
+                .encode()
+                .unwrap(),
+        );
+    }
+    (kit, escrows, settles)
+}
+
+fn decode_all(frames: &[Vec<u8>]) -> Vec<LedgerEvent> {
+    frames
+        .iter()
+        .map(|f| LedgerEvent::decode(f).unwrap())
+        .collect()
+}
+
+fn ledger(c: &mut Criterion) {
+    let (kit, escrows, settles) = ledger_flow(BATCH as u32);
+    let mut escrowed = Ledger::new(kit.config());
+    assert!(
+        escrowed
+            .handle_events(&decode_all(&escrows), T0)
+            .iter()
+            .all(|r| r.is_ok())
+    );
+    let mut g = c.benchmark_group("ledger");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.sample_size(30);
+    // The receipt path of a ledger peer: wire bytes → decoded events → batch
+    // verification of 2 × 1024 signatures → admission and settlement.
+    g.bench_function("ingest_settle_1024", |b| {
+        b.iter_batched(
+            || escrowed.clone(),
+            |mut l| {
+                let out = l.handle_events(&decode_all(&settles), T0);
+                assert!(out.iter().all(|r| r.is_ok()));
+                l
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    let fresh = Ledger::new(kit.config());
+    g.bench_function("ingest_escrow_settle_1024", |b| {
+        b.iter_batched(
+            || fresh.clone(),
+            |mut l| {
+                let out = l.handle_events(&decode_all(&escrows), T0);
+                let out2 = l.handle_events(&decode_all(&settles), T0);
+                assert!(out.iter().chain(&out2).all(|r| r.is_ok()));
+                l
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+fn rollup(c: &mut Criterion) {
+    const N: u32 = 1_000_000;
+    let config = RollupConfig::default();
+    let at = 10 * config.epoch_ms + 5;
+    let close = 11 * config.epoch_ms + config.grace_ms;
+    let ids: Vec<MessageId> = (0..N)
+        .map(|i| MessageId(*blake3::hash(&i.to_le_bytes()).as_bytes()))
+        .collect();
+    let me = NodeKey::from_secret_bytes(&[1; 32]).node_id();
+    let mut g = c.benchmark_group("rollup");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(u64::from(N)));
+    g.bench_function("record_close_1M", |b| {
+        b.iter(|| {
+            let mut r = Rollup::new(me, config);
+            for id in &ids {
+                r.record(*id, at, at);
+            }
+            r.handle_timeout(close);
+            r
+        })
+    });
+    let mut r = Rollup::new(me, config);
+    for id in &ids {
+        r.record(*id, at, at);
+    }
+    r.handle_timeout(close);
+    let target = ids[777_777];
+    let proof = r.proof(&target).unwrap();
+    eprintln!(
+        "rollup: 1M-receipt epoch proof: {} path hashes, {} bytes encoded",
+        proof.proof.path.len(),
+        codec::encode(&proof.proof).unwrap().len()
+    );
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(100);
+    // The tree is cached after the first proof of an epoch.
+    g.bench_function("proof_1M", |b| {
+        b.iter(|| r.proof(black_box(&target)).unwrap())
+    });
+    g.bench_function("proof_verify_1M", |b| {
+        b.iter(|| proof.verify(black_box(&target)).unwrap())
+    });
+    g.finish();
+}
+
 /// The trust hot paths: the spot-check metric on a typical crop (a quarter
 /// of a 1024-pixel region side), and the reputation book's updates.
 fn trust(c: &mut Criterion) {
@@ -469,6 +601,6 @@ fn trust(c: &mut Criterion) {
 }
 
 criterion_group!(
-    benches, receipts, sealing, content, merkle, scheduler, trust
+    benches, receipts, sealing, content, merkle, scheduler, ledger, rollup, trust
 );
 criterion_main!(benches);

@@ -17,17 +17,21 @@ use crate::capacity::{CapacityConfig, CapacityTable};
 use crate::codec;
 use crate::content::{Manifest, ManifestBuilder};
 use crate::identity::{NodeId, NodeKey};
+use crate::ledger::testkit::{Kit, T0};
+use crate::ledger::wire::{LedgerEvent, RollupRequest, RollupResponse};
+use crate::ledger::{LedgerConfig, LedgerPeer};
 use crate::merkle::{InclusionProof, MerkleTree};
 use crate::reputation::{ReputationBook, ReputationConfig, ReputationReport};
+use crate::rollup::RollupConfig;
 use crate::seal::{self, JobKey, WrapSecret, WrappedKey};
 use crate::signed::{KeyCache, Signed, verify_batch};
 use crate::wire::{
-    CapacityAdvert, JobSpec, Progress, Receipt, ReceiptAcceptance, RollupHeader, TaskAccept,
-    TaskOffer, TaskResult, WireMessage,
+    CapacityAdvert, JobSpec, Mint, Progress, Receipt, ReceiptAcceptance, RollupHeader, TaskAccept,
+    TaskClosed, TaskOffer, TaskResult, WireMessage,
 };
 
 /// Names of the fuzz targets, as in `fuzz/fuzz_targets/`.
-pub const TARGETS: [&str; 8] = [
+pub const TARGETS: [&str; 9] = [
     "signed_frames",
     "wire_bodies",
     "sealed_stream",
@@ -35,6 +39,7 @@ pub const TARGETS: [&str; 8] = [
     "manifest",
     "merkle_proof",
     "rpc_messages",
+    "ledger_events",
     "reputation_report",
 ];
 
@@ -48,6 +53,7 @@ pub fn run(target: &str, data: &[u8]) {
         "manifest" => manifest(data),
         "merkle_proof" => merkle_proof(data),
         "rpc_messages" => rpc_messages(data),
+        "ledger_events" => ledger_events(data),
         "reputation_report" => reputation_report(data),
         _ => {}
     }
@@ -84,6 +90,8 @@ pub fn signed_frames(data: &[u8]) {
     frame_as::<Receipt>(data);
     frame_as::<ReceiptAcceptance>(data);
     frame_as::<RollupHeader>(data);
+    frame_as::<TaskClosed>(data);
+    frame_as::<Mint>(data);
     frame_as::<ReputationReport>(data);
     let mut table = CapacityTable::new(CapacityConfig::default());
     let _ = table.handle_frame(data, NOW_MS);
@@ -106,6 +114,8 @@ pub fn wire_bodies(data: &[u8]) {
     body_as::<Receipt>(data);
     body_as::<ReceiptAcceptance>(data);
     body_as::<RollupHeader>(data);
+    body_as::<TaskClosed>(data);
+    body_as::<Mint>(data);
     body_as::<ReputationReport>(data);
 }
 
@@ -224,6 +234,47 @@ pub fn rpc_messages(data: &[u8]) {
     let _ = RpcResponse::decode(data);
     let _ = ContentRequest::decode(data);
     let _ = ContentResponse::decode(data);
+}
+
+/// The mint authority of the fuzzed ledger: the ledger test kit's (seed 0),
+/// so the seed corpus's mints are honoured.
+fn fuzz_ledger_config() -> LedgerConfig {
+    LedgerConfig {
+        mint_authority: Some(NodeId::from_bytes(FUZZ_AUTHORITY)),
+        genesis: vec![(NodeId::from_bytes([9; 32]), 1000)],
+        ..LedgerConfig::default()
+    }
+}
+
+/// Public key of `Kit::new(0).authority` (checked by a test).
+const FUZZ_AUTHORITY: [u8; 32] = [
+    0x70, 0x10, 0x9c, 0xf9, 0x1f, 0x52, 0x93, 0x2e, 0x5e, 0xc3, 0xd4, 0x44, 0x6f, 0xe3, 0x3f, 0x22,
+    0xd8, 0x89, 0x89, 0x86, 0x30, 0xf0, 0xc5, 0xeb, 0x94, 0x3f, 0xf0, 0xe5, 0xf4, 0x7e, 0x16, 0x85,
+];
+
+/// A ledger event decoded and fed to a ledger peer (with its timers run),
+/// and the same bytes decoded as rollup requests and responses.
+pub fn ledger_events(data: &[u8]) {
+    if let Ok(event) = LedgerEvent::decode(data) {
+        let _ = event.id();
+        let _ = event.encode();
+        let mut peer = LedgerPeer::new(
+            NodeId::from_bytes([1; 32]),
+            fuzz_ledger_config(),
+            RollupConfig::default(),
+        );
+        let _ = peer.handle_events(std::slice::from_ref(&event), T0);
+        let _ = peer.handle_events(std::slice::from_ref(&event), T0);
+        peer.handle_timeout(T0 + 100 * 86_400_000);
+        while peer.poll_action().is_some() {}
+        let _ = peer.ledger().recompute_accounts();
+    }
+    if let Ok(req) = RollupRequest::decode(data) {
+        let _ = req.encode();
+    }
+    if let Ok(resp) = RollupResponse::decode(data) {
+        let _ = resp.encode();
+    }
 }
 
 /// The reporter whose reports the fuzz book trusts.
@@ -439,6 +490,32 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             }
         }
     }
+    let kit = Kit::new(0);
+    for event in kit.sample_events() {
+        if let Ok(bytes) = event.encode() {
+            out.push(("ledger_events", bytes));
+        }
+    }
+    let rpc = [
+        RollupRequest::Ids {
+            epoch: 494_444,
+            after: None,
+        }
+        .encode(),
+        RollupResponse::Ids {
+            epoch: 494_444,
+            ids: vec![crate::signed::MessageId([3; 32]); 3],
+            more: false,
+        }
+        .encode(),
+        RollupResponse::Receipts {
+            events: kit.sample_events(),
+        }
+        .encode(),
+    ];
+    for bytes in rpc.into_iter().flatten() {
+        out.push(("ledger_events", bytes));
+    }
 
     // A reputation report by the trusted fuzz reporter: as a frame (gossip)
     // for its own target and the signed-frame target, and as a body.
@@ -494,3 +571,14 @@ impl rand_core::TryRng for SeedRng {
 }
 
 impl rand_core::TryCryptoRng for SeedRng {}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fuzz_authority_is_the_kits() {
+        assert_eq!(
+            super::Kit::new(0).authority.node_id().to_hex(),
+            super::NodeId::from_bytes(super::FUZZ_AUTHORITY).to_hex()
+        );
+    }
+}

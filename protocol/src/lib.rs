@@ -26,6 +26,8 @@
 //! | [`task`] | task geometry: the frame and region task `index` of a job renders |
 //! | [`rpc`] | request/response envelopes of the rpc and content services, and their bounds |
 //! | [`merkle`] | domain-separated (RFC 6962 style) Merkle trees and inclusion proofs |
+//! | [`ledger`] | the credit ledger machine: escrow, settle, refund, mint; balances from double entries; order-independent |
+//! | [`rollup`] | epoch rollups: Merkle roots of receipt ids, agreement, reconciliation, the anchorer |
 //! | [`verify`] | verification policies and their defaults, sampling, spot-check crops, quorum and spot-check tallies, the SSIM image metric |
 //! | [`reputation`] | the reputation book: beta scores with decay, probation, signed reports and their bounded merge |
 #![deny(missing_docs)]
@@ -39,9 +41,11 @@ pub mod creator;
 pub mod fuzz;
 pub mod hrw;
 pub mod identity;
+pub mod ledger;
 pub mod merkle;
 pub mod placement;
 pub mod reputation;
+pub mod rollup;
 pub mod rpc;
 pub mod scheduler;
 pub mod seal;

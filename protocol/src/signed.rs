@@ -84,6 +84,21 @@ impl fmt::Debug for MessageId {
     }
 }
 
+fn id_of(signer: &[u8; 32], payload: &[u8]) -> MessageId {
+    let mut h = blake3::Hasher::new_derive_key("rendertrust 2026-11 message id v1");
+    h.update(signer);
+    h.update(payload);
+    MessageId(*h.finalize().as_bytes())
+}
+
+/// The id [`Signed::id`] gives `message` once `signer` signs it, computed
+/// without signing (e.g. a ledger chaining its rollup headers, which its
+/// driver signs later).
+pub fn message_id<T: WireMessage>(signer: &NodeId, message: &T) -> Result<MessageId, CodecError> {
+    let payload = codec::encode_payload(T::KIND as u8, T::VERSION, message)?;
+    Ok(id_of(signer.as_bytes(), &payload))
+}
+
 /// A message of type `T` with its signature, as bytes.
 pub struct Signed<T> {
     frame: Vec<u8>,
@@ -199,10 +214,7 @@ impl<T: WireMessage> Signed<T> {
     /// The message id (see [`MessageId`]).
     pub fn id(&self) -> MessageId {
         let parts = self.parts();
-        let mut h = blake3::Hasher::new_derive_key("rendertrust 2026-11 message id v1");
-        h.update(parts.signer);
-        h.update(parts.payload);
-        MessageId(*h.finalize().as_bytes())
+        id_of(parts.signer, parts.payload)
     }
 
     /// Checks the signature, then decodes and validates the body.
@@ -349,6 +361,15 @@ mod tests {
         assert_eq!(again.verify().unwrap(), r);
         assert_eq!(again.id(), s.id());
         assert_eq!(again.signer(), k.node_id());
+    }
+
+    #[test]
+    fn message_id_without_signing_matches() {
+        let k = key(1);
+        let r = samples::receipt(k.node_id(), 3);
+        let s = Signed::sign(&k, &r).unwrap();
+        assert_eq!(message_id(&k.node_id(), &r).unwrap(), s.id());
+        assert_ne!(message_id(&key(2).node_id(), &r).unwrap(), s.id());
     }
 
     #[test]

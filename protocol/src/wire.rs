@@ -48,6 +48,10 @@ pub enum MessageKind {
     ReceiptAcceptance = 8,
     /// [`RollupHeader`].
     RollupHeader = 9,
+    /// [`TaskClosed`].
+    TaskClosed = 10,
+    /// [`Mint`].
+    Mint = 11,
     /// [`ReputationReport`](crate::reputation::ReputationReport) (20 and up:
     /// trust messages; 10–19 belong to the ledger).
     ReputationReport = 20,
@@ -756,6 +760,80 @@ impl WireMessage for RollupHeader {
     }
 }
 
+/// Why a scheduler closed a task attempt without a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum CloseOutcome {
+    /// The worker reported a failure, or its output was refused.
+    Failed,
+    /// The creator cancelled the job or task.
+    Cancelled,
+    /// The worker went silent or missed its deadline.
+    Lapsed,
+}
+
+/// A scheduler's signed statement that an attempt of a task ended without a
+/// result: the authority to refund that attempt's escrow (see
+/// `crate::ledger`). Only the scheduler that signed the attempt's offer can
+/// refund it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskClosed {
+    /// The task.
+    pub task: TaskId,
+    /// The attempt closed.
+    pub attempt: u32,
+    /// The worker the attempt was offered to.
+    pub worker: NodeId,
+    /// The scheduler that offered it (must be the signer).
+    pub scheduler: NodeId,
+    /// Why it closed.
+    pub outcome: CloseOutcome,
+    /// When (scheduler's clock).
+    pub closed_at_ms: u64,
+}
+
+impl WireMessage for TaskClosed {
+    const KIND: MessageKind = MessageKind::TaskClosed;
+    const VERSION: u8 = 1;
+    const MAX_BODY: usize = 256;
+
+    fn signer(&self) -> Option<&NodeId> {
+        Some(&self.scheduler)
+    }
+}
+
+/// New credits, signed by the mint authority a ledger is configured with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mint {
+    /// The mint authority (must be the signer).
+    pub authority: NodeId,
+    /// Who receives the credits.
+    pub to: NodeId,
+    /// How many credits (at least 1).
+    pub amount: u64,
+    /// Chosen by the authority so that equal grants are distinct messages.
+    pub nonce: u64,
+}
+
+impl WireMessage for Mint {
+    const KIND: MessageKind = MessageKind::Mint;
+    const VERSION: u8 = 1;
+    const MAX_BODY: usize = 256;
+
+    fn signer(&self) -> Option<&NodeId> {
+        Some(&self.authority)
+    }
+
+    fn validate(&self) -> Result<(), ValidationError> {
+        if self.amount == 0 {
+            return Err(ValidationError::Invalid {
+                field: "amount",
+                reason: "a mint of 0 credits".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod samples {
     //! Sample messages shared by tests, property tests and the fuzz seed corpus.
@@ -1147,6 +1225,42 @@ pub(crate) mod strategies {
         )
     }
 
+    pub(crate) fn task_closed() -> impl Strategy<Value = TaskClosed> {
+        (
+            task_id(),
+            any::<u32>(),
+            node_id(),
+            node_id(),
+            prop_oneof![
+                Just(CloseOutcome::Failed),
+                Just(CloseOutcome::Cancelled),
+                Just(CloseOutcome::Lapsed)
+            ],
+            any::<u64>(),
+        )
+            .prop_map(
+                |(task, attempt, worker, scheduler, outcome, closed_at_ms)| TaskClosed {
+                    task,
+                    attempt,
+                    worker,
+                    scheduler,
+                    outcome,
+                    closed_at_ms,
+                },
+            )
+    }
+
+    pub(crate) fn mint() -> impl Strategy<Value = Mint> {
+        (node_id(), node_id(), 1..=u64::MAX, any::<u64>()).prop_map(
+            |(authority, to, amount, nonce)| Mint {
+                authority,
+                to,
+                amount,
+                nonce,
+            },
+        )
+    }
+
     pub(crate) fn rollup() -> impl Strategy<Value = RollupHeader> {
         (
             any::<u64>(),
@@ -1203,6 +1317,8 @@ mod tests {
         #[test] fn receipt_round_trip(v in receipt()) { round_trip(&v)?; prop_assert!(v.validate().is_ok()); }
         #[test] fn acceptance_round_trip(v in acceptance()) { round_trip(&v)?; }
         #[test] fn rollup_round_trip(v in rollup()) { round_trip(&v)?; }
+        #[test] fn task_closed_round_trip(v in task_closed()) { round_trip(&v)?; }
+        #[test] fn mint_round_trip(v in mint()) { round_trip(&v)?; prop_assert!(v.validate().is_ok()); }
     }
 
     #[test]
@@ -1320,6 +1436,8 @@ mod tests {
             Receipt::KIND,
             ReceiptAcceptance::KIND,
             RollupHeader::KIND,
+            TaskClosed::KIND,
+            Mint::KIND,
             crate::reputation::ReputationReport::KIND,
         ];
         let set: std::collections::BTreeSet<_> = kinds.iter().collect();

@@ -776,7 +776,27 @@ impl JobService {
 
     /// Publishes a countersigned receipt to the ledger peers.
     fn ledger_settle(&mut self, job: JobId, task: u32) {
+        let Some(entry) = self.jobs.get(&job) else {
+            return;
+        };
+        let (Some((result, _)), Some(acceptance)) =
+            (entry.machine.accepted(task), entry.acceptances.get(&task))
+        else {
+            return;
+        };
+        let receipt =
+            Signed::<rendertrust_protocol::wire::Receipt>::from_slice(&result.frames.receipt);
+        let acceptance =
+            Signed::<rendertrust_protocol::wire::ReceiptAcceptance>::from_slice(acceptance);
+        let (Ok(receipt), Ok(acceptance)) = (receipt, acceptance) else {
+            tracing::warn!(task, "settle frames do not parse");
+            return;
+        };
         tracing::debug!(job = %hex::encode(job.0), task, "settle");
+        self.publish_ledger(rendertrust_protocol::ledger::LedgerEvent::Settle {
+            receipt,
+            acceptance,
+        });
     }
 
     /// After a restart: resubmit jobs never taken, refetch results whose

@@ -24,4 +24,4 @@ pub mod view;
 mod work;
 
 pub use handle::{JobsCommand, JobsError, JobsHandle};
-pub use service::{JobsConfig, ServiceParts, spawn};
+pub use service::{JobsConfig, LocalLedger, ServiceParts, spawn};

@@ -8,18 +8,21 @@ use std::sync::Arc;
 use rendertrust_protocol::codec;
 use rendertrust_protocol::creator::ResultFrames;
 use rendertrust_protocol::identity::NodeId;
+use rendertrust_protocol::ledger::LedgerEvent;
 use rendertrust_protocol::rpc::{ErrorCode, RpcRequest, RpcResponse};
 use rendertrust_protocol::scheduler::{
-    AcceptOutcome, ComparisonError, JobEvent, ProgressError, SchedulerAction, SnapshotPart,
+    AcceptOutcome, CloseReason, ComparisonError, JobEvent, ProgressError, SchedulerAction,
+    SnapshotPart,
 };
 use rendertrust_protocol::signed::Signed;
 use rendertrust_protocol::task::Rect;
 use rendertrust_protocol::verify::Comparison;
 use rendertrust_protocol::wire::{
-    JobId, JobSpec, Progress, TaskAccept, TaskId, TaskOffer, TaskResult,
+    CloseOutcome, JobId, JobSpec, Progress, TaskAccept, TaskClosed, TaskId, TaskOffer, TaskResult,
 };
 
 use super::service::{Internal, JobService};
+use crate::net::Topic;
 
 /// Offers kept for escrow bundles, at most (oldest dropped first).
 pub(crate) const MAX_OFFER_FRAMES: usize = 100_000;
@@ -274,7 +277,7 @@ impl JobService {
                 worker,
                 reason,
             } => {
-                self.ledger_refund(task, attempt, worker, &format!("{reason:?}"));
+                self.ledger_refund(task, attempt, worker, reason, now_ms);
                 self.offers.remove(&(task, attempt));
             }
             SchedulerAction::Replicate { to, snapshot } => {
@@ -436,7 +439,37 @@ impl JobService {
 
     /// Publishes the escrow bundle of an accepted attempt (ledger peers act on it).
     pub(crate) fn ledger_escrow(&mut self, task: TaskId, attempt: u32, worker: NodeId, price: u64) {
+        let Some(frames) = self.offers.get(&(task, attempt)) else {
+            tracing::warn!(
+                task = task.index,
+                attempt,
+                "escrow of an offer this node does not hold"
+            );
+            return;
+        };
+        let Some(accept) = &frames.accept else {
+            tracing::warn!(
+                task = task.index,
+                attempt,
+                "escrow before the accept arrived"
+            );
+            return;
+        };
+        let parts = (
+            Signed::<JobSpec>::from_slice(&frames.spec),
+            Signed::<TaskOffer>::from_slice(&frames.offer),
+            Signed::<TaskAccept>::from_slice(accept),
+        );
+        let (Ok(spec), Ok(offer), Ok(accept)) = parts else {
+            tracing::warn!(task = task.index, attempt, "escrow frames do not parse");
+            return;
+        };
         tracing::debug!(job = %hex::encode(task.job.0), task = task.index, attempt, %worker, price, "escrow");
+        self.publish_ledger(LedgerEvent::Escrow {
+            spec,
+            offer,
+            accept,
+        });
     }
 
     /// Publishes the refund of an escrowed attempt that will not be paid.
@@ -445,8 +478,61 @@ impl JobService {
         task: TaskId,
         attempt: u32,
         worker: NodeId,
-        reason: &str,
+        reason: CloseReason,
+        now_ms: u64,
     ) {
-        tracing::debug!(job = %hex::encode(task.job.0), task = task.index, attempt, %worker, reason, "refund");
+        let outcome = match reason {
+            CloseReason::Silent | CloseReason::PastDeadline | CloseReason::JobDeadline => {
+                CloseOutcome::Lapsed
+            }
+            CloseReason::Cancelled => CloseOutcome::Cancelled,
+            CloseReason::Reported | CloseReason::Superseded | CloseReason::TaskFailed => {
+                CloseOutcome::Failed
+            }
+            #[allow(unreachable_patterns)]
+            _ => CloseOutcome::Failed,
+        };
+        let closed = TaskClosed {
+            task,
+            attempt,
+            worker,
+            scheduler: self.me,
+            outcome,
+            closed_at_ms: now_ms,
+        };
+        match Signed::sign(&self.key, &closed) {
+            Ok(closed) => self.publish_ledger(LedgerEvent::Refund { closed }),
+            Err(e) => tracing::warn!(error = %e, "cannot sign a refund"),
+        }
+    }
+
+    /// Publishes a ledger event on the receipts topic (best effort: ledger
+    /// peers that missed it reconcile receipts with each other; an escrow or
+    /// refund lost for good expires at the job deadline).
+    pub(crate) fn publish_ledger(&mut self, event: LedgerEvent) {
+        let bytes = match event.encode() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "ledger event does not encode");
+                return;
+            }
+        };
+        if let Some(tx) = &self.ledger_local {
+            let _ = tx.try_send(super::service::LocalLedger::Event(bytes.clone()));
+        }
+        let net = self.net.clone();
+        tokio::spawn(async move {
+            // Gossipsub refuses to publish until it knows a subscribed peer:
+            // retry a few times while the mesh forms.
+            for attempt in 0..10u32 {
+                match net.publish(Topic::Receipts, bytes.clone()).await {
+                    Ok(()) => return,
+                    Err(e) if attempt == 9 => {
+                        tracing::warn!(error = %e, "publishing a ledger event")
+                    }
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+                }
+            }
+        });
     }
 }

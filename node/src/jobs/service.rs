@@ -114,6 +114,21 @@ pub struct ServiceParts {
     pub advert: watch::Sender<CapacityAdvert>,
     /// Settings.
     pub config: JobsConfig,
+    /// The ledger service's queue, when this node is a ledger peer: ledger
+    /// gossip and ledger requests go there, with this node's own events.
+    pub ledger: Option<mpsc::Sender<LocalLedger>>,
+}
+
+/// What the job service hands the node's ledger service (when the node is a
+/// ledger peer): its own ledger events (gossipsub does not deliver a node's
+/// own messages to itself), gossip on the ledger topics, and requests on the
+/// ledger service.
+#[derive(Debug)]
+pub enum LocalLedger {
+    /// An encoded ledger event this node published.
+    Event(Vec<u8>),
+    /// Gossip or a request from a peer, for the ledger service.
+    Inbound(Inbound),
 }
 
 /// Work finished elsewhere, reported to the loop.
@@ -175,6 +190,7 @@ pub(crate) struct JobService {
     pub(crate) rng: ChaCha20Rng,
     pub(crate) advert: watch::Sender<CapacityAdvert>,
     pub(crate) outbox: Outbox,
+    pub(crate) ledger_local: Option<mpsc::Sender<LocalLedger>>,
     pub(crate) rpc: RpcClient,
     pub(crate) internal: mpsc::Sender<Internal>,
     pub(crate) capacity: BTreeMap<NodeId, CapacityEntry>,
@@ -261,6 +277,7 @@ pub fn spawn(parts: ServiceParts) -> Result<tokio::task::JoinHandle<()>, JobsErr
         rng,
         advert: parts.advert,
         outbox: Outbox::default(),
+        ledger_local: parts.ledger,
         rpc: RpcClient {
             net: rpc_net,
             me,
@@ -427,17 +444,40 @@ impl JobService {
                     tokio::spawn(super::transfer::serve(self.content.clone(), r));
                 }
                 NetService::Rpc => self.on_rpc(r, now_ms),
+                NetService::Ledger => self.forward_to_ledger(Inbound::Request(r)),
             },
-            Inbound::Gossip(g) => {
-                // Ledger topics arrive here once the ledger service exists.
-                let net = self.net.clone();
-                tokio::spawn(async move {
-                    let _ = net
-                        .validate(g.id, g.source, crate::net::Verdict::Ignore)
-                        .await;
-                });
-            }
+            Inbound::Gossip(g) => self.forward_to_ledger(Inbound::Gossip(g)),
         }
+    }
+
+    /// Hands ledger traffic to the ledger service; without one, gossip is
+    /// ignored (never forwarded, nobody charged) and requests go unanswered.
+    fn forward_to_ledger(&mut self, msg: Inbound) {
+        if let Some(tx) = &self.ledger_local {
+            match tx.try_send(LocalLedger::Inbound(msg)) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(LocalLedger::Inbound(Inbound::Gossip(g))))
+                | Err(mpsc::error::TrySendError::Closed(LocalLedger::Inbound(Inbound::Gossip(
+                    g,
+                )))) => {
+                    self.ignore_gossip(g);
+                }
+                Err(_) => {}
+            }
+            return;
+        }
+        if let Inbound::Gossip(g) = msg {
+            self.ignore_gossip(g);
+        }
+    }
+
+    fn ignore_gossip(&self, g: crate::net::InboundGossip) {
+        let net = self.net.clone();
+        tokio::spawn(async move {
+            let _ = net
+                .validate(g.id, g.source, crate::net::Verdict::Ignore)
+                .await;
+        });
     }
 
     fn on_rpc(&mut self, r: InboundRequest, now_ms: u64) {

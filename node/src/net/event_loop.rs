@@ -423,6 +423,9 @@ impl EventLoop {
             SwarmEvent::Behaviour(NodeBehaviourEvent::Content(e)) => {
                 self.on_reqres(Service::Content, e)
             }
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Ledger(e)) => {
+                self.on_reqres(Service::Ledger, e)
+            }
             SwarmEvent::Behaviour(NodeBehaviourEvent::Autonat(e)) => {
                 tracing::debug!(event = ?e, "autonat")
             }
@@ -733,6 +736,7 @@ impl EventLoop {
         match service {
             Service::Rpc => &mut behaviour.rpc,
             Service::Content => &mut behaviour.content,
+            Service::Ledger => &mut behaviour.ledger,
         }
     }
 

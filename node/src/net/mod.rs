@@ -20,7 +20,7 @@
 //!   rejected (the sending peer's gossipsub score drops, see [`score`]),
 //!   benign (stale, full, too old) → ignored. The table expires entries at its
 //!   own deadline. Gossipsub runs with signed messages, strict validation,
-//!   content-hash message ids, 64 KiB messages at most and a 500 ms
+//!   content-hash message ids, 96 KiB messages at most and a 500 ms
 //!   heartbeat, so a loopback mesh forms within a second ([`swarm`]).
 //! * **Own advert**: the caller's `watch` template, completed with node id,
 //!   sequence number and issue time, signed and published at start, on

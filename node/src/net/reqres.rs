@@ -7,6 +7,7 @@
 //! |---|---|---|---|---|
 //! | [`Service::Rpc`] | `/rendertrust/rpc/1` | 4 MiB | 4 MiB | 30 s |
 //! | [`Service::Content`] | `/rendertrust/content/1` | 4 KiB | 4 MiB | 60 s |
+//! | [`Service::Ledger`] | `/rendertrust/ledger/1` | 16 KiB | 4 MiB | 30 s |
 //!
 //! One request per stream (QUIC streams by default). On the stream each
 //! message is a 4-byte big-endian length and that many bytes; the length is
@@ -27,6 +28,15 @@ use libp2p::request_response::{self, Codec, ProtocolSupport};
 pub const RPC_PROTOCOL: StreamProtocol = StreamProtocol::new("/rendertrust/rpc/1");
 /// The content protocol name.
 pub const CONTENT_PROTOCOL: StreamProtocol = StreamProtocol::new("/rendertrust/content/1");
+/// The ledger protocol name (rollup reconciliation between ledger peers).
+pub const LEDGER_PROTOCOL: StreamProtocol = StreamProtocol::new("/rendertrust/ledger/1");
+
+/// Largest ledger request (`RollupRequest`).
+pub const MAX_LEDGER_REQUEST: usize = 16 << 10;
+/// Largest ledger response (`RollupResponse`) plus framing slack.
+pub const MAX_LEDGER_RESPONSE: usize = (4 << 20) + 1024;
+/// Ledger requests time out after this long.
+pub const LEDGER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Largest RPC request or response.
 pub const MAX_RPC_BYTES: usize = 4 << 20;
@@ -50,6 +60,8 @@ pub enum Service {
     Rpc,
     /// Manifests and sealed chunks.
     Content,
+    /// Rollup reconciliation between ledger peers.
+    Ledger,
 }
 
 impl Service {
@@ -58,6 +70,7 @@ impl Service {
         match self {
             Service::Rpc => (MAX_RPC_BYTES, MAX_RPC_BYTES),
             Service::Content => (MAX_CONTENT_REQUEST, MAX_CONTENT_RESPONSE),
+            Service::Ledger => (MAX_LEDGER_REQUEST, MAX_LEDGER_RESPONSE),
         }
     }
 }
@@ -67,6 +80,7 @@ impl std::fmt::Display for Service {
         f.write_str(match self {
             Service::Rpc => "rpc",
             Service::Content => "content",
+            Service::Ledger => "ledger",
         })
     }
 }
@@ -174,6 +188,7 @@ pub fn behaviour(service: Service) -> request_response::Behaviour<BytesCodec> {
     let (protocol, timeout) = match service {
         Service::Rpc => (RPC_PROTOCOL, RPC_TIMEOUT),
         Service::Content => (CONTENT_PROTOCOL, CONTENT_TIMEOUT),
+        Service::Ledger => (LEDGER_PROTOCOL, LEDGER_TIMEOUT),
     };
     request_response::Behaviour::with_codec(
         BytesCodec::new(service),

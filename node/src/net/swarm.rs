@@ -36,8 +36,9 @@ pub const IDENTIFY_PROTOCOL: &str = "/rendertrust/id/1.0.0";
 /// Kademlia protocol name: keeps our DHT apart from the public IPFS DHT.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/rendertrust/kad/1.0.0");
 
-/// Largest gossipsub message (frame plus envelope); an advert frame is at most ~16 KiB.
-pub const MAX_GOSSIP_BYTES: usize = 64 * 1024;
+/// Largest gossipsub message (frame plus envelope): an advert frame is at
+/// most ~16 KiB, a ledger escrow event (spec + offer + accept) ~67 KiB.
+pub const MAX_GOSSIP_BYTES: usize = 96 * 1024;
 
 /// Gossipsub heartbeat. Short, so a loopback devnet forms its mesh in about a
 /// second; the cost is a few small control messages per peer per second.
@@ -81,6 +82,8 @@ pub struct NodeBehaviour {
     pub rpc: request_response::Behaviour<reqres::BytesCodec>,
     /// Manifests and sealed chunks ([`reqres::Service::Content`]).
     pub content: request_response::Behaviour<reqres::BytesCodec>,
+    /// Rollup reconciliation between ledger peers ([`reqres::Service::Ledger`]).
+    pub ledger: request_response::Behaviour<reqres::BytesCodec>,
 }
 
 impl NodeBehaviour {
@@ -102,6 +105,7 @@ impl NodeBehaviour {
             autonat: autonat::v2::client::Behaviour::default(),
             rpc: reqres::behaviour(reqres::Service::Rpc),
             content: reqres::behaviour(reqres::Service::Content),
+            ledger: reqres::behaviour(reqres::Service::Ledger),
         })
     }
 }
