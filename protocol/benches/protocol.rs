@@ -9,6 +9,9 @@
 //! | `content/manifest_8MiB` (1 MiB chunks) | `raw/blake3_8MiB` |
 //! | `merkle/root_1M`, `merkle/proof_verify_1M` | - |
 //! | `scheduler/place_1000_of_10k_nodes` (1000 placement decisions, d = 2, over 10 000 capacity entries) | - |
+//! | `scheduler/place_1000_of_10k_nodes_quorum` (the same with every task verified: 500 tasks and their lines) | - |
+//! | `trust/ssim_256x256` (spot-check metric on a 256 × 256 RGB crop) | - |
+//! | `trust/reputation_observe_10k`, `trust/reputation_merge_1024`, `trust/reputation_report_1024` | - |
 //! | `ledger/ingest_settle_1024` (decode + batch verify + apply 1024 doubly-signed receipts, escrows held) | `raw/ed25519_verify_batch_1024` (half the signatures) |
 //! | `ledger/ingest_escrow_settle_1024` (the same with their 1024 escrows: 4 signatures per task, spec cached) | - |
 //! | `rollup/record_close_1M` (record 1M receipt ids in one epoch and close it), `rollup/proof_1M`, `rollup/proof_verify_1M` | - |
@@ -308,9 +311,12 @@ fn scheduler(c: &mut Criterion) {
     let now = 1_780_000_000_000;
     let mut rng = ChaCha20Rng::seed_from_u64(4);
     let creator = NodeKey::generate(&mut rng);
+    // An established mesh: nobody on probation (a fresh one verifies every
+    // task of every node, like the `_quorum` job).
     let config = SchedulerConfig {
         decisions_per_pass: DECISIONS,
         max_in_flight: usize::MAX,
+        new_nodes_on_probation: false,
         ..SchedulerConfig::default()
     };
     let mut g = c.benchmark_group("scheduler");
@@ -337,7 +343,20 @@ fn scheduler(c: &mut Criterion) {
             Requirements::default(),
         ),
     ];
-    for (name, kind, requirements) in jobs {
+    let quorum = VerificationPolicy::Quorum {
+        sample_permille: 1000,
+        k: 2,
+    };
+    let jobs = jobs
+        .into_iter()
+        .map(|(n, k, r)| (n, k, r, VerificationPolicy::None))
+        .chain([(
+            "place_1000_of_10k_nodes_quorum",
+            JobKind::Builtin,
+            Requirements::default(),
+            quorum,
+        )]);
+    for (name, kind, requirements, verification) in jobs {
         let mut s = Scheduler::new(NodeId::from_bytes([0xee; 32]), config.clone());
         for i in 0..NODES {
             s.observe_advert(&fleet_advert(i, &mut rng, now), now + 60_000, now);
@@ -359,7 +378,7 @@ fn scheduler(c: &mut Criterion) {
             height: 1080,
             format: ImageFormat::Png,
             max_price_per_task: 12,
-            verification: VerificationPolicy::None,
+            verification,
             deadline_ms: now + 86_400_000,
         };
         let frame = Signed::sign(&creator, &spec).unwrap().into_bytes();
@@ -374,6 +393,7 @@ fn scheduler(c: &mut Criterion) {
                         offers += usize::from(matches!(
                             a,
                             rendertrust_protocol::scheduler::SchedulerAction::Offer { .. }
+                                | rendertrust_protocol::scheduler::SchedulerAction::OfferCrop { .. }
                         ));
                         black_box(a);
                     }
@@ -511,7 +531,76 @@ fn rollup(c: &mut Criterion) {
     g.finish();
 }
 
+/// The trust hot paths: the spot-check metric on a typical crop (a quarter
+/// of a 1024-pixel region side), and the reputation book's updates.
+fn trust(c: &mut Criterion) {
+    use rendertrust_protocol::reputation::{
+        Outcome, ReputationBook, ReputationConfig, ReputationReport,
+    };
+    use rendertrust_protocol::verify::metric::{Image, similarity_milli};
+    let mut g = c.benchmark_group("trust");
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    let side = 256u32;
+    let mut a = vec![0u8; (side * side * 3) as usize];
+    rng.fill_bytes(&mut a);
+    let b: Vec<u8> = a.iter().map(|v| v.wrapping_add((*v >> 6) & 1)).collect();
+    let (ia, ib) = (
+        Image::new(side, side, 3, &a).unwrap(),
+        Image::new(side, side, 3, &b).unwrap(),
+    );
+    g.throughput(Throughput::Elements(u64::from(side * side)));
+    g.bench_function("ssim_256x256", |bench| {
+        bench.iter(|| similarity_milli(black_box(&ia), black_box(&ib)).unwrap())
+    });
+    let now = 1_780_000_000_000u64;
+    let id = |i: u64| {
+        let mut b = [0u8; 32];
+        b[..8].copy_from_slice(&i.to_le_bytes());
+        NodeId::from_bytes(b)
+    };
+    g.throughput(Throughput::Elements(10_000));
+    g.bench_function("reputation_observe_10k", |bench| {
+        bench.iter_batched(
+            || ReputationBook::new(id(u64::MAX), ReputationConfig::default()),
+            |mut book| {
+                for i in 0..10_000u64 {
+                    book.observe(id(i % 1000), Outcome::Verified, now + i * 1000);
+                }
+                book
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    // A book of 10 000 nodes; a full report by a trusted reporter.
+    let mut config = ReputationConfig::default();
+    config.trusted_reporters.insert(id(1 << 40));
+    let mut book = ReputationBook::new(id(u64::MAX), config);
+    for i in 0..10_000u64 {
+        book.observe(id(i), Outcome::Verified, now);
+    }
+    let report = ReputationReport {
+        issued_at_ms: now,
+        reporter: id(1 << 40),
+        ..book.report(now, 1024)
+    };
+    g.throughput(Throughput::Elements(1024));
+    g.bench_function("reputation_merge_1024", |bench| {
+        bench.iter_batched(
+            || book.clone(),
+            |mut b| {
+                b.merge(black_box(&report), now + 1).unwrap();
+                b
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.bench_function("reputation_report_1024", |bench| {
+        bench.iter(|| black_box(book.report(now, 1024)))
+    });
+    g.finish();
+}
+
 criterion_group!(
-    benches, receipts, sealing, content, merkle, scheduler, ledger, rollup
+    benches, receipts, sealing, content, merkle, scheduler, ledger, rollup, trust
 );
 criterion_main!(benches);

@@ -28,24 +28,53 @@
 //!
 //! Trusted schedulers: the one the job was submitted to, plus those the
 //! driver adds with [`CreatorJob::trust_scheduler`] (a live scheduler that
-//! announces it took the job over). Verification policies (quorum,
-//! spot-checks) plug in at acceptance later.
+//! announces it took the job over).
+//!
+//! # Verified tasks
+//!
+//! A task the scheduler sampled for verification (see [`crate::verify`])
+//! never arrives as `Done`: each of its results comes as a `JobEvent::Vote`
+//! and is **held** ([`CreatorJob::vote`], checked like any result bundle,
+//! state [`TaskState::Verifying`]); nothing is fetched or countersigned.
+//! For a spot-check, the scheduler asks for comparisons
+//! ([`CreatorJob::compare`] says what to fetch and which pixels to compare;
+//! [`CreatorJob::compared`] checks both outputs against their signed hashes
+//! and returns the [`Comparison`] to send back). The verdict
+//! (`JobEvent::Verified`) names one held result; [`CreatorJob::verified`]
+//! **re-checks it by the same rule the scheduler used, on the creator's own
+//! evidence** (a quorum: enough distinct workers signed the same output
+//! hash; a spot-check: the creator's own comparisons pass it), and only then
+//! fetches it for acceptance. A result the scheduler caught
+//! (`JobEvent::Rejected`, [`CreatorJob::rejected`]) is refused for good, by
+//! whatever path it arrives later, so its worker is never paid for it; and a
+//! task under verification cannot be accepted through a plain `Done`.
 //!
 //! # What it must not do
 //!
 //! No I/O, no clock (`now_ms` comes in), no signing: the driver signs what
 //! the machine returns.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::identity::NodeId;
 use crate::signed::{Signed, SignedError};
-use crate::wire::{JobSpec, Receipt, ReceiptAcceptance, TaskId, TaskOffer, TaskResult};
+use crate::task::{Rect, task_geometry};
+use crate::verify::{self, CompareResult, Comparison, Cross, QuorumTally, SpotTally, SpotVote};
+use crate::wire::{
+    JobSpec, Receipt, ReceiptAcceptance, TaskId, TaskOffer, TaskResult, VerificationPolicy,
+};
 
 /// Result candidates kept per task while one is being fetched.
 pub const MAX_CANDIDATES: usize = 4;
+/// Results held per task under verification: a quorum's `2k + 1` lines, or a
+/// spot-check's primaries and checks across re-runs.
+pub const MAX_VOTES: usize = 16;
+/// Comparisons remembered per task.
+pub const MAX_COMPARISONS: usize = 16;
+/// Caught results remembered per task.
+pub const MAX_REJECTED: usize = 32;
 /// Schedulers trusted per job, at most.
 pub const MAX_TRUSTED_SCHEDULERS: usize = 16;
 
@@ -125,6 +154,137 @@ pub enum ResultRejected {
     /// The job was cancelled.
     #[error("the job was cancelled")]
     Cancelled,
+    /// Verification caught this result: it is never accepted.
+    #[error("task {task} attempt {attempt} was caught by verification")]
+    Caught {
+        /// Task index.
+        task: u32,
+        /// Attempt.
+        attempt: u32,
+    },
+    /// The task is under verification: only a verdict accepts a result.
+    #[error("task {0} is under verification: its result is accepted only on a verdict")]
+    UnderVerification(u32),
+    /// More results of the task are held than any verification needs.
+    #[error("task {0} already holds {MAX_VOTES} results under verification")]
+    TooManyVotes(u32),
+}
+
+/// What to do with a held verification result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VoteDecision {
+    /// Held until the verdict.
+    Held,
+    /// The verdict named this result already: fetch it now.
+    Fetch(Box<CheckedResult>),
+    /// Known already, or the task is accepted: drop it.
+    Duplicate,
+}
+
+/// Why a verdict was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerdictRejected {
+    /// The task holds no results under verification.
+    #[error("task {0} is not under verification")]
+    NotVerifying(u32),
+    /// The job's policy verifies nothing.
+    #[error("this job has no verification policy")]
+    NoPolicy,
+    /// The named result was caught before.
+    #[error("task {task} attempt {attempt} was caught by verification")]
+    Caught {
+        /// Task index.
+        task: u32,
+        /// Attempt.
+        attempt: u32,
+    },
+    /// The results held do not give the named one a quorum.
+    #[error(
+        "task {task}: {agreeing} distinct workers signed the named output hash; {needed} needed, and more than the {others} others"
+    )]
+    NoQuorum {
+        /// Task index.
+        task: u32,
+        /// Workers agreeing with the named result.
+        agreeing: usize,
+        /// Needed.
+        needed: usize,
+        /// Results with other hashes.
+        others: usize,
+    },
+    /// This creator's own comparisons do not pass the named result.
+    #[error("task {task}: this creator's comparisons do not pass attempt {attempt}")]
+    NotPassed {
+        /// Task index.
+        task: u32,
+        /// Attempt.
+        attempt: u32,
+    },
+}
+
+/// Why a comparison cannot be made or recorded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CompareRefused {
+    /// The job's policy is not a spot-check.
+    #[error("this job is not spot-checked")]
+    NotSpotCheck,
+    /// A result to compare is not held.
+    #[error("task {task}: no held result of attempt {attempt}")]
+    NotHeld {
+        /// Task index.
+        task: u32,
+        /// Attempt.
+        attempt: u32,
+    },
+    /// The crop does not lie inside the task's region.
+    #[error("crop {crop:?} does not lie inside the region {region:?} of task {task}")]
+    BadCrop {
+        /// Task index.
+        task: u32,
+        /// The crop.
+        crop: Rect,
+        /// The task's region.
+        region: Rect,
+    },
+    /// No such comparison was asked for.
+    #[error("task {task}: no comparison of {reference} and {check} was asked for")]
+    NotAsked {
+        /// Task index.
+        task: u32,
+        /// Reference attempt.
+        reference: u32,
+        /// Check attempt.
+        check: u32,
+    },
+}
+
+/// What the driver fetches and compares for a spot-check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompareRequest {
+    /// The reference result (the primary, or another check).
+    pub reference: CheckedResult,
+    /// The check that rendered the crop.
+    pub check: CheckedResult,
+    /// The crop, frame coordinates.
+    pub crop: Rect,
+    /// The pixels of the reference's output to compare: the crop relative to
+    /// the task's region for a primary, the whole image for another check.
+    pub reference_pixels: Rect,
+}
+
+/// A comparison this creator made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compared {
+    /// Reference attempt.
+    pub reference: u32,
+    /// Check attempt.
+    pub check: u32,
+    /// Whether the reference was another check (a cross comparison).
+    pub cross: bool,
+    /// What was found (`None`: asked, not answered yet).
+    pub result: Option<CompareResult>,
 }
 
 /// What to do with a checked result.
@@ -201,6 +361,13 @@ pub enum TaskState {
         /// Further valid results, in arrival order.
         candidates: Vec<CheckedResult>,
     },
+    /// Under verification: results held until the scheduler's verdict.
+    Verifying {
+        /// Held results, in arrival order.
+        votes: Vec<CheckedResult>,
+        /// A verdict that named an attempt not held yet.
+        verdict: Option<u32>,
+    },
     /// Accepted and countersigned.
     Accepted {
         /// The accepted result.
@@ -222,6 +389,8 @@ pub struct TaskCounts {
     pub waiting: u64,
     /// Fetching a result.
     pub fetching: u64,
+    /// Results held under verification.
+    pub verifying: u64,
     /// Accepted.
     pub accepted: u64,
     /// Failed.
@@ -237,6 +406,10 @@ pub struct CreatorJob {
     /// Receipt ids seen, so the same bundle twice is a duplicate.
     seen: BTreeSet<[u8; 32]>,
     cancelled: bool,
+    /// Caught results (task, attempt): never accepted.
+    rejected: BTreeSet<(u32, u32)>,
+    /// Spot-check comparisons asked for and made, per task.
+    comparisons: BTreeMap<u32, Vec<Compared>>,
 }
 
 fn frame<T: crate::wire::WireMessage>(
@@ -277,6 +450,8 @@ impl CreatorJob {
             tasks: vec![TaskState::Waiting; n],
             seen: BTreeSet::new(),
             cancelled: false,
+            rejected: BTreeSet::new(),
+            comparisons: BTreeMap::new(),
         }
     }
 
@@ -313,6 +488,7 @@ impl CreatorJob {
             match t {
                 TaskState::Waiting => c.waiting += 1,
                 TaskState::Fetching { .. } => c.fetching += 1,
+                TaskState::Verifying { .. } => c.verifying += 1,
                 TaskState::Accepted { .. } => c.accepted += 1,
                 TaskState::Failed { .. } => c.failed += 1,
             }
@@ -373,13 +549,18 @@ impl CreatorJob {
             return Err(KeyRefused::Expired);
         }
         match self.tasks.get(i) {
-            Some(TaskState::Waiting | TaskState::Fetching { .. }) if !self.cancelled => Ok(offer),
+            Some(TaskState::Waiting | TaskState::Fetching { .. } | TaskState::Verifying { .. })
+                if !self.cancelled =>
+            {
+                Ok(offer)
+            }
             _ => Err(KeyRefused::Closed(offer.task.index)),
         }
     }
 
-    /// Checks a result bundle completely, then records it as a candidate.
-    pub fn check_result(&mut self, frames: ResultFrames) -> Result<Decision, ResultRejected> {
+    /// Checks a result bundle completely: signatures, every cross-reference,
+    /// this job's creator, task and price ceiling. Changes nothing.
+    fn check_bundle(&self, frames: ResultFrames) -> Result<(usize, CheckedResult), ResultRejected> {
         if self.cancelled {
             return Err(ResultRejected::Cancelled);
         }
@@ -387,7 +568,7 @@ impl CreatorJob {
         let (_, result) = frame::<TaskResult>("result", &frames.result)?;
         let (signed_receipt, receipt) = frame::<Receipt>("receipt", &frames.receipt)?;
         let receipt_id = signed_receipt.id().0;
-        self.check_verified(CheckedResult {
+        self.cross_check(CheckedResult {
             offer,
             result,
             receipt,
@@ -396,14 +577,13 @@ impl CreatorJob {
         })
     }
 
-    /// The checks of [`CreatorJob::check_result`] after the signatures:
-    /// takes the three messages already decoded and verified (and the
-    /// receipt's id, [`Signed::id`]) and applies every cross-check and the
-    /// candidate rules. `check_result` calls it; a driver that verified the
-    /// frames itself (or, like the simulator, models signatures instead of
-    /// computing them) calls it directly. The `receipt_id` and `frames` are
-    /// taken as given.
-    pub fn check_verified(&mut self, checked: CheckedResult) -> Result<Decision, ResultRejected> {
+    /// The checks of [`CreatorJob::check_bundle`] after the signatures: every
+    /// cross-reference, this job's creator, task and price ceiling, and the
+    /// attempts already caught. Changes nothing.
+    fn cross_check(
+        &self,
+        checked: CheckedResult,
+    ) -> Result<(usize, CheckedResult), ResultRejected> {
         if self.cancelled {
             return Err(ResultRejected::Cancelled);
         }
@@ -474,21 +654,57 @@ impl CreatorJob {
         let i = self
             .index_of(&offer.task)
             .ok_or(ResultRejected::NotThisJob(offer.task))?;
+        if self.rejected.contains(&(offer.task.index, offer.attempt)) {
+            return Err(ResultRejected::Caught {
+                task: offer.task.index,
+                attempt: offer.attempt,
+            });
+        }
+        Ok((
+            i,
+            CheckedResult {
+                offer,
+                result,
+                receipt,
+                receipt_id,
+                frames,
+            },
+        ))
+    }
+
+    /// Checks a result bundle completely (a `Done` event), then records it
+    /// as a candidate. A task under verification is refused: only a verdict
+    /// accepts its result.
+    pub fn check_result(&mut self, frames: ResultFrames) -> Result<Decision, ResultRejected> {
+        let (i, checked) = self.check_bundle(frames)?;
+        self.candidate(i, checked)
+    }
+
+    /// The checks of [`CreatorJob::check_result`] after the signatures:
+    /// takes the three messages already decoded and verified (and the
+    /// receipt's id, [`Signed::id`]) and applies every cross-check and the
+    /// candidate rules. A driver that verified the frames itself (or, like
+    /// the simulator, models signatures instead of computing them) calls it
+    /// directly. The `receipt_id` and `frames` are taken as given.
+    pub fn check_verified(&mut self, checked: CheckedResult) -> Result<Decision, ResultRejected> {
+        let (i, checked) = self.cross_check(checked)?;
+        self.candidate(i, checked)
+    }
+
+    /// Records a checked result of task `i` as a candidate (or a duplicate).
+    fn candidate(&mut self, i: usize, checked: CheckedResult) -> Result<Decision, ResultRejected> {
+        let receipt_id = checked.receipt_id;
         if self.seen.contains(&receipt_id) {
             return Ok(Decision::Duplicate);
         }
-        let checked = CheckedResult {
-            offer,
-            result,
-            receipt,
-            receipt_id,
-            frames,
-        };
         let Some(state) = self.tasks.get_mut(i) else {
             return Err(ResultRejected::NotThisJob(checked.offer.task));
         };
         let decision = match state {
             TaskState::Accepted { .. } => return Ok(Decision::Duplicate),
+            TaskState::Verifying { .. } => {
+                return Err(ResultRejected::UnderVerification(checked.offer.task.index));
+            }
             TaskState::Waiting | TaskState::Failed { .. } => {
                 *state = TaskState::Fetching {
                     fetching: Box::new(checked.clone()),
@@ -506,6 +722,296 @@ impl CreatorJob {
         };
         self.seen.insert(receipt_id);
         Ok(decision)
+    }
+
+    /// Checks a result of a task under verification (a `Vote` event) and
+    /// holds it until the verdict.
+    pub fn vote(&mut self, frames: ResultFrames) -> Result<VoteDecision, ResultRejected> {
+        let (i, checked) = self.check_bundle(frames)?;
+        let task = checked.offer.task.index;
+        let receipt_id = checked.receipt_id;
+        let Some(state) = self.tasks.get_mut(i) else {
+            return Err(ResultRejected::NotThisJob(checked.offer.task));
+        };
+        match state {
+            TaskState::Accepted { .. } | TaskState::Fetching { .. } => {
+                return Ok(VoteDecision::Duplicate);
+            }
+            TaskState::Waiting | TaskState::Failed { .. } => {
+                *state = TaskState::Verifying {
+                    votes: Vec::new(),
+                    verdict: None,
+                };
+            }
+            TaskState::Verifying { .. } => {}
+        }
+        let TaskState::Verifying { votes, verdict } = state else {
+            return Ok(VoteDecision::Duplicate);
+        };
+        if votes.iter().any(|v| v.receipt_id == receipt_id) {
+            return Ok(VoteDecision::Duplicate);
+        }
+        if votes.len() >= MAX_VOTES {
+            return Err(ResultRejected::TooManyVotes(task));
+        }
+        let named = *verdict == Some(checked.offer.attempt);
+        votes.push(checked.clone());
+        if named {
+            // The verdict came first: re-check it now that the result is here.
+            return match self.verified(task, checked.offer.attempt) {
+                Ok(Some(r)) => Ok(VoteDecision::Fetch(Box::new(r))),
+                _ => Ok(VoteDecision::Held),
+            };
+        }
+        Ok(VoteDecision::Held)
+    }
+
+    /// Verification caught `attempt` of `task` (`Rejected`): it is dropped
+    /// and refused for good.
+    pub fn rejected(&mut self, task: u32, attempt: u32) {
+        let Some(state) = usize::try_from(task)
+            .ok()
+            .and_then(|i| self.tasks.get_mut(i))
+        else {
+            return;
+        };
+        if let TaskState::Verifying { votes, .. } = state {
+            votes.retain(|v| v.offer.attempt != attempt);
+        }
+        if self.rejected.range((task, 0)..=(task, u32::MAX)).count() < MAX_REJECTED {
+            self.rejected.insert((task, attempt));
+        }
+    }
+
+    /// The scheduler's verdict (`Verified`) names `attempt` as the task's
+    /// result. The creator re-checks it on its own evidence (see the module
+    /// docs); if it stands, the task moves to fetching that result, which is
+    /// returned. `Ok(None)`: the named result is not held yet (it is fetched
+    /// when its `Vote` arrives).
+    pub fn verified(
+        &mut self,
+        task: u32,
+        attempt: u32,
+    ) -> Result<Option<CheckedResult>, VerdictRejected> {
+        if self.rejected.contains(&(task, attempt)) {
+            return Err(VerdictRejected::Caught { task, attempt });
+        }
+        let policy = self.spec.verification.clone();
+        let i = usize::try_from(task).map_err(|_| VerdictRejected::NotVerifying(task))?;
+        let Some(TaskState::Verifying { votes, verdict }) = self.tasks.get_mut(i) else {
+            return Err(VerdictRejected::NotVerifying(task));
+        };
+        let Some(winner) = votes.iter().find(|v| v.offer.attempt == attempt).cloned() else {
+            *verdict = Some(attempt);
+            return Ok(None);
+        };
+        match policy {
+            VerificationPolicy::None => return Err(VerdictRejected::NoPolicy),
+            VerificationPolicy::Quorum { k, .. } => {
+                // One hash per distinct worker.
+                let mut by_worker: BTreeMap<NodeId, [u8; 32]> = BTreeMap::new();
+                for v in votes.iter() {
+                    by_worker
+                        .entry(v.offer.worker)
+                        .or_insert(v.result.output_hash);
+                }
+                let hashes: Vec<[u8; 32]> = by_worker.into_values().collect();
+                let h = winner.result.output_hash;
+                if verify::quorum_tally(k, &hashes, 0, 0) != (QuorumTally::Agreed { hash: h }) {
+                    let agreeing = hashes.iter().filter(|x| **x == h).count();
+                    return Err(VerdictRejected::NoQuorum {
+                        task,
+                        agreeing,
+                        needed: verify::quorum_needed(k),
+                        others: hashes.len() - agreeing,
+                    });
+                }
+            }
+            VerificationPolicy::SpotCheck {
+                min_similarity_milli,
+                ..
+            } => {
+                let made = self
+                    .comparisons
+                    .get(&task)
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[]);
+                // The checks of this primary, in the order compared.
+                let checks: Vec<u32> = made
+                    .iter()
+                    .filter(|c| !c.cross && c.reference == attempt)
+                    .map(|c| c.check)
+                    .collect();
+                let spot: Vec<SpotVote> = made
+                    .iter()
+                    .filter(|c| !c.cross && c.reference == attempt)
+                    .map(|c| match c.result {
+                        Some(CompareResult::Similarity(s)) => SpotVote::Compared(s),
+                        Some(_) => SpotVote::Unusable,
+                        None => SpotVote::Pending,
+                    })
+                    .collect();
+                let pos = |a: u32| checks.iter().position(|c| *c == a);
+                let crosses: Vec<Cross> = made
+                    .iter()
+                    .filter(|c| c.cross)
+                    .filter_map(|c| {
+                        Some(Cross {
+                            a: pos(c.reference)?,
+                            b: pos(c.check)?,
+                            similarity: match c.result? {
+                                CompareResult::Similarity(s) => Some(s),
+                                _ => Some(0),
+                            },
+                        })
+                    })
+                    .collect();
+                if verify::spot_tally(min_similarity_milli, &spot, &crosses, 0, 0)
+                    != SpotTally::Pass
+                {
+                    return Err(VerdictRejected::NotPassed { task, attempt });
+                }
+            }
+        }
+        if let Some(state) = self.tasks.get_mut(i) {
+            *state = TaskState::Fetching {
+                fetching: Box::new(winner.clone()),
+                candidates: Vec::new(),
+            };
+        }
+        self.seen.insert(winner.receipt_id);
+        self.comparisons.remove(&task);
+        Ok(Some(winner))
+    }
+
+    /// A spot-check comparison the scheduler asks for (`Compare`): what to
+    /// fetch (both held results) and which pixels to compare.
+    pub fn compare(
+        &mut self,
+        task: u32,
+        crop: Rect,
+        reference_attempt: u32,
+        check_attempt: u32,
+        cross: bool,
+    ) -> Result<CompareRequest, CompareRefused> {
+        if !matches!(self.spec.verification, VerificationPolicy::SpotCheck { .. }) {
+            return Err(CompareRefused::NotSpotCheck);
+        }
+        let held = |attempt: u32| {
+            usize::try_from(task)
+                .ok()
+                .and_then(|i| self.tasks.get(i))
+                .and_then(|t| match t {
+                    TaskState::Verifying { votes, .. } => {
+                        votes.iter().find(|v| v.offer.attempt == attempt).cloned()
+                    }
+                    _ => None,
+                })
+                .ok_or(CompareRefused::NotHeld { task, attempt })
+        };
+        let reference = held(reference_attempt)?;
+        let check = held(check_attempt)?;
+        let region = task_geometry(&self.spec.split, self.spec.width, self.spec.height, task)
+            .map(|g| g.region)
+            .unwrap_or(Rect::full(0, 0));
+        let inside = crop.w > 0
+            && crop.h > 0
+            && crop.x >= region.x
+            && crop.y >= region.y
+            && u64::from(crop.x) + u64::from(crop.w) <= u64::from(region.x) + u64::from(region.w)
+            && u64::from(crop.y) + u64::from(crop.h) <= u64::from(region.y) + u64::from(region.h);
+        if !inside {
+            return Err(CompareRefused::BadCrop { task, crop, region });
+        }
+        let reference_pixels = if cross {
+            Rect::full(crop.w, crop.h)
+        } else {
+            Rect {
+                x: crop.x - region.x,
+                y: crop.y - region.y,
+                ..crop
+            }
+        };
+        let made = self.comparisons.entry(task).or_default();
+        let asked = made
+            .iter()
+            .any(|c| c.reference == reference_attempt && c.check == check_attempt);
+        if !asked && made.len() < MAX_COMPARISONS {
+            made.push(Compared {
+                reference: reference_attempt,
+                check: check_attempt,
+                cross,
+                result: None,
+            });
+        }
+        Ok(CompareRequest {
+            reference,
+            check,
+            crop,
+            reference_pixels,
+        })
+    }
+
+    /// The driver fetched and opened both outputs of a comparison (`None`:
+    /// it could not) and compared them (`found`: the similarity, or which
+    /// output was not an image of the expected size). An output whose
+    /// plaintext hash differs from the one its worker signed is unusable,
+    /// whatever the metric said. Records the result and returns the
+    /// [`Comparison`] to send to the scheduler.
+    pub fn compared(
+        &mut self,
+        task: u32,
+        reference_attempt: u32,
+        check_attempt: u32,
+        reference_hash: Option<[u8; 32]>,
+        check_hash: Option<[u8; 32]>,
+        found: CompareResult,
+    ) -> Result<Comparison, CompareRefused> {
+        let signed = |attempt: u32| {
+            usize::try_from(task)
+                .ok()
+                .and_then(|i| self.tasks.get(i))
+                .and_then(|t| match t {
+                    TaskState::Verifying { votes, .. } => votes
+                        .iter()
+                        .find(|v| v.offer.attempt == attempt)
+                        .map(|v| v.result.output_hash),
+                    _ => None,
+                })
+        };
+        let not_asked = CompareRefused::NotAsked {
+            task,
+            reference: reference_attempt,
+            check: check_attempt,
+        };
+        let (Some(rh), Some(ch)) = (signed(reference_attempt), signed(check_attempt)) else {
+            return Err(not_asked);
+        };
+        let result = if reference_hash != Some(rh) {
+            CompareResult::ReferenceUnusable
+        } else if check_hash != Some(ch) {
+            CompareResult::CheckUnusable
+        } else {
+            match found {
+                CompareResult::Similarity(s) => CompareResult::Similarity(s.min(1000)),
+                other => other,
+            }
+        };
+        let made = self.comparisons.get_mut(&task).ok_or(not_asked.clone())?;
+        let c = made
+            .iter_mut()
+            .find(|c| c.reference == reference_attempt && c.check == check_attempt)
+            .ok_or(not_asked)?;
+        c.result = Some(result);
+        Ok(Comparison {
+            task: TaskId {
+                job: self.spec.id,
+                index: task,
+            },
+            reference_attempt,
+            check_attempt,
+            result,
+        })
     }
 
     /// The driver fetched and opened the output of `task` / `attempt` and
@@ -572,14 +1078,16 @@ impl CreatorJob {
     }
 
     /// The scheduler gave up on a task. An accepted or fetching task keeps
-    /// its state (the result is already here).
+    /// its state (the result is already here); held verification results
+    /// are dropped.
     pub fn task_failed(&mut self, task: u32, reason: String) {
         if let Some(state) = usize::try_from(task)
             .ok()
             .and_then(|i| self.tasks.get_mut(i))
-            && matches!(state, TaskState::Waiting)
+            && matches!(state, TaskState::Waiting | TaskState::Verifying { .. })
         {
             *state = TaskState::Failed { reason };
+            self.comparisons.remove(&task);
         }
     }
 
@@ -601,9 +1109,7 @@ mod tests {
     use crate::content::ContentId;
     use crate::identity::NodeKey;
     use crate::seal::WrappedKey;
-    use crate::wire::{
-        ImageFormat, JobId, JobKind, Requirements, ResourceUsage, SplitRule, VerificationPolicy,
-    };
+    use crate::wire::{ImageFormat, JobId, JobKind, Requirements, ResourceUsage, SplitRule};
 
     fn key(b: u8) -> NodeKey {
         NodeKey::from_secret_bytes(&[b; 32])
@@ -942,6 +1448,273 @@ mod tests {
             .into_bytes();
         assert!(w.job.authorize_key(&o1, w.worker.node_id(), 10).is_err());
         assert!(w.job.is_finished());
+    }
+
+    /// A result of `index`/`attempt` by worker key `by` with output `hash`,
+    /// offered by the job's scheduler.
+    fn signed_by(
+        w: &World,
+        by: &NodeKey,
+        index: u32,
+        attempt: u32,
+        hash: [u8; 32],
+    ) -> ResultFrames {
+        let o = TaskOffer {
+            worker: by.node_id(),
+            ..offer(w, index, attempt)
+        };
+        let usage = ResourceUsage::default();
+        let result = TaskResult {
+            task: o.task,
+            worker: o.worker,
+            attempt,
+            output_hash: hash,
+            output_manifest: ContentId([4; 32]),
+            wrapped_key: WrappedKey {
+                ephemeral: [0; 32],
+                ciphertext: [0; 32],
+                tag: [0; 16],
+            },
+            usage,
+        };
+        let receipt = Receipt {
+            task: o.task,
+            worker: o.worker,
+            creator: w.creator.node_id(),
+            scheduler: o.scheduler,
+            attempt,
+            output_hash: hash,
+            usage,
+            started_at_ms: 2_000,
+            finished_at_ms: 3_000,
+            price: o.price,
+        };
+        ResultFrames {
+            offer: Signed::sign(&w.scheduler, &o).unwrap().into_bytes(),
+            result: Signed::sign(by, &result).unwrap().into_bytes(),
+            receipt: Signed::sign(by, &receipt).unwrap().into_bytes(),
+        }
+    }
+
+    fn world_with(policy: VerificationPolicy, kind: JobKind) -> World {
+        let w = world();
+        let mut spec = w.job.spec().clone();
+        spec.verification = policy;
+        spec.kind = kind;
+        World {
+            job: CreatorJob::new(spec, w.scheduler.node_id()),
+            ..w
+        }
+    }
+
+    #[test]
+    fn quorum_votes_are_held_until_a_verdict_the_creator_can_check() {
+        let mut w = world_with(
+            VerificationPolicy::Quorum {
+                sample_permille: 100,
+                k: 2,
+            },
+            JobKind::Builtin,
+        );
+        let (a, b, c) = (key(21), key(22), key(23));
+        let honest = [8; 32];
+        assert_eq!(
+            w.job.vote(signed_by(&w, &a, 0, 0, [6; 32])).unwrap(),
+            VoteDecision::Held
+        );
+        assert_eq!(
+            w.job.vote(signed_by(&w, &b, 0, 1, honest)).unwrap(),
+            VoteDecision::Held
+        );
+        assert_eq!(w.job.counts().verifying, 1);
+        // Not through a plain Done while under verification.
+        assert!(matches!(
+            w.job.check_result(signed_by(&w, &b, 0, 1, honest)),
+            Err(ResultRejected::UnderVerification(0))
+        ));
+        // A verdict without a quorum on the creator's own evidence is refused.
+        assert!(matches!(
+            w.job.verified(0, 1),
+            Err(VerdictRejected::NoQuorum {
+                agreeing: 1,
+                needed: 2,
+                ..
+            })
+        ));
+        // The liar is caught; its result can never come back.
+        w.job.rejected(0, 0);
+        assert!(matches!(
+            w.job.vote(signed_by(&w, &a, 0, 0, [6; 32])),
+            Err(ResultRejected::Caught {
+                task: 0,
+                attempt: 0
+            })
+        ));
+        assert!(matches!(
+            w.job.check_result(signed_by(&w, &a, 0, 0, [6; 32])),
+            Err(ResultRejected::Caught { .. })
+        ));
+        assert_eq!(
+            w.job.verified(0, 0),
+            Err(VerdictRejected::Caught {
+                task: 0,
+                attempt: 0
+            })
+        );
+        // The same worker twice counts once.
+        w.job.vote(signed_by(&w, &b, 0, 1, honest)).unwrap();
+        assert!(w.job.verified(0, 1).is_err());
+        w.job.vote(signed_by(&w, &c, 0, 2, honest)).unwrap();
+        let winner = w.job.verified(0, 1).unwrap().unwrap();
+        assert_eq!(winner.offer.attempt, 1);
+        let acc = w.job.fetched(0, 1, honest, 9).unwrap();
+        assert_eq!(acc.receipt_id, winner.receipt_id);
+        assert_eq!(w.job.counts().accepted, 1);
+        assert_eq!(
+            w.job.vote(signed_by(&w, &c, 0, 2, honest)).unwrap(),
+            VoteDecision::Duplicate
+        );
+    }
+
+    #[test]
+    fn a_verdict_before_its_vote_waits_for_it() {
+        let mut w = world_with(
+            VerificationPolicy::Quorum {
+                sample_permille: 100,
+                k: 2,
+            },
+            JobKind::Builtin,
+        );
+        let (a, b) = (key(21), key(22));
+        w.job.vote(signed_by(&w, &a, 1, 0, [8; 32])).unwrap();
+        assert_eq!(w.job.verified(1, 1), Ok(None));
+        match w.job.vote(signed_by(&w, &b, 1, 1, [8; 32])).unwrap() {
+            VoteDecision::Fetch(r) => assert_eq!(r.offer.attempt, 1),
+            other => panic!("{other:?}"),
+        }
+        assert!(w.job.verified(2, 0).is_err(), "nothing held for task 2");
+    }
+
+    #[test]
+    fn spot_checks_compare_then_verify_on_the_creators_own_comparisons() {
+        let mut w = world_with(
+            VerificationPolicy::SpotCheck {
+                sample_permille: 100,
+                crop_permille: 250,
+                min_similarity_milli: 900,
+            },
+            JobKind::Blender {
+                engine: crate::wire::BlenderEngine::Cycles,
+            },
+        );
+        let (p, c1, c2) = (key(21), key(22), key(23));
+        w.job.vote(signed_by(&w, &p, 3, 0, [1; 32])).unwrap();
+        w.job.vote(signed_by(&w, &c1, 3, 1, [2; 32])).unwrap();
+        let crop = Rect {
+            x: 10,
+            y: 4,
+            w: 32,
+            h: 16,
+        };
+        let req = w.job.compare(3, crop, 0, 1, false).unwrap();
+        assert_eq!(req.reference.offer.attempt, 0);
+        assert_eq!(req.check.offer.attempt, 1);
+        assert_eq!(
+            req.reference_pixels, crop,
+            "frames: the region is the whole frame"
+        );
+        // Nothing passes before the comparison is in.
+        assert!(w.job.verified(3, 0).is_err());
+        // A check whose output does not match its signed hash is unusable.
+        let cmp = w
+            .job
+            .compared(
+                3,
+                0,
+                1,
+                Some([1; 32]),
+                Some([9; 32]),
+                CompareResult::Similarity(990),
+            )
+            .unwrap();
+        assert_eq!(cmp.result, CompareResult::CheckUnusable);
+        assert!(w.job.verified(3, 0).is_err());
+        // A second check, compared properly.
+        w.job.vote(signed_by(&w, &c2, 3, 2, [3; 32])).unwrap();
+        w.job.compare(3, crop, 0, 2, false).unwrap();
+        let cmp = w
+            .job
+            .compared(
+                3,
+                0,
+                2,
+                Some([1; 32]),
+                Some([3; 32]),
+                CompareResult::Similarity(950),
+            )
+            .unwrap();
+        assert_eq!(cmp.result, CompareResult::Similarity(950));
+        assert_eq!(cmp.task.index, 3);
+        assert_eq!(
+            w.job.verified(3, 2),
+            Err(VerdictRejected::NotPassed {
+                task: 3,
+                attempt: 2
+            })
+        );
+        let winner = w.job.verified(3, 0).unwrap().unwrap();
+        assert_eq!(winner.offer.attempt, 0);
+        // Refusals.
+        assert!(matches!(
+            w.job.compare(0, crop, 0, 1, false),
+            Err(CompareRefused::NotHeld { .. })
+        ));
+        assert!(matches!(
+            w.job
+                .compared(3, 7, 8, None, None, CompareResult::Similarity(1)),
+            Err(CompareRefused::NotAsked { .. })
+        ));
+    }
+
+    #[test]
+    fn crops_outside_the_region_and_comparisons_of_quorum_jobs_are_refused() {
+        let mut w = world_with(
+            VerificationPolicy::SpotCheck {
+                sample_permille: 100,
+                crop_permille: 250,
+                min_similarity_milli: 900,
+            },
+            JobKind::Builtin,
+        );
+        w.job.vote(signed_by(&w, &key(21), 0, 0, [1; 32])).unwrap();
+        w.job.vote(signed_by(&w, &key(22), 0, 1, [2; 32])).unwrap();
+        let outside = Rect {
+            x: 60,
+            y: 0,
+            w: 8,
+            h: 8,
+        };
+        assert!(matches!(
+            w.job.compare(0, outside, 0, 1, false),
+            Err(CompareRefused::BadCrop { .. })
+        ));
+        let mut q = world_with(
+            VerificationPolicy::Quorum {
+                sample_permille: 1,
+                k: 2,
+            },
+            JobKind::Builtin,
+        );
+        assert_eq!(
+            q.job.compare(0, outside, 0, 1, false),
+            Err(CompareRefused::NotSpotCheck)
+        );
+        // A failed verified task drops its held results.
+        w.job.task_failed(0, "unverified".into());
+        assert!(matches!(w.job.tasks()[0], TaskState::Failed { .. }));
+        let bytes = crate::codec::encode(&w.job).unwrap();
+        let back: CreatorJob = crate::codec::decode(&bytes, crate::codec::MAX_FRAME).unwrap();
+        assert_eq!(back, w.job);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::ledger::testkit::{Kit, T0};
 use crate::ledger::wire::{LedgerEvent, RollupRequest, RollupResponse};
 use crate::ledger::{LedgerConfig, LedgerPeer};
 use crate::merkle::{InclusionProof, MerkleTree};
+use crate::reputation::{ReputationBook, ReputationConfig, ReputationReport};
 use crate::rollup::RollupConfig;
 use crate::seal::{self, JobKey, WrapSecret, WrappedKey};
 use crate::signed::{KeyCache, Signed, verify_batch};
@@ -30,7 +31,7 @@ use crate::wire::{
 };
 
 /// Names of the fuzz targets, as in `fuzz/fuzz_targets/`.
-pub const TARGETS: [&str; 8] = [
+pub const TARGETS: [&str; 9] = [
     "signed_frames",
     "wire_bodies",
     "sealed_stream",
@@ -39,6 +40,7 @@ pub const TARGETS: [&str; 8] = [
     "merkle_proof",
     "rpc_messages",
     "ledger_events",
+    "reputation_report",
 ];
 
 /// Runs the named target on one input. Unknown names do nothing.
@@ -52,6 +54,7 @@ pub fn run(target: &str, data: &[u8]) {
         "merkle_proof" => merkle_proof(data),
         "rpc_messages" => rpc_messages(data),
         "ledger_events" => ledger_events(data),
+        "reputation_report" => reputation_report(data),
         _ => {}
     }
 }
@@ -89,6 +92,7 @@ pub fn signed_frames(data: &[u8]) {
     frame_as::<RollupHeader>(data);
     frame_as::<TaskClosed>(data);
     frame_as::<Mint>(data);
+    frame_as::<ReputationReport>(data);
     let mut table = CapacityTable::new(CapacityConfig::default());
     let _ = table.handle_frame(data, NOW_MS);
 }
@@ -112,6 +116,7 @@ pub fn wire_bodies(data: &[u8]) {
     body_as::<RollupHeader>(data);
     body_as::<TaskClosed>(data);
     body_as::<Mint>(data);
+    body_as::<ReputationReport>(data);
 }
 
 /// A sealed stream opened with a fixed key, from a slice and through `Read`.
@@ -202,7 +207,23 @@ pub fn rpc_messages(data: &[u8]) {
         let mut job = fuzz_creator_job();
         match r {
             RpcRequest::Result { frames } => {
-                let _ = job.check_result(frames);
+                let _ = job.check_result(frames.clone());
+                let mut verified = fuzz_creator_job();
+                if let Ok(crate::creator::VoteDecision::Held) = verified.vote(frames) {
+                    let _ = verified.verified(2, 0);
+                    let _ = verified.compare(
+                        2,
+                        crate::task::Rect {
+                            x: 0,
+                            y: 0,
+                            w: 8,
+                            h: 8,
+                        },
+                        0,
+                        0,
+                        false,
+                    );
+                }
             }
             RpcRequest::Key { offer } => {
                 let _ = job.authorize_key(&offer, NodeId::from_bytes([7; 32]), NOW_MS);
@@ -253,6 +274,47 @@ pub fn ledger_events(data: &[u8]) {
     }
     if let Ok(resp) = RollupResponse::decode(data) {
         let _ = resp.encode();
+    }
+}
+
+/// The reporter whose reports the fuzz book trusts.
+fn fuzz_reporter() -> NodeKey {
+    NodeKey::from_secret_bytes(&[11; 32])
+}
+
+fn fuzz_book() -> ReputationBook {
+    let mut config = ReputationConfig::default();
+    config.trusted_reporters.insert(fuzz_reporter().node_id());
+    config.max_nodes = 64;
+    let mut book = ReputationBook::new(NodeId::from_bytes([9; 32]), config);
+    book.observe(
+        NodeId::from_bytes([3; 32]),
+        crate::reputation::Outcome::Verified,
+        NOW_MS,
+    );
+    book
+}
+
+/// A reputation report, as a signed frame from gossip and as a body, merged
+/// into a book that trusts its reporter; then the book's scores and its own
+/// report.
+pub fn reputation_report(data: &[u8]) {
+    let report = Signed::<ReputationReport>::from_slice(data)
+        .ok()
+        .and_then(|s| s.verify().ok())
+        .or_else(|| {
+            codec::decode::<ReputationReport>(data, ReputationReport::MAX_BODY)
+                .ok()
+                .filter(|r| r.validate().is_ok())
+        });
+    if let Some(r) = report {
+        let mut book = fuzz_book();
+        let _ = book.merge(&r, NOW_MS);
+        for e in r.entries.iter().take(64) {
+            let _ = book.standing(&e.subject, NOW_MS);
+        }
+        let _ = book.report(NOW_MS, 16);
+        book.prune(NOW_MS + 1);
     }
 }
 
@@ -453,6 +515,29 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     ];
     for bytes in rpc.into_iter().flatten() {
         out.push(("ledger_events", bytes));
+    }
+
+    // A reputation report by the trusted fuzz reporter: as a frame (gossip)
+    // for its own target and the signed-frame target, and as a body.
+    let reporter = fuzz_reporter();
+    let report = ReputationReport {
+        reporter: reporter.node_id(),
+        issued_at_ms: NOW_MS,
+        entries: (1u8..=3)
+            .map(|i| crate::reputation::ReportEntry {
+                subject: NodeId::from_bytes([i; 32]),
+                verified_milli: u64::from(i) * 10_000,
+                failed_milli: 1_000,
+                lost_milli: 0,
+            })
+            .collect(),
+    };
+    if let Ok(frame) = Signed::sign(&reporter, &report).map(Signed::into_bytes) {
+        let body = frame[codec::PAYLOAD_OFFSET + codec::PAYLOAD_HEADER_LEN..].to_vec();
+        out.push(("signed_frames", frame.clone()));
+        out.push(("wire_bodies", body.clone()));
+        out.push(("reputation_report", frame));
+        out.push(("reputation_report", body));
     }
     out
 }

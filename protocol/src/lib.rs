@@ -17,7 +17,7 @@
 //! | [`signed`] | [`Signed<T>`](signed::Signed): signatures with a domain tag per message kind, batch verification |
 //! | [`wire`] | the versioned messages of the mesh (capacity, jobs, offers, progress, results, receipts, rollups) |
 //! | [`seal`] | per-job keys, chunked STREAM XChaCha20-Poly1305, key wrapping to X25519 |
-//! | [`creator`] | the creator's side of a job: key requests, result checks, acceptance and countersigning |
+//! | [`creator`] | the creator's side of a job: key requests, result checks, verification votes and verdicts, spot-check comparisons, acceptance and countersigning |
 //! | [`content`] | BLAKE3 content addressing: fixed-size chunks and a manifest |
 //! | [`hrw`] | rendezvous hashing: job owner and replica, epoch anchorer |
 //! | [`placement`] | does a worker meet a job's requirements ([`placement::meets`], one rule for scheduler and worker), why not, integer candidate scores |
@@ -28,6 +28,8 @@
 //! | [`merkle`] | domain-separated (RFC 6962 style) Merkle trees and inclusion proofs |
 //! | [`ledger`] | the credit ledger machine: escrow, settle, refund, mint; balances from double entries; order-independent |
 //! | [`rollup`] | epoch rollups: Merkle roots of receipt ids, agreement, reconciliation, the anchorer |
+//! | [`verify`] | verification policies and their defaults, sampling, spot-check crops, quorum and spot-check tallies, the SSIM image metric |
+//! | [`reputation`] | the reputation book: beta scores with decay, probation, signed reports and their bounded merge |
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
@@ -42,11 +44,13 @@ pub mod identity;
 pub mod ledger;
 pub mod merkle;
 pub mod placement;
+pub mod reputation;
 pub mod rollup;
 pub mod rpc;
 pub mod scheduler;
 pub mod seal;
 pub mod signed;
 pub mod task;
+pub mod verify;
 pub mod wire;
 pub mod worker;

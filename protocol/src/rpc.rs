@@ -26,6 +26,8 @@ use crate::content::{ContentId, Manifest};
 use crate::creator::ResultFrames;
 use crate::seal::WrappedKey;
 use crate::signed::Signed;
+use crate::task::Rect;
+use crate::verify::Comparison;
 use crate::wire::{JobId, JobSpec, Progress, Receipt, TaskId, TaskOffer, TaskResult, WireMessage};
 
 /// Largest encoded rpc request or response.
@@ -54,6 +56,14 @@ pub enum RpcError {
         max: usize,
         /// Found.
         found: usize,
+    },
+    /// A field's value makes no sense.
+    #[error("field {field}: {reason}")]
+    Invalid {
+        /// Field.
+        field: &'static str,
+        /// What is wrong.
+        reason: &'static str,
     },
 }
 
@@ -143,6 +153,23 @@ pub enum RpcRequest {
         /// The encoded snapshot.
         snapshot: Vec<u8>,
     },
+    /// Scheduler → worker: like `Offer`, for a spot-check line: the worker
+    /// renders only `crop` (frame coordinates, inside the task's region) and
+    /// answers like an offer. Its output is an image of the crop's size.
+    CropOffer {
+        /// The signed offer frame.
+        offer: Vec<u8>,
+        /// The signed spec frame.
+        spec: Vec<u8>,
+        /// The pixels to render.
+        crop: Rect,
+    },
+    /// Creator → scheduler: a spot-check comparison, answering a
+    /// `JobEvent::Compare` (`Scheduler::handle_comparison`).
+    Compared {
+        /// What the creator found.
+        comparison: Comparison,
+    },
 }
 
 /// Why a request was refused, in a form a peer can act on.
@@ -220,6 +247,18 @@ impl RpcRequest {
             RpcRequest::Replicate { snapshot, .. } => {
                 bound("snapshot", snapshot.len(), MAX_RPC - 1024)
             }
+            RpcRequest::CropOffer { offer, spec, crop } => {
+                bound_frame::<TaskOffer>("offer", offer)?;
+                bound_frame::<JobSpec>("spec", spec)?;
+                if crop.w == 0 || crop.h == 0 {
+                    return Err(RpcError::Invalid {
+                        field: "crop",
+                        reason: "an empty crop; expected at least 1x1 pixels",
+                    });
+                }
+                Ok(())
+            }
+            RpcRequest::Compared { .. } => Ok(()),
         }
     }
 
@@ -399,7 +438,31 @@ mod tests {
                     attempt,
                 }
             }),
-            (job, bytes(100)).prop_map(|(job, snapshot)| RpcRequest::Replicate { job, snapshot }),
+            (job.clone(), bytes(100))
+                .prop_map(|(job, snapshot)| RpcRequest::Replicate { job, snapshot }),
+            (
+                bytes(200),
+                bytes(300),
+                0u32..100,
+                0u32..100,
+                1u32..100,
+                1u32..100
+            )
+                .prop_map(|(offer, spec, x, y, w, h)| RpcRequest::CropOffer {
+                    offer,
+                    spec,
+                    crop: Rect { x, y, w, h },
+                }),
+            (job, any::<u32>(), any::<u32>(), any::<u32>(), any::<u16>()).prop_map(
+                |(job, index, reference_attempt, check_attempt, s)| RpcRequest::Compared {
+                    comparison: Comparison {
+                        task: TaskId { job, index },
+                        reference_attempt,
+                        check_attempt,
+                        result: crate::verify::CompareResult::Similarity(s),
+                    },
+                }
+            ),
         ]
     }
 
@@ -442,6 +505,20 @@ mod tests {
         assert!(matches!(
             RpcRequest::decode(&ok),
             Err(RpcError::Codec(CodecError::TrailingBytes { .. }))
+        ));
+        let empty = RpcRequest::CropOffer {
+            offer: vec![],
+            spec: vec![],
+            crop: Rect {
+                x: 0,
+                y: 0,
+                w: 0,
+                h: 4,
+            },
+        };
+        assert!(matches!(
+            empty.encode(),
+            Err(RpcError::Invalid { field: "crop", .. })
         ));
         let long = RpcResponse::error(ErrorCode::Invalid, "x".repeat(5000));
         assert!(long.encode().is_ok(), "error messages are cut to the bound");

@@ -52,6 +52,9 @@ pub enum MessageKind {
     TaskClosed = 10,
     /// [`Mint`].
     Mint = 11,
+    /// [`ReputationReport`](crate::reputation::ReputationReport) (20 and up:
+    /// trust messages; 10–19 belong to the ledger).
+    ReputationReport = 20,
 }
 
 /// Why a message's fields are out of bounds.
@@ -497,6 +500,7 @@ impl WireMessage for JobSpec {
         if let Some(v) = &self.requirements.min_runtime_version {
             check_len("min_runtime_version", v.len(), 64)?;
         }
+        crate::verify::check_policy(&self.verification)?;
         let tasks = self.split.task_count();
         if tasks == 0 || tasks > MAX_TASKS_PER_JOB {
             return Err(ValidationError::Invalid {
@@ -1021,9 +1025,9 @@ pub(crate) mod strategies {
     fn verification() -> impl Strategy<Value = VerificationPolicy> {
         prop_oneof![
             Just(VerificationPolicy::None),
-            (any::<u16>(), any::<u8>())
+            (0u16..=1000, 2u8..=crate::verify::MAX_QUORUM_K)
                 .prop_map(|(sample_permille, k)| VerificationPolicy::Quorum { sample_permille, k }),
-            (any::<u16>(), any::<u16>(), any::<u16>()).prop_map(|(a, b, c)| {
+            (0u16..=1000, 1u16..=1000, 0u16..=1000).prop_map(|(a, b, c)| {
                 VerificationPolicy::SpotCheck {
                     sample_permille: a,
                     crop_permille: b,
@@ -1434,6 +1438,7 @@ mod tests {
             RollupHeader::KIND,
             TaskClosed::KIND,
             Mint::KIND,
+            crate::reputation::ReputationReport::KIND,
         ];
         let set: std::collections::BTreeSet<_> = kinds.iter().collect();
         assert_eq!(set.len(), kinds.len());

@@ -1396,6 +1396,10 @@ impl World {
                     }
                     self.send(n, w, Body::Offer { offer, job }, now);
                 }
+                // Verification (issue 7): the simulator runs jobs without a
+                // verification policy until it models crops and reputation,
+                // so no crop line is ever placed and outcomes are not kept.
+                SchedulerAction::OfferCrop { .. } | SchedulerAction::Outcome { .. } => {}
                 SchedulerAction::CancelTask {
                     worker,
                     task,

@@ -29,7 +29,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rendertrust_protocol::codec;
-use rendertrust_protocol::creator::{CheckedResult, CreatorJob, Decision, ResultFrames, TaskState};
+use rendertrust_protocol::creator::{
+    CheckedResult, CreatorJob, Decision, ResultFrames, TaskState, VoteDecision,
+};
 use rendertrust_protocol::hrw;
 use rendertrust_protocol::identity::NodeId;
 use rendertrust_protocol::rpc::{ErrorCode, RpcRequest, RpcResponse};
@@ -597,6 +599,38 @@ impl JobService {
                 task_changed = Some(task);
             }
             JobEvent::JobFinished { .. } | JobEvent::TakenOver { .. } => {}
+            // Verified tasks (docs/trust.md): results are held until the
+            // verdict, which the machine re-checks before anything is fetched.
+            JobEvent::Vote { task, frames, .. } => {
+                task_changed = Some(task);
+                match entry.machine.vote(frames) {
+                    Ok(VoteDecision::Fetch(checked)) => self.start_fetch(job, *checked),
+                    Ok(VoteDecision::Held | VoteDecision::Duplicate) => {}
+                    Err(e) => {
+                        tracing::warn!(job = %hex::encode(job.0), error = %e, "vote refused")
+                    }
+                }
+            }
+            JobEvent::Verified { task, attempt, .. } => {
+                task_changed = Some(task);
+                match entry.machine.verified(task, attempt) {
+                    Ok(Some(checked)) => self.start_fetch(job, checked),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(job = %hex::encode(job.0), task, error = %e, "verdict refused")
+                    }
+                }
+            }
+            JobEvent::Rejected { task, attempt, .. } => {
+                entry.machine.rejected(task, attempt);
+                task_changed = Some(task);
+            }
+            JobEvent::Compare { task, .. } => {
+                // Fetching both outputs, decoding them and running
+                // `verify::metric` is the node side of issue 7, not done yet;
+                // this node submits no spot-checked jobs.
+                tracing::warn!(job = %hex::encode(job.0), task, "spot-check comparison asked; not supported by this node yet");
+            }
         }
         self.dirty_jobs.insert(job);
         self.job_changed(&job, task_changed);

@@ -11,9 +11,12 @@ use rendertrust_protocol::identity::NodeId;
 use rendertrust_protocol::ledger::LedgerEvent;
 use rendertrust_protocol::rpc::{ErrorCode, RpcRequest, RpcResponse};
 use rendertrust_protocol::scheduler::{
-    AcceptOutcome, CloseReason, JobEvent, ProgressError, SchedulerAction, SnapshotPart,
+    AcceptOutcome, CloseReason, ComparisonError, JobEvent, ProgressError, SchedulerAction,
+    SnapshotPart,
 };
 use rendertrust_protocol::signed::Signed;
+use rendertrust_protocol::task::Rect;
+use rendertrust_protocol::verify::Comparison;
 use rendertrust_protocol::wire::{
     JobId, JobSpec, Progress, TaskAccept, TaskClosed, TaskId, TaskOffer, TaskResult,
 };
@@ -229,7 +232,23 @@ impl JobService {
                 to,
                 offer,
                 spec_frame,
-            } => self.send_offer(to, offer, spec_frame),
+            } => self.send_offer(to, offer, spec_frame, None),
+            SchedulerAction::OfferCrop {
+                to,
+                offer,
+                crop,
+                spec_frame,
+            } => self.send_offer(to, offer, spec_frame, Some(crop)),
+            SchedulerAction::Outcome {
+                worker,
+                task,
+                attempt,
+                outcome,
+            } => {
+                // Feeding a ReputationBook (and set_reputation / set_probation
+                // back) is the node side of issue 7, not done yet.
+                tracing::debug!(%worker, job = %hex::encode(task.job.0), task = task.index, attempt, ?outcome, "verification outcome");
+            }
             SchedulerAction::CancelTask {
                 worker,
                 task,
@@ -278,7 +297,8 @@ impl JobService {
         }
     }
 
-    fn send_offer(&mut self, to: NodeId, offer: TaskOffer, spec: Arc<[u8]>) {
+    /// Sends an offer (with `crop`: a spot-check line's `CropOffer`).
+    fn send_offer(&mut self, to: NodeId, offer: TaskOffer, spec: Arc<[u8]>, crop: Option<Rect>) {
         let signed = match Signed::sign(&self.key, &offer) {
             Ok(s) => s,
             Err(e) => {
@@ -302,9 +322,16 @@ impl JobService {
                 accept: None,
             },
         );
-        let request = RpcRequest::Offer {
-            offer: signed.into_bytes(),
-            spec: spec.to_vec(),
+        let request = match crop {
+            None => RpcRequest::Offer {
+                offer: signed.into_bytes(),
+                spec: spec.to_vec(),
+            },
+            Some(crop) => RpcRequest::CropOffer {
+                offer: signed.into_bytes(),
+                spec: spec.to_vec(),
+                crop,
+            },
         };
         let rpc = self.rpc.clone();
         let internal = self.internal.clone();
@@ -371,6 +398,28 @@ impl JobService {
             None => s.handle_undeliverable(&task, attempt, now_ms),
         }
         self.sched_dirty = true;
+    }
+
+    /// `Compared`: the creator's answer to a spot-check `Compare` event.
+    pub(crate) fn rpc_compared(
+        &mut self,
+        peer: NodeId,
+        comparison: &Comparison,
+        now_ms: u64,
+    ) -> RpcResponse {
+        let Some(s) = self.scheduler.as_mut() else {
+            return not_scheduler();
+        };
+        match s.handle_comparison(&peer, comparison, now_ms) {
+            Ok(()) => {
+                self.sched_dirty = true;
+                RpcResponse::Ok
+            }
+            Err(e @ ComparisonError::NotCreator { .. }) => {
+                RpcResponse::error(ErrorCode::Forbidden, e.to_string())
+            }
+            Err(e) => RpcResponse::error(ErrorCode::NotFound, e.to_string()),
+        }
     }
 
     fn notify_creator(&mut self, creator: NodeId, job: JobId, event: JobEvent, now_ms: u64) {

@@ -85,7 +85,11 @@ impl Default for JobsConfig {
             heartbeat_interval_ms: 2_000,
             limits: Limits::default(),
             gpu: None,
-            scheduler: SchedulerConfig::default(),
+            // No reputation book yet (issue 7, node side): see node.rs.
+            scheduler: SchedulerConfig {
+                new_nodes_on_probation: false,
+                ..SchedulerConfig::default()
+            },
         }
     }
 }
@@ -527,6 +531,13 @@ impl JobService {
                 self.rpc_replicate(peer, job, &snapshot, now_ms)
             }
             RpcRequest::ResultOf { task, attempt } => self.rpc_result_of(peer, task, attempt),
+            RpcRequest::Compared { comparison } => self.rpc_compared(peer, &comparison, now_ms),
+            // Rendering a crop is the node side of issue 7, not done yet: the
+            // scheduler treats the refusal as an undeliverable offer.
+            RpcRequest::CropOffer { .. } => RpcResponse::error(
+                ErrorCode::Invalid,
+                "this node cannot render spot-check crops yet",
+            ),
         }
     }
 

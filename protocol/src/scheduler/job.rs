@@ -1,4 +1,15 @@
 //! A job's task table as the scheduler holds it (and replicates it).
+//!
+//! # Lines
+//!
+//! A task runs on one *line* (its own state, `tasks[i]`) unless it is
+//! sampled for verification: then it also has verification lines, each a
+//! [`TaskState`] of its own inside the task's [`Check`]. Every function that
+//! tracks attempts (offers, accepts, progress, timers, losses) works on a
+//! line index `v`: `v < n` is task `v` itself, `v >= n` a verification line
+//! (ids never reused within a job, see `JobCore::next_line`). Attempt numbers
+//! come from the task's own counter, so they stay unique per task across its
+//! lines (the ledger escrows per task and attempt).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -9,6 +20,7 @@ use super::view::Hold;
 use super::{CloseReason, FailReason, QueuedReason};
 use crate::identity::NodeId;
 use crate::placement::Need;
+use crate::task::Rect;
 use crate::wire::{JobSpec, TaskId};
 
 /// "No worker" in a worker reference.
@@ -20,6 +32,9 @@ pub(crate) enum Phase {
     Queued,
     Offered,
     Assigned,
+    /// The line returned a result that is a verification vote; the task
+    /// waits for its verdict.
+    Voted,
     Done,
     Failed,
 }
@@ -36,6 +51,8 @@ pub(crate) enum PastKind {
     Reported,
     /// Cancelled because an earlier attempt's result won.
     Superseded,
+    /// Its result lost verification (or its output was unusable).
+    Caught,
 }
 
 impl PastKind {
@@ -45,6 +62,7 @@ impl PastKind {
             PastKind::PastDeadline => CloseReason::PastDeadline,
             PastKind::Reported => CloseReason::Reported,
             PastKind::Superseded => CloseReason::Superseded,
+            PastKind::Caught => CloseReason::Caught,
         }
     }
 }
@@ -75,6 +93,64 @@ pub(crate) struct TaskState {
     pub(crate) permille: u16,
     pub(crate) failure: Option<FailReason>,
     pub(crate) past: Vec<Past>,
+    /// Whether the task is verified (tasks only; lines are `Skip`).
+    pub(crate) sample: Sample,
+}
+
+/// The sampling decision of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Sample {
+    /// Not drawn yet (never placed).
+    Undrawn,
+    /// Drawn: not verified.
+    Skip,
+    /// Verified: drawn so, placed on a probationer, or re-run after a catch.
+    Check,
+}
+
+/// Where a spot-check comparison of a verification vote stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Cmp {
+    /// Not asked of the creator yet (quorum votes stay here).
+    NotSent,
+    /// Asked (`Compare` event), no answer yet.
+    Sent,
+    /// The creator's similarity to the primary, × 1000.
+    Similar(u16),
+    /// The check's output could not be used.
+    Unusable,
+}
+
+/// A result of one line of a verified task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Vote {
+    pub(crate) line: u32,
+    pub(crate) worker: u32,
+    pub(crate) attempt: u32,
+    /// The output hash the worker signed.
+    pub(crate) hash: [u8; 32],
+    pub(crate) cmp: Cmp,
+}
+
+/// The verification of one sampled task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Check {
+    /// The spot-check crop (frame coordinates); `None` for a quorum.
+    pub(crate) crop: Option<Rect>,
+    /// Verification lines: id and state, in creation order.
+    pub(crate) lines: Vec<(u32, TaskState)>,
+    /// Results so far, in arrival order (at most one per line).
+    pub(crate) votes: Vec<Vote>,
+    /// Spot-check: comparisons of two dissenting checks with each other.
+    pub(crate) cross: Vec<CrossCmp>,
+}
+
+/// A comparison of two spot-check crops (by attempt) with each other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct CrossCmp {
+    pub(crate) a: u32,
+    pub(crate) b: u32,
+    pub(crate) cmp: Cmp,
 }
 
 impl TaskState {
@@ -89,16 +165,25 @@ impl TaskState {
             permille: 0,
             failure: None,
             past: Vec::new(),
+            sample: Sample::Undrawn,
         }
+    }
+
+    /// A fresh verification line.
+    pub(crate) fn line() -> TaskState {
+        TaskState {
+            sample: Sample::Skip,
+            ..TaskState::new()
+        }
+    }
+
+    /// Whether the line holds an attempt now (offered or accepted).
+    pub(crate) fn is_live(&self) -> bool {
+        matches!(self.phase, Phase::Offered | Phase::Assigned)
     }
 
     pub(crate) fn is_terminal(&self) -> bool {
         matches!(self.phase, Phase::Done | Phase::Failed)
-    }
-
-    /// Whether `worker` already failed this task (lost or reported).
-    pub(crate) fn excluded(&self, worker: u32) -> bool {
-        self.past.iter().any(|p| p.worker == worker)
     }
 }
 
@@ -147,6 +232,10 @@ pub(crate) struct JobCore {
     pub(crate) replicate_now: bool,
     /// When the job's timer fires (deadline, retry, replication, pruning).
     pub(crate) timer_at: Option<u64>,
+    /// Sampled tasks under verification, by task index.
+    pub(crate) checks: BTreeMap<u32, Check>,
+    /// Verification lines made so far: the next line id is `n + next_line`.
+    pub(crate) next_line: u32,
 }
 
 /// A job held by the scheduler.
@@ -157,14 +246,71 @@ pub(crate) struct Job {
     pub(crate) frame: Arc<[u8]>,
     pub(crate) core: JobCore,
     pub(crate) worker_ref: BTreeMap<NodeId, u32>,
+    /// Line id → its task (derived from `core.checks`).
+    pub(crate) line_task: BTreeMap<u32, u32>,
 }
 
 impl Job {
+    /// The id of the task line `index` belongs to.
     pub(crate) fn task_id(&self, index: u32) -> TaskId {
         TaskId {
             job: self.spec.id,
-            index,
+            index: self.task_of(index),
         }
+    }
+
+    /// The task a line belongs to (a task is its own first line).
+    pub(crate) fn task_of(&self, line: u32) -> u32 {
+        if line < self.n_tasks() {
+            line
+        } else {
+            self.line_task.get(&line).copied().unwrap_or(u32::MAX)
+        }
+    }
+
+    /// Whether `line` is a verification line.
+    pub(crate) fn is_line(&self, line: u32) -> bool {
+        line >= self.n_tasks()
+    }
+
+    /// Every line of task `task`: itself, then its verification lines.
+    pub(crate) fn lines_of(&self, task: u32) -> Vec<u32> {
+        let mut v = vec![task];
+        if let Some(c) = self.core.checks.get(&task) {
+            v.extend(c.lines.iter().map(|(l, _)| *l));
+        }
+        v
+    }
+
+    /// The line of `task` whose current attempt (offered or accepted) is `attempt`.
+    pub(crate) fn line_with_attempt(&self, task: u32, attempt: u32) -> Option<u32> {
+        self.lines_of(task).into_iter().find(|l| {
+            self.task(*l)
+                .is_some_and(|t| t.is_live() && t.attempt == attempt)
+        })
+    }
+
+    /// Every worker (job worker index) that holds, held or voted on a line
+    /// of `task`: none of them may take another line of it.
+    pub(crate) fn task_workers(&self, task: u32) -> Vec<u32> {
+        let mut out = Vec::new();
+        for l in self.lines_of(task) {
+            if let Some(t) = self.task(l) {
+                if matches!(
+                    t.phase,
+                    Phase::Offered | Phase::Assigned | Phase::Voted | Phase::Done
+                ) {
+                    out.push(t.worker);
+                }
+                out.extend(t.past.iter().map(|p| p.worker));
+            }
+        }
+        if let Some(c) = self.core.checks.get(&task) {
+            out.extend(c.votes.iter().map(|v| v.worker));
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     pub(crate) fn n_tasks(&self) -> u32 {
@@ -190,12 +336,34 @@ impl Job {
         self.core.workers.get(index as usize).copied()
     }
 
+    /// The state of line `index` (a task, or a verification line).
     pub(crate) fn task(&self, index: u32) -> Option<&TaskState> {
-        self.core.tasks.get(index as usize)
+        if index < self.n_tasks() {
+            return self.core.tasks.get(index as usize);
+        }
+        let t = self.line_task.get(&index)?;
+        self.core
+            .checks
+            .get(t)?
+            .lines
+            .iter()
+            .find(|(l, _)| *l == index)
+            .map(|(_, s)| s)
     }
 
+    /// The state of line `index`, mutably.
     pub(crate) fn task_mut(&mut self, index: u32) -> Option<&mut TaskState> {
-        self.core.tasks.get_mut(index as usize)
+        if index < self.n_tasks() {
+            return self.core.tasks.get_mut(index as usize);
+        }
+        let t = self.line_task.get(&index)?;
+        self.core
+            .checks
+            .get_mut(t)?
+            .lines
+            .iter_mut()
+            .find(|(l, _)| *l == index)
+            .map(|(_, s)| s)
     }
 
     pub(crate) fn queued_len(&self) -> usize {

@@ -28,11 +28,20 @@
 //! * After each input: drain `poll_action`; then call
 //!   `handle_timeout(now, rng)` whenever `now >= next_deadline()` (an input
 //!   that queues placement sets the deadline to `now`).
-//! * Actions: `Offer` (sign, send with the spec frame), `CancelTask`,
+//! * Actions: `Offer` (sign, send with the spec frame), `OfferCrop` (the
+//!   same for a spot-check line, with the crop to render), `CancelTask`,
 //!   `Notify` (creator), `Escrow` (publish spec + offer + accept),
 //!   `Closed` (publish a refund), `Replicate` (send
 //!   [`JobSnapshot::to_parts`]; the receiver rebuilds it with a
-//!   [`SnapshotAssembler`]).
+//!   [`SnapshotAssembler`]), `Outcome` (feed the node's
+//!   [`ReputationBook`](crate::reputation::ReputationBook), then
+//!   `set_reputation` / `set_probation` with the worker's new standing).
+//! * Trust inputs: `set_reputation(node, permille)` and
+//!   `set_probation(node, on)` from the reputation book (on every
+//!   `Outcome`, and for each advert observed, since scores decay);
+//!   `set_operator(node, group)` with the driver's operator group of the
+//!   node (its address prefix); `handle_comparison(&creator, &c, now)` for
+//!   the creator's answer to a `Compare` event.
 //! * Persist with [`Scheduler::snapshot`] (take it after draining actions),
 //!   resume with [`Scheduler::restore`].
 //!
@@ -59,6 +68,24 @@
 //!   `heartbeat_timeout_ms`) or one past its task deadline is lost: its
 //!   worker is excluded from the task, the task is offered again, and after
 //!   `max_attempts` losses or reported failures the task fails.
+//! * **Verification** ([`crate::verify`] has the rules; `check.rs` applies
+//!   them): when a task is first placed, whether it is verified is drawn
+//!   from the RNG at the policy's rate (before any result exists; an offer
+//!   looks the same either way), and it always is when its worker is on
+//!   probation (and when it re-runs after a catch). A verified task gets
+//!   verification *lines* (quorum: `k − 1`; spot-check: one crop line), each
+//!   tracked like the task itself (offers, accepts, heartbeats, losses,
+//!   escrows), on workers that hold or held no other line of the task,
+//!   preferring another operator group and, for a probationer's task,
+//!   workers off probation. Attempt numbers stay unique per task across its
+//!   lines. Each result is a vote (`Vote` to the creator); a quorum verdict,
+//!   or the creator's comparisons for a spot-check, decide: `Verified` (the
+//!   winner's receipt is the one the creator countersigns; every other
+//!   attempt is refunded, `Checked` or `Caught`), a catch (`Rejected`,
+//!   `Outcome::Failed`; a caught spot-check primary is re-run elsewhere), one
+//!   more line, or `FailReason::Unverified` after the bound. Probationers
+//!   hold at most `probation_max_tasks` attempts from this scheduler, and a
+//!   job keeps at most `max_open_checks` tasks under verification.
 //! * **Results**: the first valid result wins: from the current attempt, or
 //!   from an earlier attempt that was lost (not one that reported failure); a
 //!   running attempt is then cancelled. A result for a done task is a
@@ -86,6 +113,7 @@
 //! No signatures, no sockets, no clock, no storage: the driver signs offers,
 //! sends, persists [`SchedulerSnapshot`]s and feeds answers back.
 
+mod check;
 mod job;
 mod parts;
 mod place;
@@ -99,13 +127,15 @@ mod view;
 mod props;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod verify_tests;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 pub use parts::{
-    LIVE_PER_PART, MAX_PARTS, PartsError, SnapshotAssembler, SnapshotPart, TASKS_PER_PART,
-    WORKERS_PER_PART,
+    CHECKS_PER_PART, LIVE_PER_PART, MAX_PARTS, PartsError, SnapshotAssembler, SnapshotPart,
+    TASKS_PER_PART, WORKERS_PER_PART,
 };
 pub use snapshot::{
     CoreSnapshot, JobRole, JobView, NodeSnapshot, SNAPSHOT_VERSION, SchedulerSnapshot, TaskStatus,
@@ -116,6 +146,7 @@ pub use types::*;
 use crate::identity::NodeId;
 use crate::placement::Need;
 use crate::signed::Signed;
+pub use crate::verify::{CompareResult, Comparison};
 use crate::wire::{
     CapacityAdvert, JobId, JobSpec, Progress, TaskAccept, TaskId, TaskResult, WireMessage,
 };
@@ -153,6 +184,8 @@ pub(crate) struct Ctx {
     pub(crate) replicas: usize,
     pub(crate) actions: VecDeque<SchedulerAction>,
     pub(crate) stats: SchedulerStats,
+    /// Attempts (offered or accepted) held on each worker, over owned jobs.
+    pub(crate) held: BTreeMap<NodeId, u32>,
 }
 
 /// The scheduler state machine. See the module docs.
@@ -180,6 +213,7 @@ impl Scheduler {
                 replicas: 0,
                 actions: VecDeque::new(),
                 stats: SchedulerStats::default(),
+                held: BTreeMap::new(),
             },
             jobs: BTreeMap::new(),
         }
@@ -362,8 +396,11 @@ impl Scheduler {
                 last_replicated_ms: 0,
                 replicate_now: false,
                 timer_at: None,
+                checks: BTreeMap::new(),
+                next_line: 0,
             },
             worker_ref: BTreeMap::new(),
+            line_task: BTreeMap::new(),
         };
         self.ctx.owned += 1;
         self.ctx.tasks_held += tasks;
@@ -420,30 +457,37 @@ impl Scheduler {
             })?;
         let index = accept.task.index;
         let tasks = job.n_tasks();
+        if index >= tasks {
+            return Err(AcceptError::UnknownTask { index, tasks });
+        }
+        // The line (the task, or one of its verification lines) offered this attempt.
+        let line = job
+            .line_with_attempt(index, accept.attempt)
+            .unwrap_or(index);
         let task = job
-            .task(index)
+            .task(line)
             .ok_or(AcceptError::UnknownTask { index, tasks })?;
         let is_current = job.worker_ref.get(&accept.worker) == Some(&task.worker)
             && task.attempt == accept.attempt;
         match task.phase {
             Phase::Offered if is_current => {
-                let reserve_until_ms = job.core.live.get(&index).map_or(0, |l| l.reserve_until_ms);
+                let reserve_until_ms = job.core.live.get(&line).map_or(0, |l| l.reserve_until_ms);
                 if !accept.accepted {
                     self.ctx.stats.declines += 1;
                     self.ctx.view.saturate(&accept.worker);
-                    self.ctx.end_offer(job, index, false, now_ms);
+                    self.ctx.end_offer(job, line, false, now_ms);
                     return Ok(AcceptOutcome::Declined);
                 }
                 if now_ms >= reserve_until_ms {
                     self.ctx.stats.lapses += 1;
                     self.ctx.view.saturate(&accept.worker);
-                    self.ctx.end_offer(job, index, true, now_ms);
+                    self.ctx.end_offer(job, line, true, now_ms);
                     return Err(AcceptError::Lapsed {
                         reserve_until_ms,
                         now_ms,
                     });
                 }
-                self.ctx.assign(job, index, accept.worker, now_ms);
+                self.ctx.assign(job, line, accept.worker, now_ms);
                 Ok(AcceptOutcome::Assigned)
             }
             Phase::Assigned if is_current && accept.accepted => Ok(AcceptOutcome::Duplicate),
@@ -470,7 +514,13 @@ impl Scheduler {
         let Ok(job) = owned_job(&mut self.jobs, self.ctx.me, &task.job) else {
             return;
         };
-        let Some(t) = job.task(task.index) else {
+        if task.index >= job.n_tasks() {
+            return;
+        }
+        let Some(line) = job.line_with_attempt(task.index, attempt) else {
+            return;
+        };
+        let Some(t) = job.task(line) else {
             return;
         };
         if t.phase == Phase::Offered && t.attempt == attempt {
@@ -478,7 +528,7 @@ impl Scheduler {
                 self.ctx.view.saturate(&w);
             }
             self.ctx.stats.lapses += 1;
-            self.ctx.end_offer(job, task.index, true, now_ms);
+            self.ctx.end_offer(job, line, true, now_ms);
         }
     }
 
@@ -489,28 +539,31 @@ impl Scheduler {
             (job, Some(owner)) => ProgressError::NotOwner { job, owner },
         })?;
         let index = p.task.index;
+        let line = (index < job.n_tasks())
+            .then(|| job.line_with_attempt(index, p.attempt))
+            .flatten();
         let ours = |t: &TaskState| {
             t.attempt == p.attempt && job.worker_ref.get(&p.worker) == Some(&t.worker)
         };
         // The worker's first report can overtake its accept (they travel on
         // different streams): the offered worker of the current attempt is
         // not cancelled for it; the report changes nothing.
-        if job
-            .task(index)
+        if line
+            .and_then(|l| job.task(l))
             .is_some_and(|t| t.phase == Phase::Offered && ours(t))
         {
             return Ok(());
         }
-        let current = job
-            .task(index)
+        let current = line
+            .and_then(|l| job.task(l))
             .is_some_and(|t| t.phase == Phase::Assigned && ours(t));
-        if !current {
+        let (true, Some(line)) = (current, line) else {
             return Err(ProgressError::Cancelled {
                 index,
                 attempt: p.attempt,
             });
-        }
-        self.ctx.progress(job, index, p.seq, p.permille, now_ms);
+        };
+        self.ctx.progress(job, line, p.seq, p.permille, now_ms);
         Ok(())
     }
 
@@ -551,18 +604,51 @@ impl Scheduler {
         let Some(&w) = job.worker_ref.get(&result.worker) else {
             return Err(not_assigned);
         };
-        let current =
-            task.phase == Phase::Assigned && task.worker == w && task.attempt == result.attempt;
-        let earlier = task.past.iter().any(|p| {
-            p.worker == w
-                && p.attempt == result.attempt
-                && matches!(p.kind, PastKind::Silent | PastKind::PastDeadline)
-        });
-        if !current && !earlier {
-            return Err(not_assigned);
+        if job.core.checks.get(&index).is_some_and(|c| {
+            c.votes
+                .iter()
+                .any(|v| v.worker == w && v.attempt == result.attempt)
+        }) {
+            self.ctx.stats.duplicates += 1;
+            return Ok(ResultOutcome::Duplicate);
         }
+        // The line that holds (or held, and lost) this attempt.
+        let mut found = None;
+        for line in job.lines_of(index) {
+            let Some(t) = job.task(line) else {
+                continue;
+            };
+            let current =
+                t.phase == Phase::Assigned && t.worker == w && t.attempt == result.attempt;
+            let earlier = t.phase != Phase::Voted
+                && t.past.iter().any(|p| {
+                    p.worker == w
+                        && p.attempt == result.attempt
+                        && matches!(p.kind, PastKind::Silent | PastKind::PastDeadline)
+                });
+            if current || earlier {
+                found = Some((line, earlier));
+                break;
+            }
+        }
+        let Some((line, earlier)) = found else {
+            return Err(not_assigned);
+        };
         if earlier {
             self.ctx.stats.late_accepted += 1;
+        }
+        if job.core.checks.contains_key(&index) {
+            self.ctx.vote(
+                job,
+                index,
+                line,
+                w,
+                result.attempt,
+                result.output_hash,
+                frames,
+                now_ms,
+            );
+            return Ok(ResultOutcome::Voted);
         }
         self.ctx
             .complete(job, index, w, result.attempt, frames, now_ms);
@@ -582,23 +668,26 @@ impl Scheduler {
             (j, None) => FailureError::UnknownJob(j),
             (job, Some(owner)) => FailureError::NotOwner { job, owner },
         })?;
-        let current = job.task(task.index).is_some_and(|t| {
+        let line = (task.index < job.n_tasks())
+            .then(|| job.line_with_attempt(task.index, attempt))
+            .flatten();
+        let current = line.and_then(|l| job.task(l)).is_some_and(|t| {
             t.phase == Phase::Assigned
                 && t.attempt == attempt
                 && job.worker_ref.get(worker) == Some(&t.worker)
         });
-        if !current {
+        let (true, Some(line)) = (current, line) else {
             return Err(FailureError::NotAssigned {
                 index: task.index,
                 attempt,
                 worker: *worker,
             });
-        }
+        };
         self.ctx.stats.reported_failures += 1;
         let reason = truncate(reason, 256);
         self.ctx.lose(
             job,
-            task.index,
+            line,
             PastKind::Reported,
             AttemptEnd::Reported { reason },
             now_ms,

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::JobSnapshot;
-use super::job::{JobCore, Live, TaskState};
+use super::job::{Check, JobCore, Live, TaskState};
 use super::types::arc_bytes;
 use crate::identity::NodeId;
 use crate::wire::JobId;
@@ -27,9 +27,14 @@ pub const TASKS_PER_PART: usize = 2048;
 pub const LIVE_PER_PART: usize = 8192;
 /// Worker ids per part (32 bytes each).
 pub const WORKERS_PER_PART: usize = 16384;
+/// Open verification checks per part: at most 10 lines of about 300 bytes
+/// and 11 votes of about 50 bytes each, so under 1 MiB.
+pub const CHECKS_PER_PART: usize = 256;
 /// Most parts of one snapshot: a head, the tasks and live attempts of the
-/// largest job (100 000 of each), and up to about a million worker ids.
-pub const MAX_PARTS: u32 = 128;
+/// largest job (100 000 of each), up to about a million worker ids, and
+/// 4096 open checks (the default `max_open_checks`; a larger bound needs
+/// fewer workers).
+pub const MAX_PARTS: u32 = 192;
 
 /// What a part carries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +47,10 @@ pub(crate) enum PartBody {
         tasks: u32,
         live: u32,
         workers: u32,
+        checks: u32,
+    },
+    Checks {
+        entries: Vec<(u32, Check)>,
     },
     Tasks {
         start: u32,
@@ -99,12 +108,14 @@ impl JobSnapshot {
         head_core.tasks = Vec::new();
         head_core.live = BTreeMap::new();
         head_core.workers = Vec::new();
+        head_core.checks = BTreeMap::new();
         let mut bodies = vec![PartBody::Head {
             frame: self.frame.clone(),
             core: Box::new(head_core),
             tasks: core.tasks.len() as u32,
             live: core.live.len() as u32,
             workers: core.workers.len() as u32,
+            checks: core.checks.len() as u32,
         }];
         for (i, chunk) in core.tasks.chunks(TASKS_PER_PART).enumerate() {
             bodies.push(PartBody::Tasks {
@@ -122,6 +133,12 @@ impl JobSnapshot {
             bodies.push(PartBody::Workers {
                 start: (i * WORKERS_PER_PART) as u32,
                 ids: chunk.to_vec(),
+            });
+        }
+        let checks: Vec<(u32, Check)> = core.checks.iter().map(|(k, v)| (*k, v.clone())).collect();
+        for chunk in checks.chunks(CHECKS_PER_PART) {
+            bodies.push(PartBody::Checks {
+                entries: chunk.to_vec(),
             });
         }
         let count = bodies.len() as u32;
@@ -182,6 +199,7 @@ impl JobSnapshot {
             tasks,
             live,
             workers,
+            checks,
         }) = bodies.next()
         else {
             return Err(PartsError::Incomplete("part 0 is not the head".into()));
@@ -214,17 +232,25 @@ impl JobSnapshot {
                     }
                     core.workers.extend(ids);
                 }
+                PartBody::Checks { entries } => {
+                    if core.checks.len() + entries.len() > checks as usize {
+                        return Err(PartsError::Mismatch("too many checks".into()));
+                    }
+                    core.checks.extend(entries);
+                }
             }
         }
         if core.tasks.len() != tasks as usize
             || core.live.len() != live as usize
             || core.workers.len() != workers as usize
+            || core.checks.len() != checks as usize
         {
             return Err(PartsError::Incomplete(format!(
-                "{}/{tasks} tasks, {}/{live} live attempts, {}/{workers} workers",
+                "{}/{tasks} tasks, {}/{live} live attempts, {}/{workers} workers, {}/{checks} checks",
                 core.tasks.len(),
                 core.live.len(),
-                core.workers.len()
+                core.workers.len(),
+                core.checks.len()
             )));
         }
         Ok(JobSnapshot { job, frame, core })

@@ -2,11 +2,11 @@
 
 use std::ops::Bound;
 
-use super::job::{Job, Live, Phase, TaskState};
+use super::job::{Job, Live, Phase, Sample};
 use super::view::{NO_REGION, bucket_of};
 use super::{Ctx, JobEvent, QueuedReason, Scheduler, SchedulerAction, TimerRef};
 use crate::placement::{Standing, Unmet, score};
-use crate::wire::TaskOffer;
+use crate::wire::{TaskOffer, VerificationPolicy};
 
 /// Decisions one job gets before the next ready job has its turn.
 const QUANTUM: usize = 64;
@@ -17,18 +17,38 @@ const MAX_CHOICES: usize = 8;
 enum Miss {
     /// Nobody for the whole job: it waits `retry_ms`.
     Job(QueuedReason),
-    /// Only workers that failed this task: the next task may do better.
-    Excluded { checked: u32 },
+    /// Only workers that failed (or already work on) this task: the next
+    /// task may do better.
+    Excluded { checked: u32, verifying: bool },
 }
 
 /// The candidates of one decision so far.
 struct Pick {
     picked: [u32; MAX_CHOICES],
     found: usize,
-    best: Option<(u64, u32)>,
+    /// Best so far: preference class (lower is better), score, slot.
+    best: Option<(u8, u64, u32)>,
     checked: u32,
     excluded: u32,
     unmet: Option<Unmet>,
+}
+
+/// Whom a decision must avoid, and whom it prefers to avoid.
+struct Avoid {
+    /// Job worker indices that may not take this line: workers that failed
+    /// the task, and for a verified task every worker on any of its lines.
+    workers: Vec<u32>,
+    /// Operator groups of the task's other workers (0 left out): a candidate
+    /// in one of them is taken only if no other is found.
+    groups: Vec<u64>,
+    /// Prefer workers off probation (a verification line of a task a
+    /// probationer works on: Sybils should not check each other).
+    prefer_trusted: bool,
+    /// Whether the line verifies (for the queued reason).
+    verifying: bool,
+    /// Whether probationers may take the line at all (they are verified on
+    /// every task, which needs room for a check).
+    allow_probation: bool,
 }
 
 /// Draws an index in `0..len` (`len` ≥ 1), Lemire's multiply-shift.
@@ -111,14 +131,22 @@ impl Ctx {
             match self.decide(job, index, bucket, region, rng) {
                 Ok(slot) => {
                     misses = 0;
+                    if !job.is_line(index) {
+                        self.sample(job, index, slot, rng);
+                    }
                     self.offer(job, index, slot, now_ms);
                 }
-                Err(Miss::Excluded { checked }) => {
+                Err(Miss::Excluded { checked, verifying }) => {
                     self.stats.misses += 1;
                     job.core.requeued.push_back(index);
                     misses += 1;
                     if misses >= job.queued_len() {
-                        self.block(job, QueuedReason::Excluded { checked }, now_ms);
+                        let reason = if verifying {
+                            QueuedReason::NoVerifier { checked }
+                        } else {
+                            QueuedReason::Excluded { checked }
+                        };
+                        self.block(job, reason, now_ms);
                         break;
                     }
                 }
@@ -179,8 +207,8 @@ impl Ctx {
         }
     }
 
-    /// Checks one sampled node for task `index` and keeps the best.
-    fn probe(&self, pick: &mut Pick, job: &Job, task: &TaskState, slot: u32, region: u32) {
+    /// Checks one sampled node for line `index` and keeps the best.
+    fn probe(&self, pick: &mut Pick, job: &Job, avoid: &Avoid, slot: u32, region: u32) {
         if pick.picked[..pick.found].contains(&slot) {
             return;
         }
@@ -188,7 +216,12 @@ impl Ctx {
             return;
         };
         pick.checked += 1;
-        if !task.past.is_empty() && job.worker_ref.get(&e.id).is_some_and(|w| task.excluded(*w)) {
+        if !avoid.workers.is_empty()
+            && job
+                .worker_ref
+                .get(&e.id)
+                .is_some_and(|w| avoid.workers.binary_search(w).is_ok())
+        {
             pick.excluded += 1;
             return;
         }
@@ -196,18 +229,76 @@ impl Ctx {
             pick.unmet.get_or_insert(u);
             return;
         }
+        let probation = self
+            .view
+            .on_probation(&e.id, self.config.new_nodes_on_probation);
+        if probation
+            && (!avoid.allow_probation
+                || self.held_on(&e.id) >= u32::from(self.config.probation_max_tasks))
+        {
+            return;
+        }
+        let group = self.view.operator_of(&e.id);
+        let class = u8::from(group != 0 && avoid.groups.binary_search(&group).is_ok())
+            + u8::from(avoid.prefer_trusted && probation);
         let standing = Standing {
             free_slots: e.free(),
             reputation: e.reputation,
             same_region: region != NO_REGION && e.region == region,
         };
         let s = score(&job.need, &e.profile, standing, &self.config.weights);
-        if pick.best.is_none_or(|(b, _)| s > b) {
-            pick.best = Some((s, slot));
+        if pick
+            .best
+            .is_none_or(|(bc, bs, _)| class < bc || (class == bc && s > bs))
+        {
+            pick.best = Some((class, s, slot));
         }
         if let Some(cell) = pick.picked.get_mut(pick.found) {
             *cell = slot;
             pick.found += 1;
+        }
+    }
+
+    /// What line `index` must avoid.
+    fn avoid(&self, job: &Job, index: u32) -> Avoid {
+        let task = job.task_of(index);
+        let allow_probation = matches!(job.spec.verification, VerificationPolicy::None)
+            || job.core.checks.contains_key(&task)
+            || job.core.checks.len() < self.config.max_open_checks;
+        if !job.core.checks.contains_key(&task) {
+            let mut workers: Vec<u32> = job
+                .task(index)
+                .map(|t| t.past.iter().map(|p| p.worker).collect())
+                .unwrap_or_default();
+            workers.sort_unstable();
+            workers.dedup();
+            return Avoid {
+                workers,
+                groups: Vec::new(),
+                prefer_trusted: false,
+                verifying: false,
+                allow_probation,
+            };
+        }
+        let workers = job.task_workers(task);
+        let ids: Vec<_> = workers.iter().filter_map(|w| job.worker_id(*w)).collect();
+        let mut groups: Vec<u64> = ids
+            .iter()
+            .map(|id| self.view.operator_of(id))
+            .filter(|g| *g != 0)
+            .collect();
+        groups.sort_unstable();
+        groups.dedup();
+        let prefer_trusted = ids.iter().any(|id| {
+            self.view
+                .on_probation(id, self.config.new_nodes_on_probation)
+        });
+        Avoid {
+            workers,
+            groups,
+            prefer_trusted,
+            verifying: true,
+            allow_probation,
         }
     }
 
@@ -225,9 +316,13 @@ impl Ctx {
             _ => return Err(Miss::Job(self.empty_reason(job, bucket))),
         };
         let len = slots.len();
-        let Some(task) = job.task(index) else {
-            return Err(Miss::Excluded { checked: 0 });
-        };
+        if job.task(index).is_none() {
+            return Err(Miss::Excluded {
+                checked: 0,
+                verifying: false,
+            });
+        }
+        let avoid = self.avoid(job, index);
         let choices = self.config.choices.clamp(1, MAX_CHOICES);
         let mut pick = Pick {
             picked: [u32::MAX; MAX_CHOICES],
@@ -237,11 +332,14 @@ impl Ctx {
             excluded: 0,
             unmet: None,
         };
+        // Stop at `choices` candidates, unless none of them is in the
+        // preferred class (another operator, off probation) yet.
+        let enough = |p: &Pick| p.found >= choices && p.best.is_some_and(|(c, _, _)| c == 0);
         for _ in 0..self.config.max_probes {
-            if pick.found >= choices {
+            if enough(&pick) {
                 break;
             }
-            self.probe(&mut pick, job, task, slots[draw(rng, len)], region);
+            self.probe(&mut pick, job, &avoid, slots[draw(rng, len)], region);
         }
         if pick.found == 0 {
             // The probes found nobody: a bounded scan from a random start,
@@ -251,26 +349,64 @@ impl Ctx {
             pick.unmet = None;
             let start = draw(rng, len);
             for k in 0..len.min(self.config.max_scan) {
-                self.probe(&mut pick, job, task, slots[(start + k) % len], region);
-                if pick.found >= choices {
+                self.probe(&mut pick, job, &avoid, slots[(start + k) % len], region);
+                if enough(&pick) {
                     break;
                 }
             }
         }
         match (pick.best, pick.unmet) {
-            (Some((_, slot)), _) => Ok(slot),
+            (Some((_, _, slot)), _) => Ok(slot),
             (None, Some(example)) => Err(Miss::Job(QueuedReason::Unmet {
                 checked: pick.checked,
                 example,
             })),
             (None, None) if pick.excluded > 0 => Err(Miss::Excluded {
                 checked: pick.checked,
+                verifying: avoid.verifying,
             }),
             (None, None) => Err(Miss::Job(self.empty_reason(job, bucket))),
         }
     }
 
-    /// Offers task `index` to the node in `slot`.
+    /// Decides whether task `index`, about to be offered to the node in
+    /// `slot`, is verified: drawn once from the RNG when first placed (before
+    /// any result exists), and always when the node is on probation. A
+    /// verified task gets its check (and verification lines) now.
+    fn sample<G: rand_core::Rng + ?Sized>(
+        &mut self,
+        job: &mut Job,
+        index: u32,
+        slot: u32,
+        rng: &mut G,
+    ) {
+        if matches!(job.spec.verification, VerificationPolicy::None) {
+            return;
+        }
+        let permille = crate::verify::sample_permille(&job.spec.verification);
+        let probation = self.view.entry(slot).is_some_and(|e| {
+            self.view
+                .on_probation(&e.id, self.config.new_nodes_on_probation)
+        });
+        let Some(t) = job.task_mut(index) else {
+            return;
+        };
+        if t.sample == Sample::Undrawn {
+            t.sample = if crate::verify::draw_sampled(permille, rng) {
+                Sample::Check
+            } else {
+                Sample::Skip
+            };
+        }
+        if probation {
+            t.sample = Sample::Check;
+        }
+        if t.sample == Sample::Check && !job.core.checks.contains_key(&index) {
+            self.open_check(job, index, rng);
+        }
+    }
+
+    /// Offers line `index` to the node in `slot`.
     fn offer(&mut self, job: &mut Job, index: u32, slot: u32, now_ms: u64) {
         let Some(e) = self.view.entry(slot) else {
             job.core.requeued.push_back(index);
@@ -285,14 +421,16 @@ impl Ctx {
         let reserve_until_ms = now_ms
             .saturating_add(self.config.reserve_ms)
             .min(deadline_ms);
-        let Some(task) = job.task_mut(index) else {
+        // Attempt numbers come from the task's counter, whichever line offers.
+        let task_index = job.task_of(index);
+        let Some(task) = job.task_mut(task_index) else {
             return;
         };
         let attempt = task.next_attempt;
         let Some(next) = attempt.checked_add(1) else {
             self.fail_task(
                 job,
-                index,
+                task_index,
                 super::FailReason::AttemptNumbers,
                 super::CloseReason::TaskFailed,
                 now_ms,
@@ -300,14 +438,17 @@ impl Ctx {
             return;
         };
         task.next_attempt = next;
-        task.phase = Phase::Offered;
-        task.worker = w;
-        task.attempt = attempt;
-        task.permille = 0;
         task.offers_since_rep = task.offers_since_rep.saturating_add(1);
         if u32::from(task.offers_since_rep) >= super::ATTEMPT_GAP / 2 {
             job.core.replicate_now = true;
         }
+        let Some(line) = job.task_mut(index) else {
+            return;
+        };
+        line.phase = Phase::Offered;
+        line.worker = w;
+        line.attempt = attempt;
+        line.permille = 0;
         let hold = self.view.hold_offer(slot);
         job.core.live.insert(
             index,
@@ -325,6 +466,7 @@ impl Ctx {
         self.timers
             .insert((reserve_until_ms, TimerRef::Task(job.spec.id, index)));
         self.in_flight += 1;
+        *self.held.entry(worker).or_default() += 1;
         self.stats.offers += 1;
         job.core.queued_reason = None;
         let offer = TaskOffer {
@@ -336,19 +478,34 @@ impl Ctx {
             reserve_until_ms,
             deadline_ms,
         };
-        self.actions.push_back(SchedulerAction::Offer {
-            to: worker,
-            offer,
-            spec_frame: job.frame.clone(),
-        });
-        self.notify(
-            job,
-            JobEvent::Offered {
-                task: index,
-                worker,
-                attempt,
+        let crop = if job.is_line(index) {
+            job.core.checks.get(&task_index).and_then(|c| c.crop)
+        } else {
+            None
+        };
+        self.actions.push_back(match crop {
+            Some(crop) => SchedulerAction::OfferCrop {
+                to: worker,
+                offer,
+                crop,
+                spec_frame: job.frame.clone(),
             },
-        );
+            None => SchedulerAction::Offer {
+                to: worker,
+                offer,
+                spec_frame: job.frame.clone(),
+            },
+        });
+        if !job.is_line(index) {
+            self.notify(
+                job,
+                JobEvent::Offered {
+                    task: index,
+                    worker,
+                    attempt,
+                },
+            );
+        }
         if job.core.replicate_now {
             job.core.dirty = true;
             self.rearm_job(job);

@@ -1,7 +1,9 @@
 //! Property tests: the scheduler driven by random event sequences (accepts,
 //! declines, lapses, undeliverable offers, silent workers, late and duplicate
-//! results, failures, cancels, worker loss, re-adverts, new jobs), checked
-//! against a model built only from its inputs and actions.
+//! results, failures, cancels, worker loss, re-adverts, new jobs, spot-check
+//! comparisons, probation and operator changes), with jobs under every
+//! verification policy and some workers cheating (each returns its own wrong
+//! output), checked against a model built only from its inputs and actions.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,7 +17,9 @@ use super::tests::{
 use super::*;
 use crate::codec;
 use crate::identity::NodeKey;
-use crate::wire::TaskOffer;
+use crate::reputation::Outcome;
+use crate::verify::{self, CompareResult, Comparison, MAX_SPOT_LINES};
+use crate::wire::{TaskOffer, VerificationPolicy};
 
 const ADVERT_TTL: u64 = 60_000;
 
@@ -32,6 +36,9 @@ enum Ev {
     WorkerLoss(u8),
     Readvert(u8, u8),
     Submit(u8, u8),
+    Compare(u8, u8),
+    Trust(u8, bool),
+    Operator(u8, u8),
 }
 
 fn ev() -> impl Strategy<Value = Ev> {
@@ -47,7 +54,65 @@ fn ev() -> impl Strategy<Value = Ev> {
         1 => any::<u8>().prop_map(Ev::WorkerLoss),
         2 => (any::<u8>(), any::<u8>()).prop_map(|(i, r)| Ev::Readvert(i, r)),
         1 => (1u8..5, any::<u8>()).prop_map(|(n, d)| Ev::Submit(n, d)),
+        4 => (any::<u8>(), any::<u8>()).prop_map(|(i, k)| Ev::Compare(i, k)),
+        1 => (any::<u8>(), any::<bool>()).prop_map(|(i, t)| Ev::Trust(i, t)),
+        1 => (any::<u8>(), 0u8..3).prop_map(|(i, g)| Ev::Operator(i, g)),
     ]
+}
+
+/// Events that move jobs along (most offers accepted, results and
+/// comparisons returned), so verification reaches its verdicts.
+fn busy_ev() -> impl Strategy<Value = Ev> {
+    prop_oneof![
+        2 => (1u16..3_000).prop_map(Ev::Advance),
+        8 => (any::<u8>(), prop::bool::weighted(0.95)).prop_map(|(i, y)| Ev::Accept(i, y)),
+        8 => any::<u8>().prop_map(Ev::Result),
+        6 => (any::<u8>(), any::<u8>()).prop_map(|(i, k)| Ev::Compare(i, k)),
+        2 => (any::<u8>(), 0u16..=1000).prop_map(|(i, p)| Ev::Progress(i, p)),
+        1 => any::<u8>().prop_map(Ev::LateResult),
+        1 => any::<u8>().prop_map(Ev::Fail),
+        1 => (any::<u8>(), any::<u8>()).prop_map(|(i, r)| Ev::Readvert(i, r)),
+        1 => (any::<u8>(), any::<bool>()).prop_map(|(i, t)| Ev::Trust(i, t)),
+        1 => (any::<u8>(), 0u8..3).prop_map(|(i, g)| Ev::Operator(i, g)),
+    ]
+}
+
+/// A verification policy for a job, from a byte (all kinds, all rates).
+fn policy(b: u8) -> VerificationPolicy {
+    match b % 6 {
+        0 => VerificationPolicy::None,
+        1 => VerificationPolicy::Quorum {
+            sample_permille: 300,
+            k: 2,
+        },
+        2 => VerificationPolicy::Quorum {
+            sample_permille: 1000,
+            k: 2,
+        },
+        3 => VerificationPolicy::Quorum {
+            sample_permille: 1000,
+            k: 3,
+        },
+        4 => VerificationPolicy::SpotCheck {
+            sample_permille: 1000,
+            crop_permille: 250,
+            min_similarity_milli: 900,
+        },
+        _ => VerificationPolicy::SpotCheck {
+            sample_permille: 400,
+            crop_permille: 1000,
+            min_similarity_milli: 900,
+        },
+    }
+}
+
+/// Most attempts of one task a policy may hold at once.
+fn max_lines(p: &VerificationPolicy) -> usize {
+    match p {
+        VerificationPolicy::None => 1,
+        VerificationPolicy::Quorum { k, .. } => verify::quorum_max_lines(*k),
+        VerificationPolicy::SpotCheck { .. } => 1 + MAX_SPOT_LINES,
+    }
 }
 
 /// An attempt a worker holds (offered to it, or accepted by it).
@@ -64,7 +129,19 @@ struct Held {
 struct Model {
     now: u64,
     workers: Vec<(NodeId, u64, u16)>,
+    /// Workers that return wrong outputs (each its own).
+    cheaters: BTreeSet<NodeId>,
     jobs: Vec<(JobId, u32)>,
+    policies: BTreeMap<JobId, VerificationPolicy>,
+    /// Who was offered each attempt.
+    attempt_worker: BTreeMap<(TaskId, u32), NodeId>,
+    /// Comparisons the scheduler asked for: task, reference, check.
+    compares: Vec<(TaskId, u32, u32)>,
+    /// Tasks for which an output was reported unusable (an honest worker may be blamed).
+    unusable: BTreeSet<TaskId>,
+    rejected: BTreeSet<(TaskId, NodeId, u32)>,
+    /// Attempts whose result is a verification vote.
+    voted: BTreeSet<(TaskId, u32)>,
     nonce: u64,
     open: BTreeMap<TaskId, Vec<Held>>,
     history: Vec<(TaskId, NodeId, u32)>,
@@ -89,8 +166,11 @@ fn creator() -> NodeKey {
 }
 
 impl Harness {
-    fn new(seed: u64, n_workers: u8, slots: u16) -> Harness {
-        let mut s = Scheduler::new(NodeId::from_bytes([200; 32]), config());
+    /// `cheaters`: a bit per worker; `probation`: new nodes start on probation.
+    fn with(seed: u64, n_workers: u8, slots: u16, cheaters: u8, probation: bool) -> Harness {
+        let mut cfg = config();
+        cfg.new_nodes_on_probation = probation;
+        let mut s = Scheduler::new(NodeId::from_bytes([200; 32]), cfg);
         let mut m = Model {
             now: T0,
             ..Model::default()
@@ -106,6 +186,9 @@ impl Harness {
             let slots = 1 + (slots + u16::from(i)) % 3;
             s.observe_advert(&builtin_worker(id, 1, slots), T0 + ADVERT_TTL, T0);
             m.workers.push((id, 1, slots));
+            if cheaters & (1 << i) != 0 {
+                m.cheaters.insert(id);
+            }
         }
         Harness {
             s,
@@ -123,6 +206,8 @@ impl Harness {
         let c = creator();
         let (mut spec, _) = builtin_job(&c, self.m.nonce, tasks);
         spec.deadline_ms = self.m.now + 20_000 + u64::from(deadline_s) * 1_000;
+        spec.verification = policy(deadline_s / 7);
+        self.m.policies.insert(spec.id, spec.verification.clone());
         let frame =
             std::sync::Arc::from(crate::signed::Signed::sign(&c, &spec).unwrap().into_bytes());
         let r = self.s.submit(spec.clone(), frame, self.m.now);
@@ -151,6 +236,32 @@ impl Harness {
             reserve_until_ms: h.reserve_until,
             deadline_ms: 0,
         }
+    }
+
+    /// The output hash a worker returns for a task: honest workers agree,
+    /// each cheater returns its own.
+    fn hash_of(&self, task: &TaskId, worker: NodeId) -> [u8; 32] {
+        let mut h = [0u8; 32];
+        h[..4].copy_from_slice(&task.index.to_le_bytes());
+        h[4] = task.job.0[0];
+        if self.m.cheaters.contains(&worker) {
+            h[5] = 0xC0;
+            h[6..].copy_from_slice(&worker.as_bytes()[..26]);
+        }
+        h
+    }
+
+    fn honest(&self, task: &TaskId, attempt: u32) -> Option<bool> {
+        self.m
+            .attempt_worker
+            .get(&(*task, attempt))
+            .map(|w| !self.m.cheaters.contains(w))
+    }
+
+    fn result_for(&self, task: TaskId, h: &Held) -> TaskResult {
+        let mut r = result_of(&self.offer_of(task, h));
+        r.output_hash = self.hash_of(&task, h.worker);
+        r
     }
 
     fn forget(&mut self, task: &TaskId, worker: NodeId, attempt: u32) {
@@ -210,12 +321,17 @@ impl Harness {
                 let running = self.held(true);
                 if !running.is_empty() {
                     let (t, h) = running[i as usize % running.len()];
-                    let r = self.s.handle_result(
-                        &result_of(&self.offer_of(t, &h)),
-                        ResultFrames::default(),
-                        now,
+                    let r =
+                        self.s
+                            .handle_result(&self.result_for(t, &h), ResultFrames::default(), now);
+                    prop_assert!(
+                        matches!(r, Ok(ResultOutcome::Done | ResultOutcome::Voted)),
+                        "{:?}",
+                        r
                     );
-                    prop_assert_eq!(r, Ok(ResultOutcome::Done));
+                    if r == Ok(ResultOutcome::Voted) {
+                        self.forget(&t, h.worker, h.attempt);
+                    }
                 }
             }
             Ev::LateResult(i) => {
@@ -229,11 +345,15 @@ impl Harness {
                     };
                     let was_terminal = self.m.terminal.get(&t).copied().unwrap_or(0) > 0;
                     match self.s.handle_result(
-                        &result_of(&self.offer_of(t, &h)),
+                        &self.result_for(t, &h),
                         ResultFrames::default(),
                         now,
                     ) {
-                        Ok(ResultOutcome::Done) => prop_assert!(!was_terminal),
+                        Ok(ResultOutcome::Done | ResultOutcome::Voted) => {
+                            prop_assert!(!was_terminal);
+                            self.forget(&t, w, a);
+                        }
+                        Ok(ResultOutcome::Duplicate) if self.m.voted.contains(&(t, a)) => {}
                         Ok(_) => prop_assert!(was_terminal || !self.s.jobs().any(|j| *j == t.job)),
                         Err(_) => {}
                     }
@@ -271,6 +391,50 @@ impl Harness {
                 self.s.observe_advert(&a, now + ADVERT_TTL, now);
             }
             Ev::Submit(n, d) => self.submit(u32::from(n), d)?,
+            Ev::Compare(i, kind) => {
+                if !self.m.compares.is_empty() {
+                    let (task, reference, check) =
+                        self.m.compares.remove(i as usize % self.m.compares.len());
+                    // The creator's metric: the same (honest) output matches.
+                    let result = match kind % 16 {
+                        0 => CompareResult::CheckUnusable,
+                        1 => CompareResult::ReferenceUnusable,
+                        _ => {
+                            let same = self.honest(&task, reference) == Some(true)
+                                && self.honest(&task, check) == Some(true);
+                            CompareResult::Similarity(if same { 980 } else { 100 })
+                        }
+                    };
+                    if !matches!(result, CompareResult::Similarity(_)) {
+                        self.m.unusable.insert(task);
+                    }
+                    let c = Comparison {
+                        task,
+                        reference_attempt: reference,
+                        check_attempt: check,
+                        result,
+                    };
+                    let r = self.s.handle_comparison(&creator().node_id(), &c, now);
+                    prop_assert!(
+                        r.is_ok()
+                            || matches!(
+                                r,
+                                Err(ComparisonError::NotPending { .. }
+                                    | ComparisonError::UnknownJob(_))
+                            ),
+                        "{:?}",
+                        r
+                    );
+                }
+            }
+            Ev::Trust(k, on) => {
+                let (id, _, _) = self.m.workers[k as usize % self.m.workers.len()];
+                self.s.set_probation(id, on);
+            }
+            Ev::Operator(k, g) => {
+                let (id, _, _) = self.m.workers[k as usize % self.m.workers.len()];
+                self.s.set_operator(id, u64::from(g));
+            }
         }
         self.pump()
     }
@@ -320,8 +484,17 @@ impl Harness {
 
     fn apply(&mut self, a: &SchedulerAction) -> Result<(), TestCaseError> {
         match a {
-            SchedulerAction::Offer { to, offer, .. } => {
+            SchedulerAction::Offer { to, offer, .. }
+            | SchedulerAction::OfferCrop { to, offer, .. } => {
                 prop_assert_eq!(*to, offer.worker);
+                let limit = self.m.policies.get(&offer.task.job).map_or(1, max_lines);
+                prop_assert!(
+                    self.m
+                        .attempt_worker
+                        .insert((offer.task, offer.attempt), *to)
+                        .is_none(),
+                    "attempt offered twice"
+                );
                 let hs = self.m.open.entry(offer.task).or_default();
                 hs.push(Held {
                     worker: *to,
@@ -329,17 +502,37 @@ impl Harness {
                     accepted: false,
                     reserve_until: offer.reserve_until_ms,
                 });
+                // Verification lines aside, a task is held by one worker;
+                // its lines are always on distinct workers.
                 prop_assert!(
-                    hs.len() <= 1,
-                    "task {:?} held by two workers: {:?}",
+                    hs.len() <= limit,
+                    "task {:?} held by {} workers: {:?}",
                     offer.task,
+                    hs.len(),
                     hs
                 );
+                let mut ws: Vec<NodeId> = hs.iter().map(|h| h.worker).collect();
+                ws.sort();
+                ws.dedup();
+                prop_assert_eq!(ws.len(), hs.len(), "one worker holds two lines of a task");
                 prop_assert_eq!(
                     self.m.terminal.get(&offer.task),
                     None,
                     "offer of an ended task"
                 );
+            }
+            SchedulerAction::Outcome {
+                worker,
+                task,
+                outcome,
+                ..
+            } => {
+                if *outcome == Outcome::Verified {
+                    prop_assert!(!self.m.cheaters.contains(worker), "a cheater verified");
+                }
+                if *outcome == Outcome::Failed && !self.m.unusable.contains(task) {
+                    prop_assert!(self.m.cheaters.contains(worker), "an honest worker blamed");
+                }
             }
             SchedulerAction::CancelTask {
                 worker,
@@ -367,11 +560,26 @@ impl Harness {
                     worker,
                     attempt,
                     ..
+                }
+                | JobEvent::Verified {
+                    task,
+                    worker,
+                    attempt,
                 } => {
                     let t = TaskId {
                         job: *job,
                         index: *task,
                     };
+                    if matches!(event, JobEvent::Verified { .. }) {
+                        prop_assert!(
+                            !self.m.cheaters.contains(worker),
+                            "a cheater's result verified"
+                        );
+                    }
+                    prop_assert!(
+                        !self.m.rejected.contains(&(t, *worker, *attempt)),
+                        "a caught result accepted"
+                    );
                     let n = self.m.terminal.entry(t).or_default();
                     *n += 1;
                     prop_assert_eq!(*n, 1, "task ended twice");
@@ -395,6 +603,47 @@ impl Harness {
                         self.m.open.get(&t).is_none_or(|h| h.is_empty()),
                         "failed task still held"
                     );
+                }
+                JobEvent::Rejected {
+                    task,
+                    worker,
+                    attempt,
+                } => {
+                    let t = TaskId {
+                        job: *job,
+                        index: *task,
+                    };
+                    prop_assert_ne!(
+                        self.m.winners.get(&t),
+                        Some(attempt),
+                        "an accepted result caught"
+                    );
+                    self.m.rejected.insert((t, *worker, *attempt));
+                }
+                JobEvent::Vote { task, attempt, .. } => {
+                    let t = TaskId {
+                        job: *job,
+                        index: *task,
+                    };
+                    prop_assert!(self.m.voted.insert((t, *attempt)), "voted twice");
+                    prop_assert!(
+                        self.m.escrowed.contains(&(t, *attempt)),
+                        "vote without escrow"
+                    );
+                }
+                JobEvent::Compare {
+                    task,
+                    reference_attempt,
+                    check_attempt,
+                    ..
+                } => {
+                    let t = TaskId {
+                        job: *job,
+                        index: *task,
+                    };
+                    self.m
+                        .compares
+                        .push((t, *reference_attempt, *check_attempt));
                 }
                 JobEvent::JobFinished { done, failed } => {
                     prop_assert!(self.m.finished.insert(*job), "finished twice");
@@ -465,14 +714,16 @@ impl Harness {
     }
 }
 
-fn run(
+fn run_with(
     seed: u64,
     workers: u8,
     slots: u16,
+    cheaters: u8,
+    probation: bool,
     jobs: &[(u8, u8)],
     events: &[Ev],
 ) -> Result<Harness, TestCaseError> {
-    let mut h = Harness::new(seed, workers, slots);
+    let mut h = Harness::with(seed, workers, slots, cheaters, probation);
     for (n, d) in jobs {
         h.submit(u32::from(*n), *d)?;
     }
@@ -504,17 +755,38 @@ fn restore(h: &Harness) -> Scheduler {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(96))]
 
-    /// No task is ever held by two workers; every escrow is paid or refunded
-    /// once; every task of a finished job ends exactly once in Done or Failed.
+    /// No task is ever held by two workers (verification lines aside, and
+    /// those on distinct workers); every escrow is paid or refunded once;
+    /// every task of a finished job ends exactly once in Done, Verified or
+    /// Failed; with cheaters about, a caught result is never accepted, a
+    /// verified result is never a cheater's, and only cheaters are blamed.
     #[test]
     fn safety_under_random_events(
         seed in any::<u64>(),
         workers in 1u8..7,
         slots in 0u16..3,
+        cheaters in any::<u8>(),
+        probation in any::<bool>(),
         jobs in prop::collection::vec((1u8..6, any::<u8>()), 1..3),
         events in prop::collection::vec(ev(), 0..120),
     ) {
-        let mut h = run(seed, workers, slots, &jobs, &events)?;
+        let mut h = run_with(seed, workers, slots, cheaters, probation, &jobs, &events)?;
+        h.finish()?;
+    }
+
+    /// The same properties with jobs moving along, so that verdicts are
+    /// reached: honest results verified, cheaters caught.
+    #[test]
+    fn verification_with_cheaters(
+        seed in any::<u64>(),
+        workers in 3u8..8,
+        slots in 0u16..3,
+        cheaters in any::<u8>(),
+        probation in any::<bool>(),
+        jobs in prop::collection::vec((1u8..6, any::<u8>()), 1..4),
+        events in prop::collection::vec(busy_ev(), 0..200),
+    ) {
+        let mut h = run_with(seed, workers, slots, cheaters, probation, &jobs, &events)?;
         h.finish()?;
     }
 
@@ -526,8 +798,8 @@ proptest! {
         jobs in prop::collection::vec((1u8..6, any::<u8>()), 1..3),
         events in prop::collection::vec(ev(), 0..80),
     ) {
-        let a = run(seed, workers, 1, &jobs, &events)?;
-        let b = run(seed, workers, 1, &jobs, &events)?;
+        let a = run_with(seed, workers, 1, 0b0101, true, &jobs, &events)?;
+        let b = run_with(seed, workers, 1, 0b0101, true, &jobs, &events)?;
         prop_assert_eq!(&a.log, &b.log);
         prop_assert_eq!(a.s.snapshot(), b.s.snapshot());
     }
@@ -542,7 +814,7 @@ proptest! {
         split in any::<prop::sample::Index>(),
     ) {
         let k = split.index(events.len() + 1);
-        let mut a = run(seed, workers, 2, &jobs, &events[..k])?;
+        let mut a = run_with(seed, workers, 2, 0b0110, true, &jobs, &events[..k])?;
         let mut b = a.clone();
         b.s = restore(&a);
         prop_assert_eq!(b.s.snapshot(), a.s.snapshot());

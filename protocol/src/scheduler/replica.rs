@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::job::{Job, JobCore, Phase};
+use super::job::{Cmp, Job, JobCore, Phase, TaskState};
 use super::{
     ATTEMPT_GAP, Ctx, JobEvent, JobSnapshot, ReplicaError, Scheduler, SchedulerAction,
     TakeOverError,
@@ -11,7 +11,7 @@ use crate::hrw;
 use crate::identity::NodeId;
 use crate::placement::Need;
 use crate::signed::Signed;
-use crate::wire::{JobId, JobSpec};
+use crate::wire::{JobId, JobSpec, VerificationPolicy};
 
 impl Ctx {
     /// The HRW best live scheduler for the job other than this one and its owner.
@@ -67,39 +67,92 @@ pub(crate) fn validate_core(spec: &JobSpec, core: &JobCore) -> Result<(), String
     if core.next_fresh > n {
         return Err(format!("next_fresh {} > {n} tasks", core.next_fresh));
     }
-    let mut queued = vec![false; n as usize];
-    for i in core.next_fresh..n {
-        queued[i as usize] = true;
-    }
-    for &i in &core.requeued {
-        match queued.get_mut(i as usize) {
-            Some(q) if !*q => *q = true,
-            _ => return Err(format!("queued task {i} out of range or twice")),
+    // Verification lines: ids in range and unique, each of one check.
+    let spot = matches!(spec.verification, VerificationPolicy::SpotCheck { .. });
+    let max_line = u64::from(n) + u64::from(core.next_line);
+    let mut line_of: BTreeMap<u32, u32> = BTreeMap::new();
+    for (t, c) in &core.checks {
+        if *t >= n || matches!(spec.verification, VerificationPolicy::None) {
+            return Err(format!("a check names task {t}"));
+        }
+        if c.lines.len() > 2 * usize::from(crate::verify::MAX_QUORUM_K)
+            || c.votes.len() > c.lines.len() + 1
+        {
+            return Err(format!("check of task {t} has too many lines or votes"));
+        }
+        let crop_ok = match (spot, c.crop) {
+            (true, Some(r)) => r.fits(spec.width, spec.height),
+            (false, None) => true,
+            _ => false,
+        };
+        if !crop_ok {
+            return Err(format!("check of task {t}: crop does not fit the policy"));
+        }
+        for (v, _) in &c.lines {
+            if *v < n || u64::from(*v) >= max_line || line_of.insert(*v, *t).is_some() {
+                return Err(format!("line {v} out of range or twice"));
+            }
+        }
+        let mut voted = std::collections::BTreeSet::new();
+        for vote in &c.votes {
+            let own = vote.line == *t || line_of.get(&vote.line) == Some(t);
+            if !own || vote.worker >= workers || !voted.insert(vote.line) {
+                return Err(format!("check of task {t}: a vote is inconsistent"));
+            }
         }
     }
+    let is_line = |v: u32| v < n || line_of.contains_key(&v);
+    let mut queued = std::collections::BTreeSet::new();
+    for &i in &core.requeued {
+        if !is_line(i) || i >= core.next_fresh && i < n || !queued.insert(i) {
+            return Err(format!("queued task {i} out of range or twice"));
+        }
+    }
+    let in_queue = |i: u32| queued.contains(&i) || (i >= core.next_fresh && i < n);
+    let has_vote = |task: u32, line: u32, t: &TaskState| {
+        core.checks.get(&task).is_some_and(|c| {
+            c.votes
+                .iter()
+                .any(|v| v.line == line && v.worker == t.worker && v.attempt == t.attempt)
+        })
+    };
+    let line_ok = |task: u32, i: u32, t: &TaskState, is_task: bool| -> bool {
+        let live = core.live.contains_key(&i);
+        let q = in_queue(i);
+        let ok = match t.phase {
+            Phase::Queued => !live && q,
+            Phase::Offered | Phase::Assigned => live && !q && t.worker < workers,
+            Phase::Voted => !live && !q && t.worker < workers && has_vote(task, i, t),
+            Phase::Done => is_task && !live && !q && t.worker < workers,
+            Phase::Failed => !live && !q,
+        };
+        ok && t.past.iter().all(|p| p.worker < workers) && t.permille <= 1000
+    };
     let (mut done, mut failed) = (0u32, 0u32);
     for (i, t) in core.tasks.iter().enumerate() {
         let i = i as u32;
-        let live = core.live.contains_key(&i);
-        let in_queue = queued.get(i as usize).copied().unwrap_or(false);
-        let ok = match t.phase {
-            Phase::Queued => !live && in_queue,
-            Phase::Offered | Phase::Assigned => live && !in_queue && t.worker < workers,
-            Phase::Done => {
-                done += 1;
-                !live && !in_queue && t.worker < workers
-            }
-            Phase::Failed => {
-                failed += 1;
-                !live && !in_queue
-            }
-        };
-        if !ok || t.past.iter().any(|p| p.worker >= workers) || t.permille > 1000 {
+        let checked = core.checks.contains_key(&i);
+        match t.phase {
+            Phase::Done => done += 1,
+            Phase::Failed => failed += 1,
+            _ => {}
+        }
+        if !line_ok(i, i, t, true) || (t.is_terminal() && checked) {
             return Err(format!("task {i} is inconsistent ({:?})", t.phase));
         }
     }
-    if core.live.keys().any(|k| *k >= n) {
-        return Err("a live attempt names no task".into());
+    for (task, c) in &core.checks {
+        for (v, t) in &c.lines {
+            if !line_ok(*task, *v, t, false) {
+                return Err(format!(
+                    "line {v} of task {task} is inconsistent ({:?})",
+                    t.phase
+                ));
+            }
+        }
+    }
+    if core.live.keys().any(|k| !is_line(*k)) {
+        return Err("a live attempt names no task or line".into());
     }
     if done != core.done || failed != core.failed {
         return Err(format!(
@@ -121,12 +174,18 @@ pub(crate) fn job_from(spec: JobSpec, frame: std::sync::Arc<[u8]>, core: JobCore
         .enumerate()
         .map(|(i, w)| (*w, i as u32))
         .collect();
+    let line_task = core
+        .checks
+        .iter()
+        .flat_map(|(t, c)| c.lines.iter().map(move |(l, _)| (*l, *t)))
+        .collect();
     Job {
         need: Need::of(&spec),
         spec,
         frame,
         core,
         worker_ref,
+        line_task,
     }
 }
 
@@ -212,6 +271,18 @@ impl Scheduler {
         job.core.dirty = true;
         job.core.replicate_now = job.core.replica.is_some();
         self.ctx.notify(job, JobEvent::TakenOver { by: me });
+        // Comparisons the creator may have answered to the old owner: ask again.
+        let checks: Vec<u32> = job.core.checks.keys().copied().collect();
+        for c in job.core.checks.values_mut() {
+            for v in &mut c.votes {
+                if v.cmp == Cmp::Sent {
+                    v.cmp = Cmp::NotSent;
+                }
+            }
+        }
+        for task in checks {
+            self.ctx.evaluate(job, task, now_ms);
+        }
         self.ctx.mark_ready(job, now_ms);
         self.ctx.rearm_job(job);
     }

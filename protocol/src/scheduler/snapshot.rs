@@ -16,7 +16,7 @@ use crate::signed::Signed;
 use crate::wire::{JobId, JobSpec};
 
 /// Version of [`SchedulerSnapshot`]'s layout.
-pub const SNAPSHOT_VERSION: u8 = 1;
+pub const SNAPSHOT_VERSION: u8 = 2;
 
 /// The whole scheduler state, to resume after a restart (and to checkpoint a
 /// simulation): restoring it and feeding the same inputs gives the same
@@ -48,6 +48,8 @@ pub struct CoreSnapshot {
     pub(crate) buckets: Vec<Vec<u32>>,
     pub(crate) region_names: Vec<String>,
     pub(crate) reputation: Vec<(NodeId, u16)>,
+    pub(crate) probation: Vec<(NodeId, bool)>,
+    pub(crate) operators: Vec<(NodeId, u64)>,
     pub(crate) next_generation: u64,
     pub(crate) place_due: Option<u64>,
     pub(crate) cursor: Option<JobId>,
@@ -81,6 +83,8 @@ pub enum TaskStatus {
     Offered,
     /// Accepted, no progress yet.
     Assigned,
+    /// A result is in; the task waits for its verification verdict.
+    Verifying,
     /// Running.
     Running {
         /// Done so far, per mille.
@@ -139,6 +143,10 @@ pub struct JobView {
     pub offered: u32,
     /// Tasks assigned or running.
     pub running: u32,
+    /// Tasks with a result waiting for a verification verdict.
+    pub verifying: u32,
+    /// Tasks under verification (sampled, not yet decided).
+    pub checks: u32,
     /// Tasks done.
     pub done: u32,
     /// Tasks failed.
@@ -156,7 +164,7 @@ impl Scheduler {
     pub fn job_view(&self, id: &JobId) -> Option<JobView> {
         let job = self.jobs.get(id)?;
         let mut tasks = Vec::with_capacity(job.core.tasks.len());
-        let (mut queued, mut offered, mut running) = (0, 0, 0);
+        let (mut queued, mut offered, mut running, mut verifying) = (0, 0, 0, 0);
         for (i, t) in job.core.tasks.iter().enumerate() {
             let i = i as u32;
             let live = job.core.live.get(&i);
@@ -179,12 +187,19 @@ impl Scheduler {
                         TaskStatus::Assigned
                     }
                 }
+                Phase::Voted => {
+                    verifying += 1;
+                    TaskStatus::Verifying
+                }
                 Phase::Done => TaskStatus::Done,
                 Phase::Failed => TaskStatus::Failed {
                     reason: t.failure.clone().unwrap_or(FailReason::Cancelled),
                 },
             };
-            let has_worker = matches!(t.phase, Phase::Offered | Phase::Assigned | Phase::Done);
+            let has_worker = matches!(
+                t.phase,
+                Phase::Offered | Phase::Assigned | Phase::Voted | Phase::Done
+            );
             tasks.push(TaskView {
                 index: i,
                 status,
@@ -197,7 +212,7 @@ impl Scheduler {
                 failures: t.failures,
             });
         }
-        let reason = if queued > 0 {
+        let reason = if job.queued_len() > 0 {
             job.core.queued_reason.clone()
         } else {
             None
@@ -220,6 +235,8 @@ impl Scheduler {
             queued,
             offered,
             running,
+            verifying,
+            checks: job.core.checks.len() as u32,
             done: job.core.done,
             failed: job.core.failed,
             why_queued: reason.as_ref().map(ToString::to_string),
@@ -240,6 +257,8 @@ impl Scheduler {
                 buckets: v.buckets.clone(),
                 region_names: v.region_names.clone(),
                 reputation: v.reputation.iter().map(|(k, r)| (*k, *r)).collect(),
+                probation: v.probation.iter().map(|(k, p)| (*k, *p)).collect(),
+                operators: v.operators.iter().map(|(k, g)| (*k, *g)).collect(),
                 next_generation: v.next_generation,
                 place_due: self.ctx.place_due,
                 cursor: self.ctx.cursor,
@@ -307,6 +326,8 @@ impl Scheduler {
             .collect();
         view.region_names = c.region_names;
         view.reputation = c.reputation.into_iter().collect();
+        view.probation = c.probation.into_iter().collect();
+        view.operators = c.operators.into_iter().collect();
         view.next_generation = c.next_generation;
         if !view.rebuild() {
             return Err(invalid("capacity index disagrees with its nodes"));
@@ -332,6 +353,7 @@ impl Scheduler {
                 replicas: 0,
                 actions: VecDeque::new(),
                 stats: c.stats,
+                held: BTreeMap::new(),
             },
             jobs: BTreeMap::new(),
         };
@@ -355,6 +377,11 @@ impl Scheduler {
                         .insert((l.timer_at, TimerRef::Task(id, *index)));
                 }
                 s.ctx.in_flight += job.core.live.len();
+                for index in job.core.live.keys() {
+                    if let Some(w) = job.task(*index).and_then(|t| job.worker_id(t.worker)) {
+                        *s.ctx.held.entry(w).or_default() += 1;
+                    }
+                }
                 if !job.is_finished() && job.core.blocked_until_ms.is_none() && job.queued_len() > 0
                 {
                     s.ctx.ready.insert(id);
@@ -375,6 +402,7 @@ impl Scheduler {
         self.ctx.view.check()?;
         let mut in_flight = 0;
         let mut outstanding: BTreeMap<(NodeId, u64), u16> = BTreeMap::new();
+        let mut held: BTreeMap<NodeId, u32> = BTreeMap::new();
         for (id, job) in &self.jobs {
             validate_core(&job.spec, &job.core)?;
             let owner = job.core.owner == self.ctx.me;
@@ -395,6 +423,9 @@ impl Scheduler {
                     {
                         return Err(format!("task {index} has no timer"));
                     }
+                    if let Some(w) = job.task(*index).and_then(|t| job.worker_id(t.worker)) {
+                        *held.entry(w).or_default() += 1;
+                    }
                     if let super::view::Hold::Offer { inc } = l.hold
                         && let Some(w) = job.task(*index).and_then(|t| job.worker_id(t.worker))
                     {
@@ -407,6 +438,9 @@ impl Scheduler {
             {
                 return Err(format!("job {id:?} timer missing"));
             }
+        }
+        if held != self.ctx.held {
+            return Err(format!("held {:?} counted, {held:?} found", self.ctx.held));
         }
         if in_flight != self.ctx.in_flight {
             return Err(format!(

@@ -117,6 +117,9 @@ pub(super) fn config() -> SchedulerConfig {
         reserve_ms: 2_000,
         retry_ms: 1_000,
         replicate_interval_ms: 1_000,
+        // The tests of placement and tracking run without probation;
+        // `verify_tests` turn it on.
+        new_nodes_on_probation: false,
         ..SchedulerConfig::default()
     }
 }

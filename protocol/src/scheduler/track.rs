@@ -6,6 +6,7 @@ use super::{
     AttemptEnd, CloseReason, Ctx, FailReason, JobEvent, ResultFrames, SchedulerAction, TimerRef,
 };
 use crate::identity::NodeId;
+use crate::reputation::Outcome;
 
 /// The attempt that just stopped being current.
 pub(crate) struct Ended {
@@ -104,6 +105,7 @@ impl Ctx {
         };
         if let Some(w) = job.worker_id(ended.worker) {
             self.view.release(&w, ended.live.hold);
+            self.release_held(&w);
         }
         self.in_flight = self.in_flight.saturating_sub(1);
         if !self.ready.is_empty() {
@@ -112,7 +114,7 @@ impl Ctx {
         Some(ended)
     }
 
-    fn cancel_action(&mut self, job: &Job, index: u32, ended: &Ended) {
+    pub(crate) fn cancel_action(&mut self, job: &Job, index: u32, ended: &Ended) {
         if let Some(worker) = job.worker_id(ended.worker) {
             self.actions.push_back(SchedulerAction::CancelTask {
                 worker,
@@ -166,14 +168,16 @@ impl Ctx {
             worker,
             price,
         });
-        self.notify(
-            job,
-            JobEvent::Assigned {
-                task: index,
-                worker,
-                attempt,
-            },
-        );
+        if !job.is_line(index) {
+            self.notify(
+                job,
+                JobEvent::Assigned {
+                    task: index,
+                    worker,
+                    attempt,
+                },
+            );
+        }
         self.mark_dirty(job);
     }
 
@@ -207,7 +211,7 @@ impl Ctx {
             t.permille = permille;
         }
         self.set_task_timer(job, index, at);
-        if tell {
+        if tell && !job.is_line(index) {
             self.notify(
                 job,
                 JobEvent::Progress {
@@ -235,6 +239,14 @@ impl Ctx {
             self.cancel_action(job, index, &ended);
             self.stats.lost += 1;
         }
+        if let Some(worker) = job.worker_id(ended.worker) {
+            self.actions.push_back(SchedulerAction::Outcome {
+                worker,
+                task: job.task_id(index),
+                attempt: ended.attempt,
+                outcome: Outcome::Lost,
+            });
+        }
         let max = self.config.max_attempts.max(1);
         let Some(task) = job.task_mut(index) else {
             return;
@@ -246,7 +258,9 @@ impl Ctx {
         });
         task.failures = task.failures.saturating_add(1);
         let failures = task.failures;
-        if failures >= max {
+        if failures >= max && job.is_line(index) {
+            self.fail_line(job, index, now_ms);
+        } else if failures >= max {
             self.fail_task(
                 job,
                 index,
@@ -262,8 +276,8 @@ impl Ctx {
         }
     }
 
-    /// Refunds every escrowed attempt of the task that did not win.
-    fn close_past(&mut self, job: &mut Job, index: u32) {
+    /// Refunds every escrowed attempt of line `index` that did not win.
+    pub(crate) fn close_past(&mut self, job: &mut Job, index: u32) {
         let Some(task) = job.task_mut(index) else {
             return;
         };
@@ -363,6 +377,7 @@ impl Ctx {
             }
         }
         self.close_past(job, index);
+        self.close_check(job, index, None, &[], close, now_ms);
         let Some(t) = job.task_mut(index) else {
             return;
         };
@@ -403,7 +418,7 @@ impl Ctx {
         }
     }
 
-    fn check_finished(&mut self, job: &mut Job, now_ms: u64) {
+    pub(crate) fn check_finished(&mut self, job: &mut Job, now_ms: u64) {
         if job.core.finished_at_ms.is_none() && job.core.done + job.core.failed >= job.n_tasks() {
             job.core.finished_at_ms = Some(now_ms);
             job.core.blocked_until_ms = None;
@@ -508,6 +523,11 @@ impl Ctx {
         self.tasks_held = self.tasks_held.saturating_sub(u64::from(job.n_tasks()));
         if job.core.owner == self.me {
             self.owned = self.owned.saturating_sub(1);
+            for index in job.core.live.keys() {
+                if let Some(w) = job.task(*index).and_then(|t| job.worker_id(t.worker)) {
+                    self.release_held(&w);
+                }
+            }
             self.in_flight = self.in_flight.saturating_sub(job.core.live.len());
         } else {
             self.replicas = self.replicas.saturating_sub(1);
@@ -540,5 +560,8 @@ impl Ctx {
         live.timer_at = at;
         self.timers.insert((at, TimerRef::Task(job.spec.id, index)));
         self.in_flight += 1;
+        if let Some(w) = worker {
+            *self.held.entry(w).or_default() += 1;
+        }
     }
 }

@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::identity::NodeId;
 use crate::placement::{ScoreWeights, Unmet, runtime_name, vendor_name};
+use crate::reputation::Outcome;
 use crate::signed::SignedError;
+use crate::task::Rect;
 use crate::wire::{GpuVendor, JobId, RuntimeKind, TaskId, TaskOffer, ValidationError};
 
 /// Settings of a [`Scheduler`](super::Scheduler). Every bound here is a hard limit.
@@ -49,6 +51,16 @@ pub struct SchedulerConfig {
     pub progress_step_permille: u16,
     /// Score weights.
     pub weights: ScoreWeights,
+    /// Whether a node the driver never called `set_probation` for is on
+    /// probation (new identities start there).
+    pub new_nodes_on_probation: bool,
+    /// Most attempts (offered or accepted) a probationer holds from this
+    /// scheduler at once.
+    pub probation_max_tasks: u16,
+    /// Most tasks of one job under verification at once; beyond it, drawn
+    /// samples are skipped (counted in `check_bound`) and probationers get
+    /// no task of the job.
+    pub max_open_checks: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -72,6 +84,9 @@ impl Default for SchedulerConfig {
             finished_retention_ms: 600_000,
             progress_step_permille: 100,
             weights: ScoreWeights::default(),
+            new_nodes_on_probation: true,
+            probation_max_tasks: 1,
+            max_open_checks: 4096,
         }
     }
 }
@@ -144,6 +159,55 @@ pub enum JobEvent {
         /// The new owner.
         by: NodeId,
     },
+    /// A result of a task under verification: keep it, do not accept it
+    /// until a `Verified` names it (`CreatorJob::vote`).
+    Vote {
+        /// Task index.
+        task: u32,
+        /// Worker.
+        worker: NodeId,
+        /// Attempt.
+        attempt: u32,
+        /// The signed frames the creator checks.
+        frames: ResultFrames,
+    },
+    /// Spot-check: compare the crop rendered by `check_attempt` with the same
+    /// pixels of `reference_attempt`'s output (the primary's whole output, or
+    /// another check's crop) and answer with a
+    /// [`Comparison`](crate::verify::Comparison) (`CreatorJob::compare`).
+    Compare {
+        /// Task index.
+        task: u32,
+        /// The crop, frame coordinates (inside the task's region).
+        crop: Rect,
+        /// The attempt compared against.
+        reference_attempt: u32,
+        /// The attempt that rendered the crop.
+        check_attempt: u32,
+        /// The reference is another check's crop (compare whole images), not
+        /// the primary's output (crop it first).
+        cross: bool,
+    },
+    /// Verification caught this result: never countersign it.
+    Rejected {
+        /// Task index.
+        task: u32,
+        /// Worker.
+        worker: NodeId,
+        /// Attempt.
+        attempt: u32,
+    },
+    /// The verdict of a task under verification: this result is the task's
+    /// (the creator re-checks it with `CreatorJob::verified`, then fetches and
+    /// countersigns it). Ends the task like `Done`.
+    Verified {
+        /// Task index.
+        task: u32,
+        /// Worker.
+        worker: NodeId,
+        /// Attempt.
+        attempt: u32,
+    },
 }
 
 /// Why a job's tasks wait in the queue.
@@ -192,6 +256,15 @@ pub enum QueuedReason {
         /// The limit.
         max: u32,
     },
+    /// Verification needs another worker, and every free worker checked
+    /// already works on the task.
+    #[error(
+        "verification needs another worker: the {checked} free workers checked already work on this task"
+    )]
+    NoVerifier {
+        /// Workers checked.
+        checked: u32,
+    },
 }
 
 impl QueuedReason {
@@ -213,6 +286,8 @@ pub enum AttemptEnd {
         /// What it said (at most 256 bytes).
         reason: String,
     },
+    /// Verification caught the worker's result.
+    Caught,
 }
 
 impl fmt::Display for AttemptEnd {
@@ -221,6 +296,7 @@ impl fmt::Display for AttemptEnd {
             AttemptEnd::Silent => f.write_str("the worker went silent"),
             AttemptEnd::PastDeadline => f.write_str("the worker ran past the task deadline"),
             AttemptEnd::Reported { reason } => write!(f, "the worker reported: {reason}"),
+            AttemptEnd::Caught => f.write_str("verification caught a wrong result"),
         }
     }
 }
@@ -246,6 +322,14 @@ pub enum FailReason {
     /// The task ran out of attempt numbers.
     #[error("no attempt numbers left")]
     AttemptNumbers,
+    /// Verification reached no verdict within its bound of lines.
+    #[error(
+        "verification reached no verdict over {results} results; the job may not be deterministic"
+    )]
+    Unverified {
+        /// Usable results received.
+        results: u8,
+    },
 }
 
 /// Why an escrowed (accepted) attempt is closed without payment: the driver
@@ -266,11 +350,17 @@ pub enum CloseReason {
     JobDeadline,
     /// The task failed for good while this attempt ran.
     TaskFailed,
+    /// A verification result that agreed (or was not needed): the ledger
+    /// settles one receipt per task, so only the winner is paid.
+    Checked,
+    /// Verification caught this attempt's result: never paid.
+    Caught,
 }
 
 impl CloseReason {
     /// The outcome a refund (`TaskClosed`) states for this reason: lost
-    /// attempts lapsed, cancelled ones were cancelled, everything else failed.
+    /// attempts lapsed, cancelled ones were cancelled, everything else
+    /// (verification losers and catches included) failed.
     pub fn outcome(self) -> crate::wire::CloseOutcome {
         use crate::wire::CloseOutcome;
         match self {
@@ -278,9 +368,11 @@ impl CloseReason {
                 CloseOutcome::Lapsed
             }
             CloseReason::Cancelled => CloseOutcome::Cancelled,
-            CloseReason::Reported | CloseReason::Superseded | CloseReason::TaskFailed => {
-                CloseOutcome::Failed
-            }
+            CloseReason::Reported
+            | CloseReason::Superseded
+            | CloseReason::TaskFailed
+            | CloseReason::Checked
+            | CloseReason::Caught => CloseOutcome::Failed,
         }
     }
 }
@@ -392,6 +484,31 @@ pub enum SchedulerAction {
         /// The state.
         snapshot: Box<JobSnapshot>,
     },
+    /// Like `Offer`, for a spot-check line: the worker renders only `crop`
+    /// (frame coordinates) of the task (`RpcRequest::CropOffer`).
+    OfferCrop {
+        /// The worker.
+        to: NodeId,
+        /// The offer (unsigned).
+        offer: TaskOffer,
+        /// The crop to render.
+        crop: Rect,
+        /// The creator's `Signed<JobSpec>` frame.
+        spec_frame: Arc<[u8]>,
+    },
+    /// A verification (or loss) outcome for `worker`: feed it to the
+    /// node's `ReputationBook::observe`, then the book's standing back with
+    /// `set_reputation` / `set_probation`.
+    Outcome {
+        /// The worker.
+        worker: NodeId,
+        /// The task.
+        task: TaskId,
+        /// The attempt.
+        attempt: u32,
+        /// What happened.
+        outcome: Outcome,
+    },
 }
 
 /// Counters, for metrics and tests.
@@ -431,6 +548,18 @@ pub struct SchedulerStats {
     pub takeovers: u64,
     /// Nodes ignored because the view was full.
     pub view_full: u64,
+    /// Tasks put under verification (drawn, probation or re-run).
+    pub sampled: u64,
+    /// Tasks whose verification passed.
+    pub verified: u64,
+    /// Results caught by verification.
+    pub caught: u64,
+    /// Tasks verification could not decide (failed).
+    pub unresolved: u64,
+    /// Samples skipped because the job had `max_open_checks` open.
+    pub check_bound: u64,
+    /// Spot-check comparisons received.
+    pub comparisons: u64,
 }
 
 /// What a submit did.
@@ -573,6 +702,8 @@ pub enum ResultOutcome {
     Duplicate,
     /// The task already failed for good: dropped (counted).
     TooLate,
+    /// The task is under verification: the result is a vote, the verdict follows.
+    Voted,
 }
 
 /// Why a result was refused.
@@ -731,6 +862,44 @@ pub enum FailureError {
         attempt: u32,
         /// The worker.
         worker: NodeId,
+    },
+}
+
+/// Why a spot-check comparison was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ComparisonError {
+    /// No such job here.
+    #[error("unknown job {0}")]
+    UnknownJob(JobId),
+    /// Another scheduler owns the job.
+    #[error("job {job} is owned by {owner}, not this scheduler")]
+    NotOwner {
+        /// The job.
+        job: JobId,
+        /// Its owner.
+        owner: NodeId,
+    },
+    /// Only the creator compares.
+    #[error("only the job's creator {creator} compares its outputs, not {by}")]
+    NotCreator {
+        /// The creator.
+        creator: NodeId,
+        /// Who sent it.
+        by: NodeId,
+    },
+    /// No comparison of these attempts is pending (already answered, or the
+    /// task moved on).
+    #[error(
+        "no comparison of task {index} attempts {reference_attempt} and {check_attempt} is pending"
+    )]
+    NotPending {
+        /// The task.
+        index: u32,
+        /// The reference attempt.
+        reference_attempt: u32,
+        /// The check's attempt.
+        check_attempt: u32,
     },
 }
 

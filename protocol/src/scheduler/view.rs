@@ -129,6 +129,10 @@ pub(crate) struct View {
     pub(crate) regions: BTreeMap<String, u32>,
     pub(crate) region_names: Vec<String>,
     pub(crate) reputation: BTreeMap<NodeId, u16>,
+    /// Probation as the driver set it (absent: the config's default).
+    pub(crate) probation: BTreeMap<NodeId, bool>,
+    /// Operator groups as the driver set them (absent or 0: unknown).
+    pub(crate) operators: BTreeMap<NodeId, u64>,
     pub(crate) next_generation: u64,
 }
 
@@ -458,6 +462,16 @@ impl View {
             }
             self.sync(slot);
         }
+    }
+
+    /// Whether `id` is on probation (`default` when never set).
+    pub(crate) fn on_probation(&self, id: &NodeId, default: bool) -> bool {
+        self.probation.get(id).copied().unwrap_or(default)
+    }
+
+    /// The operator group of `id` (0: unknown).
+    pub(crate) fn operator_of(&self, id: &NodeId) -> u64 {
+        self.operators.get(id).copied().unwrap_or(0)
     }
 
     pub(crate) fn set_reputation(&mut self, id: NodeId, permille: u16) {
