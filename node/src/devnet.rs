@@ -216,7 +216,11 @@ pub fn start_node(dir: &Path, i: usize, bootstrap: &str, extra: &[String]) -> Re
     let data_dir = dir.join(&name);
     std::fs::create_dir_all(&data_dir)?;
     let _ = std::fs::remove_file(data_dir.join("api.url"));
-    let log = std::fs::File::create(data_dir.join("node.log"))?;
+    // Appended to, so a restarted node's log follows its previous run's.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data_dir.join("node.log"))?;
     let child = Command::new(bin)
         .args(["node", "start", "--data-dir"])
         .arg(&data_dir)

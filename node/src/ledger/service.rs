@@ -1186,3 +1186,103 @@ fn short(r: &RollupResponse) -> String {
         other => format!("{:?}", std::mem::discriminant(other)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_clipped_on_a_character_boundary() {
+        let long = "é".repeat(MAX_REASON);
+        let c = clip(long);
+        assert!(c.len() <= MAX_REASON && c.chars().all(|ch| ch == 'é'));
+        assert_eq!(clip("short".into()), "short");
+        let RollupResponse::Refused { reason } = refused("x".repeat(10_000)) else {
+            panic!("not refused");
+        };
+        assert_eq!(reason.len(), MAX_REASON);
+        // So the answer always encodes.
+        assert!(refused("y".repeat(10_000)).encode().is_ok());
+    }
+
+    #[test]
+    fn unmatched_receipts_are_explained() {
+        let w = NodeId::from_bytes([5; 32]);
+        let text = describe_unmatched(&Unmatched::NeverAssigned { escrowed_worker: w });
+        assert!(text.contains("never assigned") && text.contains(&w.to_string()));
+        assert!(
+            describe_unmatched(&Unmatched::PriceMismatch {
+                offer: 10,
+                receipt: 99
+            })
+            .contains("99")
+        );
+        assert!(describe_unmatched(&Unmatched::NoEscrow).contains("no escrow"));
+    }
+
+    /// The anchoring step on the journal: each epoch's header links to the
+    /// journal's head (not to the gossiped chain), a repeat after a restart
+    /// is recognised, and another root for an anchored epoch is refused.
+    #[tokio::test]
+    async fn anchoring_links_the_journal_and_is_idempotent() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path()).unwrap();
+        let backend = Backend::open(&AnchorConfig::default(), &store)
+            .await
+            .unwrap();
+        let key = NodeKey::from_secret_bytes(&[9; 32]);
+        let job = |epoch, root| AnchorJob {
+            epoch,
+            root,
+            count: 3,
+            closed_at_ms: 1_780_000_000_000,
+        };
+        let first = anchor_once(&backend, &key, job(5, [5; 32])).await.unwrap();
+        assert!(!first.already_anchored);
+        let again = anchor_once(&backend, &key, job(5, [5; 32])).await.unwrap();
+        assert!(again.already_anchored);
+        assert_eq!(again.reference, first.reference);
+        let e = anchor_once(&backend, &key, job(5, [6; 32]))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, AnchorError::Conflict { epoch: 5, .. }), "{e}");
+        assert!(permanent(&e));
+        // Epochs 5 and 9 (skipping those another ledger anchored) chain.
+        anchor_once(&backend, &key, job(9, [9; 32])).await.unwrap();
+        let Backend::Journal(j) = &backend else {
+            panic!("not the journal")
+        };
+        let chain = j.verify_chain(&key.node_id()).await.unwrap();
+        assert_eq!((chain.len, chain.head_epoch), (2, Some(9)));
+        // An earlier epoch after a later one cannot be appended.
+        let e = anchor_once(&backend, &key, job(7, [7; 32]))
+            .await
+            .unwrap_err();
+        assert!(permanent(&e), "{e}");
+        let who = Anchorer::Ledger(key.node_id());
+        let r = backend.anchored_root(&who, 9).await.unwrap().unwrap();
+        assert_eq!((r.root, r.count), ([9; 32], 3));
+    }
+
+    #[test]
+    fn only_transient_anchor_failures_are_retried() {
+        assert!(permanent(&AnchorError::ZeroRoot { epoch: 1 }));
+        assert!(permanent(&AnchorError::Tampered {
+            epoch: 1,
+            reason: String::new()
+        }));
+        assert!(permanent(&AnchorError::EpochNotIncreasing {
+            ledger: NodeId::from_bytes([1; 32]),
+            epoch: 1,
+            head_epoch: 2
+        }));
+        assert!(!permanent(&AnchorError::Rpc {
+            action: "sending",
+            message: "connection refused".into()
+        }));
+        assert!(!permanent(&AnchorError::Journal {
+            action: "store",
+            message: "io".into()
+        }));
+    }
+}

@@ -389,3 +389,135 @@ pub struct MintView {
     /// What this node's own ledger did with it (ledger peers only).
     pub local: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rendertrust_protocol::ledger::testkit::{Kit, T0};
+    use rendertrust_protocol::merkle::MerkleTree;
+    use rendertrust_protocol::signed::Signed;
+    use rendertrust_protocol::wire::RollupHeader;
+
+    #[test]
+    fn receipt_view_shows_the_receipt_and_its_state() {
+        let kit = Kit::new(1);
+        let settle = kit
+            .sample_events()
+            .into_iter()
+            .find(|e| matches!(e, LedgerEvent::Settle { .. }))
+            .unwrap();
+        let LedgerEvent::Settle { receipt, .. } = &settle else {
+            unreachable!()
+        };
+        let r = receipt.verify().unwrap();
+        let id = settle.id();
+        let v = ReceiptView::new(
+            &id,
+            "L".into(),
+            &ReceiptInfo {
+                state: ReceiptState::Unpaid {
+                    reason: "never assigned".into(),
+                },
+                epoch: Some(7),
+                epoch_final: true,
+                late: false,
+                settle: Some(settle.clone()),
+            },
+        );
+        assert_eq!(
+            (v.status.as_str(), v.reason.as_deref()),
+            ("unpaid", Some("never assigned"))
+        );
+        assert_eq!(v.id, id.to_string());
+        let b = v.receipt.unwrap();
+        assert_eq!(b.worker, r.worker.to_string());
+        assert_eq!(
+            (b.task, b.cpu_ms, b.price),
+            (r.task.index, r.usage.cpu_ms, r.price)
+        );
+        assert_eq!(b.output_hash, hex::encode(r.output_hash));
+
+        for (state, name) in [
+            (ReceiptState::Unknown, "unknown"),
+            (ReceiptState::Settled, "settled"),
+            (ReceiptState::Outranked, "outranked"),
+            (ReceiptState::Waiting, "waiting"),
+        ] {
+            let v = ReceiptView::new(
+                &id,
+                "L".into(),
+                &ReceiptInfo {
+                    state,
+                    epoch: None,
+                    epoch_final: false,
+                    late: false,
+                    settle: None,
+                },
+            );
+            assert_eq!(v.status, name);
+            assert!(v.receipt.is_none() && v.reason.is_none());
+        }
+    }
+
+    #[test]
+    fn proof_view_names_what_to_check_against() {
+        let kit = Kit::new(2);
+        let ledger = &kit.ledgers[0];
+        let leaves: Vec<[u8; 32]> = (1u8..=5).map(|i| [i; 32]).collect();
+        let tree = MerkleTree::from_sorted_unique(leaves).unwrap();
+        let header = Signed::sign(
+            ledger,
+            &RollupHeader {
+                epoch: 42,
+                root: tree.root(),
+                count: 5,
+                ledger: ledger.node_id(),
+                prev: [0; 32],
+                closed_at_ms: T0,
+            },
+        )
+        .unwrap();
+        let id = MessageId([3; 32]);
+        let mut info = ProofInfo {
+            header: header.clone(),
+            proof: tree.proof(2).unwrap(),
+            anchorer: Some(ledger.node_id()),
+            anchor: Some(AnchorPlace::Journal),
+        };
+        let v = ProofView::new(&id, "me".into(), &info).unwrap();
+        assert_eq!((v.epoch, v.count, v.leaf_index, v.tree_size), (42, 5, 2, 5));
+        assert_eq!(v.root, hex::encode(tree.root()));
+        assert_eq!(
+            v.anchorer.as_deref(),
+            Some(ledger.node_id().to_string().as_str())
+        );
+        assert_eq!(v.anchor.unwrap().backend, "journal");
+
+        info.anchor = Some(AnchorPlace::Evm {
+            chain_id: 31337,
+            contract: [0xab; 20],
+            account: [0xcd; 20],
+        });
+        let v = ProofView::new(&id, "me".into(), &info).unwrap();
+        let account = format!("0x{}", "cd".repeat(20));
+        assert_eq!(v.anchorer.as_deref(), Some(account.as_str()));
+        assert_eq!(
+            v.anchorer_ledger.as_deref(),
+            Some(ledger.node_id().to_string().as_str())
+        );
+        let a = v.anchor.unwrap();
+        assert_eq!((a.backend.as_str(), a.chain_id), ("evm", Some(31337)));
+
+        // Not anchored (yet): nothing to check against but the ledger's name.
+        info.anchor = None;
+        info.anchorer = None;
+        let v = ProofView::new(&id, "me".into(), &info).unwrap();
+        assert!(v.anchorer.is_none() && v.anchor.is_none() && v.anchorer_ledger.is_none());
+
+        // A header whose signature fails gives no view.
+        let mut bytes = header.into_bytes();
+        bytes[40] ^= 1;
+        info.header = Signed::from_bytes(bytes).unwrap();
+        assert!(ProofView::new(&id, "me".into(), &info).is_none());
+    }
+}
