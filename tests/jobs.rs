@@ -1,5 +1,5 @@
 //! Jobs end to end, as real processes on loopback (a bootstrap peer and six
-//! nodes: nodes 0 and 1 schedulers, node 2 a ledger, all workers; jobs are
+//! nodes: nodes 0 and 1 schedulers, nodes 1 and 2 ledgers, all workers; jobs are
 //! submitted from node 5, which is neither):
 //!
 //! * a 24-frame builtin job completes, and every fetched frame is

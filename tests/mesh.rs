@@ -55,7 +55,7 @@ async fn twenty_nodes_see_each_other_find_roles_and_forget_the_dead() {
         .await;
     }
 
-    // Roles: nodes 0 and 1 are the schedulers (devnet plan), node 2 the ledger.
+    // Roles: nodes 0 and 1 are the schedulers (devnet plan).
     let schedulers: BTreeSet<String> = [ids[0].clone(), ids[1].clone()].into_iter().collect();
     for asker in [5usize, 19] {
         let api = mesh.api(asker).clone();
@@ -83,8 +83,31 @@ async fn twenty_nodes_see_each_other_find_roles_and_forget_the_dead() {
         )
         .await;
     }
-    let r: RoleProviders = mesh.api(7).get("/v1/roles/ledger").await.unwrap();
-    assert_eq!(r.providers, vec![ids[2].clone()]);
+    // Ledger peers: nodes 1 and 2 (devnet plan).
+    let ledgers: BTreeSet<String> = [ids[1].clone(), ids[2].clone()].into_iter().collect();
+    let api = mesh.api(7).clone();
+    eventually(
+        "node 7 to find exactly the ledger peers",
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        || {
+            let api = api.clone();
+            let want = ledgers.clone();
+            async move {
+                let r: RoleProviders = api
+                    .get("/v1/roles/ledger")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let got: BTreeSet<String> = r.providers.into_iter().collect();
+                if got == want {
+                    Ok(())
+                } else {
+                    Err(format!("found {got:?}"))
+                }
+            }
+        },
+    )
+    .await;
 
     // SIGKILL node 4: it leaves every table once its entry expires.
     let victim = 4;

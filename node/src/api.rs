@@ -14,6 +14,7 @@
 //! | `GET /v1/capacity` | the node's capacity table (live entries) and its counters |
 //! | `GET /v1/roles/{role}` | providers of a role found in Kademlia |
 //! | `/v1/jobs…` | jobs: see [`crate::jobs::api`] |
+//! | `/v1/ledger…`, `/v1/receipts…` | credits, epochs, receipts and proofs: see [`crate::ledger::api`] |
 //!
 //! The API only reads the node's state through [`NetHandle`]; it holds no
 //! protocol rule.
@@ -49,6 +50,10 @@ pub struct ApiState {
     pub data_dir: Arc<str>,
     /// The job service.
     pub jobs: JobsHandle,
+    /// The ledger service, on ledger peers.
+    pub ledger: Option<crate::ledger::LedgerHandle>,
+    /// This node's id.
+    pub node: rendertrust_protocol::identity::NodeId,
 }
 
 /// An API error as JSON: `{"error": "..."}` with an HTTP status.
@@ -352,11 +357,14 @@ pub fn openapi_document() -> serde_json::Value {
                 "responses": { "200": { "description": "OpenAPI document" } } } }
         }
     });
-    if let (Some(paths), serde_json::Value::Object(more)) = (
-        doc["paths"].as_object_mut(),
+    for more in [
         crate::jobs::api::openapi_paths(),
-    ) {
-        paths.extend(more);
+        crate::ledger::api::openapi_paths(),
+    ] {
+        if let (Some(paths), serde_json::Value::Object(more)) = (doc["paths"].as_object_mut(), more)
+        {
+            paths.extend(more);
+        }
     }
     doc
 }
@@ -395,6 +403,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/capacity", get(capacity))
         .route("/v1/roles/{role}", get(roles))
         .merge(crate::jobs::api::routes())
+        .merge(crate::ledger::api::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/v1/openapi.json", get(openapi))
@@ -438,12 +447,24 @@ mod tests {
             "/v1/jobs/{id}/events",
             "/v1/jobs/{id}/results",
             "/v1/jobs/{id}/results/{task}",
+            "/v1/ledger/balances/{node}",
+            "/v1/ledger/leaderboard",
+            "/v1/ledger/epochs",
+            "/v1/ledger/status",
+            "/v1/ledger/chain/{ledger}",
+            "/v1/receipts/{id}",
+            "/v1/receipts/{id}/proof",
         ] {
             assert!(
                 doc["paths"][p]["get"].is_object(),
                 "{p} missing from OpenAPI"
             );
         }
+    }
+
+    #[test]
+    fn openapi_lists_the_mint_route() {
+        assert!(openapi_document()["paths"]["/v1/ledger/mint"]["post"].is_object());
     }
 
     #[test]

@@ -4,11 +4,13 @@
 //! environment (`RENDERTRUST_<FIELD>`, lists comma-separated), the TOML file,
 //! the defaults below. `node/rendertrust.toml` documents every field.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
+use rendertrust_protocol::identity::NodeId;
 use rendertrust_protocol::wire::Role;
 use serde::{Deserialize, Serialize};
 
@@ -72,6 +74,132 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `[anchor]`: where a ledger anchors its epoch roots.
     pub anchor: AnchorConfig,
+    /// `[ledger]`: the credit ledger and epochs of a ledger peer.
+    pub ledger: LedgerSettings,
+}
+
+/// `[ledger]`: settings of a ledger peer's credit ledger and epoch rollups.
+/// Every ledger peer of a mesh must use the same values (their roots and
+/// balances agree only then); other nodes ignore the section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LedgerSettings {
+    /// Peer id of the mint authority, the only key whose mints count
+    /// (unset: no minting).
+    pub mint_authority: Option<String>,
+    /// Credits each node starts with: peer id → credits.
+    pub genesis: BTreeMap<String, u64>,
+    /// Epoch length, seconds: receipts fall in an epoch by acceptance time.
+    pub epoch_secs: u64,
+    /// Seconds after its end an epoch closes (late receipts still join).
+    pub grace_secs: u64,
+    /// Seconds after closing an epoch turns final without every ledger agreeing.
+    pub reconcile_secs: u64,
+}
+
+impl Default for LedgerSettings {
+    fn default() -> Self {
+        LedgerSettings {
+            mint_authority: None,
+            genesis: BTreeMap::new(),
+            epoch_secs: 3600,
+            grace_secs: 300,
+            reconcile_secs: 600,
+        }
+    }
+}
+
+fn parse_node(field: &'static str, text: &str) -> Result<NodeId, ConfigError> {
+    text.trim().parse().map_err(|_| ConfigError::Invalid {
+        field,
+        reason: format!("{text:?} is not a peer id (12D3KooW…) or 64 hex digits"),
+    })
+}
+
+/// Parses `PEER_ID=CREDITS` (a genesis allocation on the command line or in
+/// `RENDERTRUST_LEDGER_GENESIS`, comma-separated).
+pub fn parse_allocation(text: &str) -> Result<(String, u64), ConfigError> {
+    let bad = || ConfigError::Invalid {
+        field: "ledger.genesis",
+        reason: format!("{text:?}: expected PEER_ID=CREDITS"),
+    };
+    let (node, credits) = text.split_once('=').ok_or_else(bad)?;
+    let credits = credits.trim().parse().map_err(|_| bad())?;
+    parse_node("ledger.genesis", node)?;
+    Ok((node.trim().to_owned(), credits))
+}
+
+impl LedgerSettings {
+    fn apply_env(&mut self, get: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = get("RENDERTRUST_LEDGER_MINT_AUTHORITY") {
+            self.mint_authority = Some(v);
+        }
+        if let Some(v) = get("RENDERTRUST_LEDGER_GENESIS") {
+            self.genesis = list(&v)
+                .iter()
+                .map(|a| parse_allocation(a))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(v) = get("RENDERTRUST_LEDGER_EPOCH_SECS") {
+            self.epoch_secs = parse_env("ledger_epoch_secs", &v)?;
+        }
+        if let Some(v) = get("RENDERTRUST_LEDGER_GRACE_SECS") {
+            self.grace_secs = parse_env("ledger_grace_secs", &v)?;
+        }
+        if let Some(v) = get("RENDERTRUST_LEDGER_RECONCILE_SECS") {
+            self.reconcile_secs = parse_env("ledger_reconcile_secs", &v)?;
+        }
+        Ok(())
+    }
+
+    /// The mint authority, parsed.
+    pub fn mint_authority_id(&self) -> Result<Option<NodeId>, ConfigError> {
+        self.mint_authority
+            .as_deref()
+            .filter(|a| !a.trim().is_empty())
+            .map(|a| parse_node("ledger.mint_authority", a))
+            .transpose()
+    }
+
+    /// The protocol machines' settings: the ledger's (authority, genesis;
+    /// the rest default) and the rollup's (epochs).
+    pub fn to_protocol(
+        &self,
+    ) -> Result<
+        (
+            rendertrust_protocol::ledger::LedgerConfig,
+            rendertrust_protocol::rollup::RollupConfig,
+        ),
+        ConfigError,
+    > {
+        let mut genesis = Vec::with_capacity(self.genesis.len());
+        for (node, credits) in &self.genesis {
+            genesis.push((parse_node("ledger.genesis", node)?, *credits));
+        }
+        let ledger = rendertrust_protocol::ledger::LedgerConfig {
+            mint_authority: self.mint_authority_id()?,
+            genesis,
+            ..Default::default()
+        };
+        let rollup = rendertrust_protocol::rollup::RollupConfig {
+            epoch_ms: self.epoch_secs.saturating_mul(1000),
+            grace_ms: self.grace_secs.saturating_mul(1000),
+            reconcile_window_ms: self.reconcile_secs.saturating_mul(1000),
+            ..Default::default()
+        };
+        Ok((ledger, rollup))
+    }
+
+    /// Checks the values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.epoch_secs == 0 {
+            return Err(ConfigError::Invalid {
+                field: "ledger.epoch_secs",
+                reason: "must be at least 1".into(),
+            });
+        }
+        self.to_protocol().map(|_| ())
+    }
 }
 
 /// Which anchor backend a ledger uses.
@@ -238,6 +366,7 @@ impl Default for Config {
             kad_server: true,
             log_format: LogFormat::Text,
             anchor: AnchorConfig::default(),
+            ledger: LedgerSettings::default(),
         }
     }
 }
@@ -275,6 +404,16 @@ pub struct ConfigOverrides {
     pub anchor_key_file: Option<PathBuf>,
     /// `--anchor-contract`.
     pub anchor_contract: Option<String>,
+    /// `--mint-authority`.
+    pub mint_authority: Option<String>,
+    /// `--genesis` (all of them, `PEER_ID=CREDITS`).
+    pub genesis: Option<Vec<String>>,
+    /// `--epoch-secs`.
+    pub epoch_secs: Option<u64>,
+    /// `--epoch-grace-secs`.
+    pub epoch_grace_secs: Option<u64>,
+    /// `--reconcile-secs`.
+    pub reconcile_secs: Option<u64>,
 }
 
 /// Why the configuration is unusable.
@@ -417,6 +556,7 @@ impl Config {
             self.log_format = v.parse()?;
         }
         self.anchor.apply_env(&get)?;
+        self.ledger.apply_env(&get)?;
         Ok(())
     }
 
@@ -468,6 +608,24 @@ impl Config {
         if let Some(v) = &o.anchor_contract {
             self.anchor.contract = Some(v.clone());
         }
+        if let Some(v) = &o.mint_authority {
+            self.ledger.mint_authority = Some(v.clone());
+        }
+        if let Some(v) = &o.genesis {
+            self.ledger.genesis = v
+                .iter()
+                .map(|a| parse_allocation(a))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(v) = o.epoch_secs {
+            self.ledger.epoch_secs = v;
+        }
+        if let Some(v) = o.epoch_grace_secs {
+            self.ledger.grace_secs = v;
+        }
+        if let Some(v) = o.reconcile_secs {
+            self.ledger.reconcile_secs = v;
+        }
         Ok(())
     }
 
@@ -512,6 +670,7 @@ impl Config {
             });
         }
         self.anchor.validate()?;
+        self.ledger.validate()?;
         Ok(())
     }
 
@@ -672,6 +831,72 @@ mod tests {
         assert!(toml::from_str::<Config>("[anchor]\nbackend = \"ipfs\"").is_err());
         assert!(toml::from_str::<Config>("[anchor]\nrpc = \"x\"").is_err());
         assert!("chain".parse::<AnchorBackendKind>().is_err());
+    }
+
+    #[test]
+    fn ledger_section_parses_with_precedence_and_validation() {
+        let a = NodeKeyForTest::id(1);
+        let b = NodeKeyForTest::id(2);
+        let text = format!(
+            "[ledger]\nmint_authority = \"{a}\"\nepoch_secs = 60\ngrace_secs = 5\n[ledger.genesis]\n\"{a}\" = 100\n\"{b}\" = 7\n"
+        );
+        let mut c: Config = toml::from_str(&text).unwrap();
+        c.validate().unwrap();
+        let (ledger, rollup) = c.ledger.to_protocol().unwrap();
+        assert_eq!(ledger.mint_authority, Some(a));
+        assert_eq!(ledger.genesis.len(), 2);
+        assert!(ledger.genesis.contains(&(b, 7)));
+        assert_eq!((rollup.epoch_ms, rollup.grace_ms), (60_000, 5_000));
+        assert_eq!(rollup.reconcile_window_ms, 600_000);
+
+        // Environment over the file, flags over both.
+        c.apply_env(|k| match k {
+            "RENDERTRUST_LEDGER_EPOCH_SECS" => Some("30".into()),
+            "RENDERTRUST_LEDGER_GENESIS" => Some(format!("{b}=9")),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.ledger.epoch_secs, 30);
+        assert_eq!(c.ledger.genesis.len(), 1);
+        c.apply_overrides(&ConfigOverrides {
+            epoch_secs: Some(5),
+            epoch_grace_secs: Some(1),
+            genesis: Some(vec![format!("{a}=3"), format!("{b}=4")]),
+            mint_authority: Some(b.to_string()),
+            ..Default::default()
+        })
+        .unwrap();
+        let (ledger, rollup) = c.ledger.to_protocol().unwrap();
+        assert_eq!((rollup.epoch_ms, rollup.grace_ms), (5_000, 1_000));
+        assert_eq!(ledger.mint_authority, Some(b));
+        assert!(ledger.genesis.contains(&(a, 3)) && ledger.genesis.contains(&(b, 4)));
+
+        // Refused, with the setting named.
+        for (text, field) in [
+            ("[ledger]\nepoch_secs = 0", "ledger.epoch_secs"),
+            (
+                "[ledger]\nmint_authority = \"nobody\"",
+                "ledger.mint_authority",
+            ),
+            ("[ledger.genesis]\nnobody = 5", "ledger.genesis"),
+        ] {
+            let c: Config = toml::from_str(text).unwrap();
+            assert!(
+                matches!(c.validate(), Err(ConfigError::Invalid { field: f, .. }) if f == field),
+                "{text}"
+            );
+        }
+        assert!(parse_allocation("x").is_err());
+        assert!(parse_allocation(&format!("{a}=lots")).is_err());
+        assert!(toml::from_str::<Config>("[ledger]\nepochs = 1").is_err());
+    }
+
+    /// Node ids for config tests.
+    struct NodeKeyForTest;
+    impl NodeKeyForTest {
+        fn id(seed: u8) -> NodeId {
+            rendertrust_protocol::identity::NodeKey::from_secret_bytes(&[seed; 32]).node_id()
+        }
     }
 
     #[test]

@@ -7,8 +7,16 @@
 //! `<data_dir>/api.url`). Prints each node's API URL, then waits; Ctrl-C or
 //! SIGTERM stops every child (SIGTERM, then SIGKILL after a grace period).
 //!
-//! Role plan: node 0 and node 1 (when present) are schedulers, node 2 is a
-//! ledger; every node is a worker. Logs go to `<dir>/<name>/node.log`.
+//! Role plan ([`roles_for`]): nodes 0 and 1 are schedulers, nodes 1 and 2
+//! are ledger peers; every node is a worker. Logs go to
+//! `<dir>/<name>/node.log`.
+//!
+//! Credits ([`prepare_ledger`]): before the nodes start, the devnet creates
+//! their identity keys (so it knows their peer ids) and a mint authority key
+//! (`<dir>/mint-authority.key`), and writes `<dir>/devnet.toml` with a
+//! `[ledger]` section every node reads: that authority, a genesis allocation
+//! of [`GENESIS_CREDITS`] to every node (so creators can pay), and short
+//! epochs ([`DEVNET_EPOCH_SECS`]) so receipts are anchored within seconds.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -59,13 +67,95 @@ pub fn sibling_binary(name: &str) -> Result<PathBuf> {
     )
 }
 
-/// Roles of node `i` in the devnet plan.
+/// Roles of node `i` in the devnet plan: two schedulers, two ledger peers
+/// (node 1 is both), every node a worker.
 pub fn roles_for(i: usize) -> &'static str {
     match i {
-        0 | 1 => "worker,scheduler",
+        0 => "worker,scheduler",
+        1 => "worker,scheduler,ledger",
         2 => "worker,ledger",
         _ => "worker",
     }
+}
+
+/// Credits every devnet node starts with.
+pub const GENESIS_CREDITS: u64 = 1000;
+/// Epoch length of a devnet's ledgers, seconds.
+pub const DEVNET_EPOCH_SECS: u64 = 5;
+/// Grace before a devnet epoch closes, seconds.
+pub const DEVNET_GRACE_SECS: u64 = 1;
+/// A devnet epoch turns final at the latest this long after closing, seconds.
+pub const DEVNET_RECONCILE_SECS: u64 = 20;
+
+/// The ledger settings a devnet (or a test mesh) starts its nodes with.
+#[derive(Debug, Clone)]
+pub struct LedgerPlan {
+    /// Epoch length, seconds.
+    pub epoch_secs: u64,
+    /// Grace, seconds.
+    pub grace_secs: u64,
+    /// Reconcile window, seconds.
+    pub reconcile_secs: u64,
+    /// Genesis credits per node.
+    pub genesis: u64,
+    /// Extra TOML appended to the config (e.g. an `[anchor]` section).
+    pub extra_toml: String,
+}
+
+impl Default for LedgerPlan {
+    fn default() -> Self {
+        LedgerPlan {
+            epoch_secs: DEVNET_EPOCH_SECS,
+            grace_secs: DEVNET_GRACE_SECS,
+            reconcile_secs: DEVNET_RECONCILE_SECS,
+            genesis: GENESIS_CREDITS,
+            extra_toml: String::new(),
+        }
+    }
+}
+
+/// What [`prepare_ledger`] set up.
+#[derive(Debug, Clone)]
+pub struct PreparedLedger {
+    /// The config file every node gets (`--config`).
+    pub config: PathBuf,
+    /// The mint authority's key file.
+    pub authority_key: PathBuf,
+    /// The mint authority's peer id.
+    pub authority: String,
+    /// Node `i`'s peer id.
+    pub nodes: Vec<String>,
+}
+
+/// Creates the identity keys of nodes `0..n` (their data dirs under `dir`)
+/// and the mint authority key, and writes the config every node reads.
+pub fn prepare_ledger(dir: &Path, n: usize, plan: &LedgerPlan) -> Result<PreparedLedger> {
+    let mut nodes = Vec::with_capacity(n);
+    for i in 0..n {
+        let key = crate::keys::load_or_create_identity(&dir.join(format!("node-{i}")))?;
+        nodes.push(key.node_id().to_string());
+    }
+    let authority_key = dir.join("mint-authority.key");
+    let authority = crate::keys::load_or_create_key_file(&authority_key)?
+        .node_id()
+        .to_string();
+    let mut toml = format!(
+        "# Written by `rendertrust devnet`: every node of the devnet reads it.\n\
+         [ledger]\nmint_authority = \"{authority}\"\nepoch_secs = {}\ngrace_secs = {}\nreconcile_secs = {}\n\n[ledger.genesis]\n",
+        plan.epoch_secs, plan.grace_secs, plan.reconcile_secs
+    );
+    for id in &nodes {
+        toml.push_str(&format!("\"{id}\" = {}\n", plan.genesis));
+    }
+    toml.push_str(&plan.extra_toml);
+    let config = dir.join("devnet.toml");
+    std::fs::write(&config, toml).with_context(|| format!("writing {}", config.display()))?;
+    Ok(PreparedLedger {
+        config,
+        authority_key,
+        authority,
+        nodes,
+    })
 }
 
 /// Sends SIGTERM to a child (no-op if it already exited).
@@ -126,7 +216,11 @@ pub fn start_node(dir: &Path, i: usize, bootstrap: &str, extra: &[String]) -> Re
     let data_dir = dir.join(&name);
     std::fs::create_dir_all(&data_dir)?;
     let _ = std::fs::remove_file(data_dir.join("api.url"));
-    let log = std::fs::File::create(data_dir.join("node.log"))?;
+    // Appended to, so a restarted node's log follows its previous run's.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data_dir.join("node.log"))?;
     let child = Command::new(bin)
         .args(["node", "start", "--data-dir"])
         .arg(&data_dir)
@@ -216,12 +310,14 @@ pub async fn run(opts: DevnetOptions) -> Result<()> {
         .with_context(|| format!("creating {}", opts.dir.display()))?;
     let dir = opts.dir.canonicalize()?;
     println!("devnet in {}", dir.display());
+    let ledger = prepare_ledger(&dir, opts.nodes, &LedgerPlan::default())?;
+    let extra = vec!["--config".to_owned(), ledger.config.display().to_string()];
     let (boot, addr) = start_bootstrap(&dir).await?;
     println!("bootstrap  {addr}");
     let mut procs = vec![boot];
     let result = async {
         for i in 0..opts.nodes {
-            procs.push(start_node(&dir, i, &addr, &[])?);
+            procs.push(start_node(&dir, i, &addr, &extra)?);
         }
         for p in procs.iter_mut().skip(1) {
             let url = wait_api_url(p, Duration::from_secs(120)).await?;
@@ -245,7 +341,14 @@ pub async fn run(opts: DevnetOptions) -> Result<()> {
             };
         }
         println!(
-            "\n{} nodes up. Try: rendertrust mesh capacity --api <URL>. Ctrl-C stops the devnet.",
+            "\nledger peers: nodes 1 and 2; every node starts with {GENESIS_CREDITS} credits; epochs of {DEVNET_EPOCH_SECS} s.\n\
+             mint authority {} (key {}):\n  rendertrust ledger mint --authority-key {} --to <PEER_ID> --amount 100 --api <URL>",
+            ledger.authority,
+            ledger.authority_key.display(),
+            ledger.authority_key.display()
+        );
+        println!(
+            "\n{} nodes up. Try: rendertrust mesh capacity --api <URL>, rendertrust ledger leaderboard --api <URL>. Ctrl-C stops the devnet.",
             opts.nodes
         );
         tokio::select! {
@@ -325,6 +428,41 @@ async fn demo(dir: &Path, urls: &[String], frames: u32) -> Result<()> {
     println!(
         "every frame was rendered by a worker of the mesh, sealed to this creator, and checked against the hash its worker signed.\nframes: {}",
         out.display()
+    );
+    verify_demo_receipt(&creator, &view.id).await
+}
+
+/// The end of the demo: one of the job's receipts, checked against the root
+/// its epoch's anchorer anchored (waiting for the epoch to close and be
+/// anchored: a few seconds with devnet epochs).
+#[allow(clippy::print_stdout)]
+async fn verify_demo_receipt(creator: &crate::cli::ApiClient, job: &str) -> Result<()> {
+    use crate::ledger::cli::{VerifyOptions, verify};
+    let detail: crate::jobs::view::JobDetail = creator.get(&format!("/v1/jobs/{job}")).await?;
+    let Some(receipt) = detail.tasks.iter().find_map(|t| t.receipt_id.clone()) else {
+        bail!("the demo job has no countersigned receipt");
+    };
+    println!(
+        "\nverifying receipt {receipt} against its anchored epoch root (epochs of {DEVNET_EPOCH_SECS} s; waiting for the epoch to close)…"
+    );
+    let start = Instant::now();
+    let report = loop {
+        let r = verify(creator, &receipt, &VerifyOptions::default()).await?;
+        let waiting = matches!(r.verdict.as_str(), "NOT ANCHORED" | "UNKNOWN");
+        if !waiting || start.elapsed() > Duration::from_secs(60) {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    println!("{}", report.reason);
+    if let Ok(b) = crate::ledger::cli::balance(creator, None, false).await {
+        println!("creator {b}");
+    }
+    if !report.is_valid() {
+        bail!("the demo receipt did not verify: {}", report.verdict);
+    }
+    println!(
+        "the receipt is leaf of an epoch root that a ledger peer anchored: anyone can check it with `rendertrust receipt verify {receipt}`."
     );
     Ok(())
 }

@@ -125,6 +125,44 @@ pub fn load_or_create_wrap_key(data_dir: &Path) -> Result<WrapSecret, KeyError> 
     Ok(WrapSecret::from_bytes(*secret))
 }
 
+fn split_path(path: &Path) -> Result<(&Path, &str), KeyError> {
+    let name = path.file_name().and_then(|n| n.to_str());
+    match (path.parent(), name) {
+        (Some(dir), Some(name)) => Ok((dir, name)),
+        _ => Err(KeyError::Io {
+            path: path.to_owned(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "expected a key file path",
+            ),
+        }),
+    }
+}
+
+/// Loads an ed25519 key from a file of 32 raw secret bytes, mode 0600 (the
+/// format of `identity.key`): e.g. the mint authority's key for `ledger mint`.
+pub fn load_key_file(path: &Path) -> Result<NodeKey, KeyError> {
+    let (dir, name) = split_path(path)?;
+    let secret = load_or_create(dir, name, || {
+        Err(KeyError::Io {
+            path: path.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such key file"),
+        })
+    })?;
+    Ok(NodeKey::from_secret_bytes(&secret))
+}
+
+/// [`load_key_file`], creating the key first if the file does not exist
+/// (e.g. a devnet's mint authority).
+pub fn load_or_create_key_file(path: &Path) -> Result<NodeKey, KeyError> {
+    let (dir, name) = split_path(path)?;
+    let secret = load_or_create(dir, name, || {
+        let mut rng = os_rng()?;
+        Ok(*NodeKey::generate(&mut rng).secret_bytes())
+    })?;
+    Ok(NodeKey::from_secret_bytes(&secret))
+}
+
 /// `rendertrust keys show`: peer id and public keys, never secrets.
 pub fn show(data_dir: &Path, json: bool) -> Result<String, KeyError> {
     let id = load_or_create_identity(data_dir)?;
@@ -162,6 +200,21 @@ mod tests {
         let w1 = load_or_create_wrap_key(&dir).unwrap();
         let w2 = load_or_create_wrap_key(&dir).unwrap();
         assert_eq!(w1.public(), w2.public());
+    }
+
+    #[test]
+    fn key_files_load_create_and_refuse() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("authority.key");
+        assert!(matches!(load_key_file(&p), Err(KeyError::Io { .. })));
+        let a = load_or_create_key_file(&p).unwrap();
+        assert_eq!(load_key_file(&p).unwrap().node_id(), a.node_id());
+        assert_eq!(load_or_create_key_file(&p).unwrap().node_id(), a.node_id());
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(matches!(
+            load_key_file(&p),
+            Err(KeyError::Permissions { .. })
+        ));
     }
 
     #[test]

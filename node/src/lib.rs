@@ -10,6 +10,7 @@
 //! | [`store`] | the sled store: one tree per module, schema version, migrations |
 //! | [`content`] | sealed, content-addressed chunks on disk; seal/open file pipelines; chunk fetch |
 //! | [`ledger_store`] | the ledger peer's journal: replayed into `protocol::ledger::LedgerPeer` on open |
+//! | [`ledger`] | the ledger service (ledger peers), asking ledger peers (any node), the ledger API and CLI |
 //! | [`probe`] | what this machine has: CPU, RAM, disk, GPUs, runtimes, benchmark score |
 //! | [`runtime`] | task runtimes (builtin renderer, Blender, sandboxed process) and the output check |
 //! | [`net`] | the libp2p swarm and its event loop; [`net::NetHandle`] for the rest of the node |
@@ -29,6 +30,7 @@ pub mod content;
 pub mod devnet;
 pub mod jobs;
 pub mod keys;
+pub mod ledger;
 pub mod ledger_store;
 pub mod net;
 pub mod node;

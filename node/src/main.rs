@@ -15,6 +15,7 @@ use rendertrust_node::jobs::submit::{
     KindRequest, NamedPath, RequirementsRequest, SubmitRequest, TilesRequest,
 };
 use rendertrust_node::jobs::view::JobState;
+use rendertrust_node::ledger::cli as ledger_cli;
 use rendertrust_node::{devnet, keys, node};
 
 /// RenderTrust: a peer-to-peer render mesh that nobody has to trust blindly.
@@ -47,9 +48,12 @@ enum Command {
     /// Create and follow jobs: submit from this node, watch, fetch verified results.
     #[command(subcommand)]
     Job(JobCommand),
-    /// Ledger tools: the credit ledger and epoch anchoring.
+    /// The credit ledger: balances, leaderboard, epochs, minting, anchoring.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Receipts: where one stands, and whether it is in an anchored epoch root.
+    #[command(subcommand)]
+    Receipt(ReceiptCommand),
     /// Start a bootstrap peer and N nodes on loopback, as child processes.
     ///
     /// Each node gets its own data dir under --dir and free ports; the API
@@ -159,6 +163,21 @@ struct StartArgs {
     /// evm anchor backend: the anchor contract's address.
     #[arg(long, value_name = "ADDRESS")]
     anchor_contract: Option<String>,
+    /// Ledger: peer id of the mint authority (the only key whose mints count).
+    #[arg(long, value_name = "PEER_ID")]
+    mint_authority: Option<String>,
+    /// Ledger: genesis credits, PEER_ID=CREDITS (repeatable; replaces [ledger.genesis]).
+    #[arg(long = "genesis", value_name = "PEER_ID=CREDITS")]
+    genesis: Vec<String>,
+    /// Ledger: epoch length in seconds (every ledger peer must use the same).
+    #[arg(long, value_name = "SECS")]
+    epoch_secs: Option<u64>,
+    /// Ledger: seconds after its end an epoch closes.
+    #[arg(long, value_name = "SECS")]
+    epoch_grace_secs: Option<u64>,
+    /// Ledger: seconds after closing an epoch turns final without agreement.
+    #[arg(long, value_name = "SECS")]
+    reconcile_secs: Option<u64>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -373,7 +392,88 @@ enum KeysCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum ReceiptCommand {
+    /// Where a receipt stands: settled, outranked, waiting for its escrow,
+    /// unpaid (and why), or unknown; its epoch and content.
+    ///
+    /// Receipt ids are in `rendertrust job status ID --json` (tasks[].receipt_id).
+    Show {
+        /// Receipt id (64 hex digits).
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Check that a receipt is in an anchored epoch root, and say why or why not.
+    ///
+    /// Fetches the receipt's inclusion proof from a ledger peer (through the
+    /// node's API), reads the root the epoch's anchorer anchored (journal:
+    /// the ledger's signed, hash-chained headers, re-verified here; evm: the
+    /// anchor contract, read through --rpc-url) and checks the proof against
+    /// it. Prints VALID, INVALID, NOT ANCHORED, TAMPERED or UNKNOWN with the
+    /// reason; exits non-zero unless VALID.
+    Verify {
+        /// Receipt id (64 hex digits).
+        id: String,
+        /// JSON-RPC URL of the chain, for roots anchored on an EVM chain
+        /// (default: [anchor] rpc_url of --config).
+        #[arg(long, env = "RENDERTRUST_ANCHOR_RPC_URL", value_name = "URL")]
+        rpc_url: Option<String>,
+        /// The anchor contract to trust (default: the one the ledger names).
+        #[arg(long, value_name = "ADDRESS")]
+        contract: Option<String>,
+        /// Config file to read [anchor] rpc_url from.
+        #[arg(long, env = "RENDERTRUST_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum LedgerCommand {
+    /// A node's credits (default: the node behind --api).
+    Balance {
+        /// Peer id of the node.
+        node: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The nodes that earned most as workers.
+    Leaderboard {
+        /// Rows.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Epochs of a ledger peer: receipts, root, finality, where each was anchored.
+    Epochs {
+        /// Newest epochs shown.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Mint credits (the mint authority only): signs here, the node publishes.
+    ///
+    /// Ledger peers honour a mint only if it is signed by the key their
+    /// [ledger] mint_authority names. The key never leaves this process.
+    Mint {
+        /// Who receives the credits (peer id).
+        #[arg(long, value_name = "PEER_ID")]
+        to: String,
+        /// Credits.
+        #[arg(long, value_name = "N")]
+        amount: u64,
+        /// The authority's key file (32 raw bytes, mode 0600, like identity.key).
+        #[arg(long, value_name = "FILE")]
+        authority_key: PathBuf,
+        /// Makes equal grants distinct (default: the time in ms).
+        #[arg(long)]
+        nonce: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Deploy the anchor contract (node/contracts/Anchor.sol) to an EVM chain.
     ///
     /// Sends one deployment transaction from the key's account and prints the
@@ -489,6 +589,11 @@ async fn main() -> Result<()> {
                 anchor_rpc_url: a.anchor_rpc_url,
                 anchor_key_file: a.anchor_key_file,
                 anchor_contract: a.anchor_contract,
+                mint_authority: a.mint_authority,
+                genesis: (!a.genesis.is_empty()).then_some(a.genesis),
+                epoch_secs: a.epoch_secs,
+                epoch_grace_secs: a.epoch_grace_secs,
+                reconcile_secs: a.reconcile_secs,
                 ..ConfigOverrides::default()
             };
             let config =
@@ -516,6 +621,59 @@ async fn main() -> Result<()> {
             };
             let config = Config::load(None, &overrides)?;
             print(&keys::show(&config.data_dir, json)?);
+            Ok(())
+        }
+        Command::Ledger(LedgerCommand::Balance { node, client: a }) => {
+            print(&ledger_cli::balance(&client(&a)?, node.as_deref(), a.json).await?);
+            Ok(())
+        }
+        Command::Ledger(LedgerCommand::Leaderboard { limit, client: a }) => {
+            print(&ledger_cli::leaderboard(&client(&a)?, limit, a.json).await?);
+            Ok(())
+        }
+        Command::Ledger(LedgerCommand::Epochs { limit, client: a }) => {
+            print(&ledger_cli::epochs(&client(&a)?, limit, a.json).await?);
+            Ok(())
+        }
+        Command::Ledger(LedgerCommand::Mint {
+            to,
+            amount,
+            authority_key,
+            nonce,
+            client: a,
+        }) => {
+            print(
+                &ledger_cli::mint(&client(&a)?, &authority_key, &to, amount, nonce, a.json).await?,
+            );
+            Ok(())
+        }
+        Command::Receipt(ReceiptCommand::Show { id, client: a }) => {
+            print(&ledger_cli::show(&client(&a)?, &id, a.json).await?);
+            Ok(())
+        }
+        Command::Receipt(ReceiptCommand::Verify {
+            id,
+            rpc_url,
+            contract,
+            config,
+            client: a,
+        }) => {
+            let rpc_url = match (rpc_url, &config) {
+                (Some(u), _) => Some(u),
+                (None, Some(path)) => {
+                    Config::load(Some(path), &ConfigOverrides::default())
+                        .context("loading configuration")?
+                        .anchor
+                        .rpc_url
+                }
+                (None, None) => None,
+            };
+            let opts = ledger_cli::VerifyOptions { rpc_url, contract };
+            let report = ledger_cli::verify(&client(&a)?, &id, &opts).await?;
+            print(&ledger_cli::format_report(&report, a.json)?);
+            if !report.is_valid() {
+                std::process::exit(1);
+            }
             Ok(())
         }
         Command::Ledger(LedgerCommand::DeployContract {

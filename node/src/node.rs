@@ -2,7 +2,8 @@
 //! SIGINT or SIGTERM.
 //!
 //! Order at start: data dir → keys → store → hardware probe → benchmark
-//! (cached per hardware fingerprint) → swarm → API. The API's bound address is
+//! (cached per hardware fingerprint) → swarm → ledger service (ledger
+//! peers: journal replay, anchor backend) → job service → API. The API's bound address is
 //! written to `<data_dir>/api.url` once it listens (tools such as `devnet`
 //! wait for it), and removed on a clean stop. On stop the store is flushed.
 
@@ -132,6 +133,36 @@ pub async fn start(config: Config) -> Result<()> {
             ..Default::default()
         },
     };
+    // The ledger service, on ledger peers: the job service hands it ledger
+    // gossip, ledger requests and this node's own ledger events.
+    let is_ledger = config
+        .roles
+        .contains(&rendertrust_protocol::wire::Role::Ledger);
+    let (ledger_local, ledger_handle, ledger_task) = if is_ledger {
+        let (ledger_config, rollup_config) = config
+            .ledger
+            .to_protocol()
+            .context("reading the [ledger] settings")?;
+        let (local_tx, local_rx) = tokio::sync::mpsc::channel(crate::ledger::service::LOCAL_QUEUE);
+        let (handle, commands) = crate::ledger::LedgerHandle::channel();
+        let task = crate::ledger::service::spawn(crate::ledger::LedgerParts {
+            key: rendertrust_protocol::identity::NodeKey::from_secret_bytes(&key.secret_bytes()),
+            net: net.clone(),
+            store: store.clone(),
+            inbound: local_rx,
+            commands,
+            ledger: ledger_config,
+            rollup: rollup_config,
+            anchor: config.anchor.clone(),
+            warmup: Duration::from_secs(config.advert_interval_secs.max(1) + 2),
+        })
+        .await
+        .context("starting the ledger service")?;
+        (Some(local_tx), Some(handle), Some(task))
+    } else {
+        (None, None, None)
+    };
+
     let (jobs, jobs_commands) = crate::jobs::JobsHandle::channel();
     let jobs_task = crate::jobs::spawn(crate::jobs::ServiceParts {
         key: rendertrust_protocol::identity::NodeKey::from_secret_bytes(&key.secret_bytes()),
@@ -146,7 +177,7 @@ pub async fn start(config: Config) -> Result<()> {
         advert: advert_tx,
         capacity_version,
         config: jobs_config,
-        ledger: None,
+        ledger: ledger_local,
     })
     .context("starting the job service")?;
 
@@ -155,6 +186,8 @@ pub async fn start(config: Config) -> Result<()> {
         net: net.clone(),
         token: config.api_token.as_deref().map(Arc::from),
         data_dir: Arc::from(data_dir.display().to_string()),
+        ledger: ledger_handle,
+        node: key.node_id(),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (bound, api_task) = api::serve(config.api, state, async {
@@ -175,6 +208,9 @@ pub async fn start(config: Config) -> Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), net_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), jobs_task).await;
+    if let Some(t) = ledger_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
     store.flush_async().await?;
     tracing::info!("stopped");
     Ok(())

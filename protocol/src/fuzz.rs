@@ -516,6 +516,11 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     for bytes in rpc.into_iter().flatten() {
         out.push(("ledger_events", bytes));
     }
+    out.extend(
+        ledger_service_seeds(&kit)
+            .into_iter()
+            .map(|b| ("ledger_events", b)),
+    );
 
     // A reputation report by the trusted fuzz reporter: as a frame (gossip)
     // for its own target and the signed-frame target, and as a body.
@@ -540,6 +545,96 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         out.push(("reputation_report", body));
     }
     out
+}
+
+/// One of each question any node asks a ledger, and each answer.
+fn ledger_service_seeds(kit: &Kit) -> Vec<Vec<u8>> {
+    use crate::ledger::wire::{
+        AnchorPlace, ChainEntry, LeaderRow, ProofInfo, ReceiptInfo, ReceiptState,
+    };
+    let ledger = &kit.ledgers[0];
+    let node = kit.workers[0].node_id();
+    let Ok(header) = Signed::sign(
+        ledger,
+        &RollupHeader {
+            epoch: 494_444,
+            root: [4; 32],
+            count: 3,
+            ledger: ledger.node_id(),
+            prev: [0; 32],
+            closed_at_ms: T0,
+        },
+    ) else {
+        return Vec::new();
+    };
+    let leaves: Vec<[u8; 32]> = (1u8..=3).map(|i| [i; 32]).collect();
+    let Ok(proof) = crate::merkle::MerkleTree::from_leaves(leaves).proof(1) else {
+        return Vec::new();
+    };
+    let settle = kit
+        .sample_events()
+        .into_iter()
+        .find(|e| matches!(e, LedgerEvent::Settle { .. }));
+    let requests = [
+        RollupRequest::Receipt {
+            id: crate::signed::MessageId([5; 32]),
+        },
+        RollupRequest::Proof {
+            id: crate::signed::MessageId([5; 32]),
+        },
+        RollupRequest::Balance { node },
+        RollupRequest::Chain {
+            ledger: ledger.node_id(),
+            after: Some(3),
+        },
+        RollupRequest::Headers { after: 494_440 },
+        RollupRequest::Leaderboard { limit: 10 },
+    ];
+    let responses = [
+        RollupResponse::Receipt(ReceiptInfo {
+            state: ReceiptState::Unpaid {
+                reason: "never assigned".into(),
+            },
+            epoch: Some(494_444),
+            epoch_final: true,
+            late: false,
+            settle,
+        }),
+        RollupResponse::Proof(Box::new(ProofInfo {
+            header: header.clone(),
+            proof,
+            anchorer: Some(ledger.node_id()),
+            anchor: Some(AnchorPlace::Evm {
+                chain_id: 31_337,
+                contract: [0x5f; 20],
+                account: [0xf3; 20],
+            }),
+        })),
+        RollupResponse::Balance { node, balance: -42 },
+        RollupResponse::Chain {
+            entries: vec![ChainEntry {
+                epoch: 494_444,
+                frame: header.as_bytes().to_vec(),
+            }],
+            more: false,
+        },
+        RollupResponse::Headers {
+            headers: vec![header],
+        },
+        RollupResponse::Leaderboard {
+            rows: vec![LeaderRow {
+                node,
+                balance: 1_000,
+                earned: 30,
+                tasks: 3,
+            }],
+        },
+    ];
+    requests
+        .iter()
+        .filter_map(|r| r.encode().ok())
+        .chain(responses.iter().filter_map(|r| r.encode().ok()))
+        .collect()
 }
 
 /// A tiny deterministic RNG for seed generation only (SplitMix64): the seeds

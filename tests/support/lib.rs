@@ -41,16 +41,38 @@ pub struct NodeProc {
 
 impl Mesh {
     /// Starts a bootstrap peer and `n` nodes (devnet role plan: nodes 0 and 1
-    /// schedulers, node 2 ledger), each with `extra` arguments.
+    /// schedulers, nodes 1 and 2 ledger peers), each with `extra` arguments.
     ///
     /// Set `RENDERTRUST_KEEP_TEST_DIR=1` to keep the data dirs and logs after
     /// the test (their path is printed).
     pub async fn start(n: usize, extra: &[&str]) -> Mesh {
+        Mesh::start_in(Mesh::dir(), n, extra).await
+    }
+
+    /// A fresh directory for a mesh (kept after the test with
+    /// `RENDERTRUST_KEEP_TEST_DIR=1`), to prepare before [`Mesh::start_in`].
+    pub fn dir() -> tempfile::TempDir {
         let mut dir = tempfile::tempdir().unwrap();
         if std::env::var_os("RENDERTRUST_KEEP_TEST_DIR").is_some() {
             dir.disable_cleanup(true);
             eprintln!("test mesh dir (kept): {}", dir.path().display());
         }
+        dir
+    }
+
+    /// [`Mesh::start`] in a directory prepared beforehand (e.g. with
+    /// `devnet::prepare_ledger`).
+    pub async fn start_in(dir: tempfile::TempDir, n: usize, extra: &[&str]) -> Mesh {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Mesh::start_each(dir, n, |_| extra.clone()).await
+    }
+
+    /// [`Mesh::start_in`] with arguments per node (`extra_of(i)`).
+    pub async fn start_each(
+        dir: tempfile::TempDir,
+        n: usize,
+        extra_of: impl Fn(usize) -> Vec<String>,
+    ) -> Mesh {
         let (bootstrap, bootstrap_addr) = devnet::start_bootstrap(dir.path()).await.unwrap();
         let mut mesh = Mesh {
             dir,
@@ -58,11 +80,10 @@ impl Mesh {
             bootstrap,
             nodes: Vec::new(),
         };
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let mut procs = Vec::new();
         for i in 0..n {
             procs.push(
-                devnet::start_node(mesh.dir.path(), i, &mesh.bootstrap_addr, &extra).unwrap(),
+                devnet::start_node(mesh.dir.path(), i, &mesh.bootstrap_addr, &extra_of(i)).unwrap(),
             );
         }
         for mut p in procs {
@@ -101,9 +122,14 @@ impl Mesh {
 
     /// Restarts node `i` on the same data dir.
     pub async fn restart(&mut self, i: usize, extra: &[&str]) {
-        assert!(self.nodes[i].is_none(), "node {i} is running");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let mut p = devnet::start_node(self.dir.path(), i, &self.bootstrap_addr, &extra).unwrap();
+        self.restart_with(i, &extra).await
+    }
+
+    /// [`Mesh::restart`] with owned arguments.
+    pub async fn restart_with(&mut self, i: usize, extra: &[String]) {
+        assert!(self.nodes[i].is_none(), "node {i} is running");
+        let mut p = devnet::start_node(self.dir.path(), i, &self.bootstrap_addr, extra).unwrap();
         let url = devnet::wait_api_url(&mut p, Duration::from_secs(120))
             .await
             .unwrap();
@@ -165,6 +191,111 @@ pub async fn peer_id(api: &ApiClient) -> String {
 /// True when running under CI (`CI` set): missing components fail instead of skipping.
 pub fn in_ci() -> bool {
     std::env::var_os("CI").is_some()
+}
+
+/// A running `anvil` (a local EVM chain), killed when dropped (also when
+/// the test panics).
+pub struct Anvil {
+    child: std::process::Child,
+    /// Its JSON-RPC URL.
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Anvil {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// anvil: `$RENDERTRUST_ANVIL`, else `.tools/` (scripts/deps.sh), else `PATH`.
+pub fn anvil_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("RENDERTRUST_ANVIL") {
+        return Some(PathBuf::from(p));
+    }
+    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/node_modules/.bin/anvil");
+    if local.exists() {
+        return Some(local);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("anvil"))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Starts anvil on a free loopback port, or says loudly why not and returns
+/// `None` (outside CI; in CI, where `CI` is set, a missing anvil fails).
+pub fn start_anvil(test: &str) -> Option<Anvil> {
+    use std::process::{Command, Stdio};
+    let Some(bin) = anvil_binary() else {
+        let msg = "anvil not found: run scripts/deps.sh (installs it into .tools/) or set RENDERTRUST_ANVIL";
+        if in_ci() {
+            panic!("{test}: {msg}");
+        }
+        eprintln!("\n!!!!!!!! SKIPPED {test}: {msg} !!!!!!!!\n");
+        return None;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("anvil.log");
+    let child = Command::new(&bin)
+        .args(["--host", "127.0.0.1", "--port", "0"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+    let mut anvil = Anvil {
+        child,
+        url: String::new(),
+        _dir: dir,
+    };
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(addr) = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Listening on "))
+        {
+            anvil.url = format!("http://{}", addr.trim());
+            return Some(anvil);
+        }
+        if let Some(status) = anvil.child.try_wait().unwrap() {
+            panic!("anvil exited ({status}) before listening:\n{text}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "anvil did not listen within 60 s:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What a run of the `rendertrust` CLI printed, and how it exited.
+#[derive(Debug)]
+pub struct CliRun {
+    /// Exit status code (`None`: killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Runs the real `rendertrust` binary with `args` and waits for it.
+pub async fn rendertrust_cli(args: &[&str]) -> CliRun {
+    let bin = devnet::sibling_binary("rendertrust").unwrap();
+    let out = tokio::process::Command::new(bin)
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    CliRun {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }
 
 /// Reads a file, or an empty string.

@@ -293,6 +293,12 @@ pub async fn deploy_contract(
     })
 }
 
+/// Where [`EvmAnchor::checked`] connects.
+struct CheckedSettings<'a> {
+    rpc_url: &'a Url,
+    contract: Address,
+}
+
 /// The EVM backend: anchors as the signer's account in one contract.
 #[derive(Debug, Clone)]
 pub struct EvmAnchor {
@@ -309,10 +315,45 @@ impl EvmAnchor {
     pub async fn connect(settings: EvmSettings) -> Result<EvmAnchor, AnchorError> {
         let anchorer = settings.signer.address();
         let provider = provider(&settings.rpc_url, settings.signer)?;
+        Self::checked(
+            provider,
+            &settings.rpc_url,
+            settings.contract,
+            anchorer,
+            settings.confirmations,
+        )
+        .await
+    }
+
+    /// Connects without a signer, to read anchored roots only (what
+    /// `receipt verify` needs); checks the contract's code like
+    /// [`EvmAnchor::connect`]. Anchoring through it fails.
+    pub async fn reader(rpc_url: &Url, contract: Address) -> Result<EvmAnchor, AnchorError> {
+        let client = reqwest::Client::builder()
+            .timeout(RPC_TIMEOUT)
+            .build()
+            .map_err(|e| AnchorError::Rpc {
+                action: "building the HTTP client",
+                message: e.to_string(),
+            })?;
+        let provider = ProviderBuilder::new()
+            .connect_reqwest(client, rpc_url.clone())
+            .erased();
+        Self::checked(provider, rpc_url, contract, Address::ZERO, 1).await
+    }
+
+    async fn checked(
+        provider: DynProvider,
+        rpc_url: &Url,
+        contract: Address,
+        anchorer: Address,
+        confirmations: u64,
+    ) -> Result<EvmAnchor, AnchorError> {
+        let settings = CheckedSettings { rpc_url, contract };
         let chain_id = provider
             .get_chain_id()
             .await
-            .map_err(|e| unreachable_err(&settings.rpc_url, e))?;
+            .map_err(|e| unreachable_err(settings.rpc_url, e))?;
         let code = provider
             .get_code_at(settings.contract)
             .await
@@ -342,7 +383,7 @@ impl EvmAnchor {
             contract: settings.contract,
             anchorer,
             chain_id,
-            confirmations: settings.confirmations,
+            confirmations,
         })
     }
 

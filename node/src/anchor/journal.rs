@@ -104,12 +104,24 @@ fn tampered(epoch: u64, reason: impl Into<String>) -> AnchorError {
 /// Verifies the chain of `ledger` from its first header, in batches.
 /// Returns its head and, if `want` is given, that epoch's link and frame.
 fn walk(tree: &sled::Tree, ledger: &NodeId, want: Option<u64>) -> Result<Walk, AnchorError> {
+    let entries = tree
+        .scan_prefix(ledger.as_bytes())
+        .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(sled_err));
+    walk_entries(ledger, entries, want)
+}
+
+/// [`walk`] over `(key, stored bytes)` pairs in key order, wherever they
+/// came from (the local tree, or a copy fetched from the ledger).
+fn walk_entries(
+    ledger: &NodeId,
+    mut iter: impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), AnchorError>>,
+    want: Option<u64>,
+) -> Result<Walk, AnchorError> {
     let mut out = Walk::default();
     let mut cache = KeyCache::new(4);
     let mut pending: Vec<(u64, Vec<u8>)> = Vec::with_capacity(BATCH);
-    let mut iter = tree.scan_prefix(ledger.as_bytes());
     loop {
-        let next = iter.next().transpose().map_err(sled_err)?;
+        let next = iter.next().transpose()?;
         let done = next.is_none();
         if let Some((k, v)) = next {
             let epoch = match <[u8; 8]>::try_from(k.get(32..).unwrap_or_default()) {
@@ -127,7 +139,7 @@ fn walk(tree: &sled::Tree, ledger: &NodeId, want: Option<u64>) -> Result<Walk, A
                     ));
                 }
             };
-            pending.push((epoch, v.to_vec()));
+            pending.push((epoch, v));
         }
         if pending.len() >= BATCH || (done && !pending.is_empty()) {
             check_batch(ledger, &mut pending, &mut cache, want, &mut out)?;
@@ -316,6 +328,129 @@ impl Journal {
             },
             false,
         ))
+    }
+}
+
+/// Raw journal entries (`(epoch, stored bytes)`, epochs ascending) and
+/// whether more follow.
+pub type RawPage = (Vec<(u64, Vec<u8>)>, bool);
+
+impl Journal {
+    /// Up to `limit` raw entries of `ledger`'s chain with epochs after
+    /// `after`, as stored (not verified: the reader verifies), and whether
+    /// more follow. What a ledger serves to verifiers elsewhere; a stored
+    /// value longer than `max_len` is cut to it (it then fails to decode,
+    /// which the verifier reports as tampering).
+    pub fn raw_entries(
+        &self,
+        ledger: &NodeId,
+        after: Option<u64>,
+        limit: usize,
+        max_len: usize,
+    ) -> Result<RawPage, AnchorError> {
+        let start = match after {
+            None => key(ledger, 0).to_vec(),
+            Some(u64::MAX) => return Ok((Vec::new(), false)),
+            Some(e) => key(ledger, e + 1).to_vec(),
+        };
+        let mut out = Vec::new();
+        let mut more = false;
+        for item in self.tree.range(start..) {
+            let (k, v) = item.map_err(sled_err)?;
+            if !k.starts_with(ledger.as_bytes()) {
+                break;
+            }
+            if out.len() >= limit {
+                more = true;
+                break;
+            }
+            // A stray key (not 40 bytes) is served under an impossible epoch
+            // so that the reader's walk reports it.
+            let epoch = <[u8; 8]>::try_from(k.get(32..).unwrap_or_default())
+                .ok()
+                .filter(|_| k.len() == KEY_LEN)
+                .map_or(u64::MAX, u64::from_be_bytes);
+            out.push((epoch, v.get(..max_len).unwrap_or(&v).to_vec()));
+        }
+        Ok((out, more))
+    }
+}
+
+/// A copy of one ledger's anchor journal, fetched from that ledger (raw
+/// entries, epochs ascending, from the first). Reading it verifies the whole
+/// copy exactly as [`Journal`] verifies its own tree, so a verifier anywhere
+/// detects a stored header that was altered, removed or inserted.
+#[derive(Debug, Clone)]
+pub struct ChainCopy {
+    ledger: NodeId,
+    entries: Vec<(u64, Vec<u8>)>,
+}
+
+impl ChainCopy {
+    /// A copy of `ledger`'s chain from its entries.
+    pub fn new(ledger: NodeId, entries: Vec<(u64, Vec<u8>)>) -> Self {
+        ChainCopy { ledger, entries }
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether it holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn walk(&self, want: Option<u64>) -> Result<Walk, AnchorError> {
+        let ledger = self.ledger;
+        let entries = self.entries.iter().map(move |(epoch, v)| {
+            let k = if *epoch == u64::MAX {
+                // served for a stray key: a key that cannot be an epoch's
+                let mut k = key(&ledger, *epoch).to_vec();
+                k.push(0);
+                k
+            } else {
+                key(&ledger, *epoch).to_vec()
+            };
+            Ok((k, v.clone()))
+        });
+        walk_entries(&self.ledger, entries, want)
+    }
+}
+
+impl AnchorBackend for ChainCopy {
+    async fn anchor(&self, _header: &Signed<RollupHeader>) -> Result<AnchorReceipt, AnchorError> {
+        Err(AnchorError::Journal {
+            action: "anchoring",
+            message: "a fetched copy of a ledger's journal is read-only".into(),
+        })
+    }
+
+    async fn anchored_root(
+        &self,
+        anchorer: &Anchorer,
+        epoch: u64,
+    ) -> Result<Option<AnchoredRoot>, AnchorError> {
+        let ledger = ledger_of(anchorer)?;
+        if ledger != self.ledger {
+            return Err(AnchorError::WrongAnchorer {
+                backend: "journal copy",
+                expected: "the ledger whose journal was fetched",
+                found: anchorer.to_string(),
+            });
+        }
+        let walk = self.walk(Some(epoch))?;
+        Ok(walk.found.map(|(link, _)| AnchoredRoot {
+            anchorer: *anchorer,
+            epoch,
+            root: link.root,
+            count: link.count,
+            reference: AnchorRef::Journal {
+                index: link.index,
+                header_hash: hex::encode(link.hash),
+            },
+        }))
     }
 }
 
@@ -628,6 +763,69 @@ mod tests {
             let e = j.anchor(&next).await.unwrap_err();
             assert!(matches!(e, AnchorError::Tampered { .. }), "{name}: {e}");
         }
+    }
+
+    /// A copy of the chain fetched page by page (as a verifier elsewhere gets
+    /// it) reads like the journal itself, and reports the same tampering.
+    #[tokio::test]
+    async fn a_fetched_copy_verifies_like_the_journal() {
+        let k = node_key(1);
+        let hs = chain(&k, 5);
+        let fetch = |j: &Journal| {
+            let mut entries = Vec::new();
+            let mut after = None;
+            loop {
+                let (page, more) = j.raw_entries(&k.node_id(), after, 2, 1024).unwrap();
+                after = page.last().map(|(e, _)| *e);
+                entries.extend(page);
+                if !more {
+                    break;
+                }
+            }
+            ChainCopy::new(k.node_id(), entries)
+        };
+        let d = tempfile::tempdir().unwrap();
+        let j = journal_with(d.path(), &hs).await;
+        let copy = fetch(&j);
+        assert_eq!(copy.len(), 5);
+        for epoch in 1..=5 {
+            assert_eq!(
+                copy.anchored_root(&ledger(&k), epoch).await.unwrap(),
+                j.anchored_root(&ledger(&k), epoch).await.unwrap()
+            );
+        }
+        assert!(copy.anchored_root(&ledger(&k), 6).await.unwrap().is_none());
+        assert!(matches!(
+            copy.anchored_root(&ledger(&node_key(2)), 1).await,
+            Err(AnchorError::WrongAnchorer { .. })
+        ));
+        assert!(copy.anchor(&hs[0]).await.is_err());
+        // Entries after an epoch only.
+        let (tail, more) = j.raw_entries(&k.node_id(), Some(3), 10, 1024).unwrap();
+        assert_eq!(tail.iter().map(|(e, _)| *e).collect::<Vec<_>>(), [4, 5]);
+        assert!(!more);
+
+        // Tampered in the store: the copy reports it like the journal.
+        let mut v = stored(&j.tree, 3);
+        let n = v.len();
+        v[n - 20] ^= 1;
+        put(&j.tree, 3, &v);
+        let e = fetch(&j).anchored_root(&ledger(&k), 5).await.unwrap_err();
+        assert!(matches!(e, AnchorError::Tampered { epoch: 3, .. }), "{e}");
+        // An oversize stored value is served cut, and still reported.
+        put(&j.tree, 3, &vec![7u8; 4000]);
+        let (page, _) = j.raw_entries(&k.node_id(), None, 10, 1024).unwrap();
+        assert!(page.iter().all(|(_, v)| v.len() <= 1024));
+        let e = fetch(&j).anchored_root(&ledger(&k), 1).await.unwrap_err();
+        assert!(matches!(e, AnchorError::Tampered { epoch: 3, .. }), "{e}");
+        // A stray key is served and reported.
+        let d2 = tempfile::tempdir().unwrap();
+        let j2 = journal_with(d2.path(), &hs).await;
+        let mut stray = key(&k.node_id(), 9).to_vec();
+        stray.push(0);
+        j2.tree.insert(stray, b"x".as_slice()).unwrap();
+        let e = fetch(&j2).anchored_root(&ledger(&k), 1).await.unwrap_err();
+        assert!(matches!(e, AnchorError::Tampered { .. }), "{e}");
     }
 
     /// The `receipt verify` path on the journal: a receipt checks against

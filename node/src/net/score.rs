@@ -13,7 +13,7 @@
 //!
 //! | parameter | value | why |
 //! |---|---|---|
-//! | topic weight (capacity) | 1.0 | the only live topic |
+//! | topic weight (capacity, receipts, rollups) | 1.0 each | every topic a service validates; receipts and rollups carry the same parameters as capacity ([`ledger_topic_params`]), so a ledger event or rollup header a ledger peer rejects as misbehaviour (`LedgerRejected::is_misbehaviour`, a bad signature) costs its sender like an invalid advert |
 //! | P1 time in mesh | 0.0027 per s, cap 3600 s | about +10 after an hour in the mesh: steady peers are preferred when the mesh is pruned |
 //! | P2 first deliveries | +1 each, cap 5, decays to zero over 10 min | credit for delivering fresh adverts first |
 //! | P3/P3b mesh delivery rate | 0 (off) | adverts are sparse (one per node per interval): a delivery-rate quota would punish honest peers in a quiet mesh |
@@ -76,10 +76,20 @@ pub fn capacity_topic_params() -> TopicScoreParams {
     }
 }
 
-/// Peer score parameters (all live topics).
+/// Score parameters for the ledger topics (`receipts`, `rollups`): those of
+/// the capacity topic. Ledger peers validate every event on its own merits
+/// before forwarding it, so an honest forwarder is never charged; the
+/// originator of a rejected event is.
+pub fn ledger_topic_params() -> TopicScoreParams {
+    capacity_topic_params()
+}
+
+/// Peer score parameters (all topics).
 pub fn peer_score_params() -> PeerScoreParams {
     let mut topics = HashMap::new();
     topics.insert(Topic::Capacity.hash(), capacity_topic_params());
+    topics.insert(Topic::Receipts.hash(), ledger_topic_params());
+    topics.insert(Topic::Rollups.hash(), ledger_topic_params());
     PeerScoreParams {
         topics,
         topic_score_cap: TOPIC_SCORE_CAP,
@@ -120,6 +130,11 @@ mod tests {
         peer_score_params().validate().unwrap();
         peer_score_thresholds().validate().unwrap();
         capacity_topic_params().validate().unwrap();
+        ledger_topic_params().validate().unwrap();
+        let params = peer_score_params();
+        for t in Topic::ALL {
+            assert!(params.topics.contains_key(&t.hash()), "{t} is not scored");
+        }
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! The ledger's wire messages: the [`LedgerEvent`] envelope carried on the
-//! `receipts` gossip topic, and the rollup reconciliation request/response
-//! pair ([`RollupRequest`], [`RollupResponse`]).
+//! `receipts` gossip topic, and the request/response pair of the ledger
+//! service ([`RollupRequest`], [`RollupResponse`]): rollup reconciliation
+//! between ledger peers, and the questions any node asks a ledger peer on
+//! behalf of its user (a receipt's state and inclusion proof, a balance, the
+//! leaderboard, an anchor journal, recent headers).
 //!
 //! None of these is signed as a whole: each carries [`Signed`] frames that
 //! prove what it claims to a third peer (the envelope only groups them). The
@@ -21,8 +24,12 @@
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::codec::{self, CodecError};
+use crate::identity::NodeId;
+use crate::merkle::{InclusionProof, MAX_PATH};
 use crate::signed::{MessageId, Signed, SignedError};
-use crate::wire::{JobSpec, Mint, Receipt, ReceiptAcceptance, TaskAccept, TaskClosed, TaskOffer};
+use crate::wire::{
+    JobSpec, Mint, Receipt, ReceiptAcceptance, RollupHeader, TaskAccept, TaskClosed, TaskOffer,
+};
 
 /// Version byte of an encoded [`LedgerEvent`].
 pub const EVENT_VERSION: u8 = 1;
@@ -58,8 +65,20 @@ pub const MAX_FETCH_IDS: usize = 256;
 pub const MAX_RESPONSE: usize = 4 << 20;
 /// Largest encoded [`RollupRequest`].
 pub const MAX_REQUEST: usize = 1 + 1 + 9 + MAX_FETCH_IDS * 32 + 16;
-/// Longest reason text in [`RollupResponse::Refused`].
+/// Longest reason text in [`RollupResponse::Refused`] and [`ReceiptState::Unpaid`].
 pub const MAX_REASON: usize = 256;
+/// Most journal entries in one [`RollupResponse::Chain`] page.
+pub const MAX_CHAIN_PAGE: usize = 1024;
+/// Longest journal entry in a [`RollupResponse::Chain`] page (a stored
+/// header frame is far shorter; longer stored bytes are served cut to this,
+/// so the verifier sees a frame that does not decode: tampering).
+pub const MAX_CHAIN_ENTRY: usize = 1024;
+/// Most headers in one [`RollupResponse::Headers`].
+pub const MAX_HEADERS: usize = 64;
+/// Most rows in one [`RollupResponse::Leaderboard`].
+pub const MAX_LEADERBOARD: usize = 100;
+/// Largest rollup header frame.
+const MAX_HEADER_FRAME: usize = Signed::<RollupHeader>::MAX_FRAME;
 
 /// Why ledger bytes from a peer were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -416,6 +435,129 @@ pub enum RollupRequest {
         /// Receipt ids.
         ids: Vec<MessageId>,
     },
+    /// Where a receipt stands on the answering ledger (any node may ask).
+    Receipt {
+        /// The receipt id.
+        id: MessageId,
+    },
+    /// The inclusion proof of a receipt against the answering ledger's
+    /// header of its epoch, and who anchors that epoch.
+    Proof {
+        /// The receipt id.
+        id: MessageId,
+    },
+    /// A node's balance on the answering ledger.
+    Balance {
+        /// The node.
+        node: NodeId,
+    },
+    /// A page of the anchor journal the answering ledger keeps for `ledger`
+    /// (raw stored entries, epochs ascending, after `after`).
+    Chain {
+        /// Whose chain.
+        ledger: NodeId,
+        /// Start after this epoch (exclusive); `None` for the first page.
+        after: Option<u64>,
+    },
+    /// The answering ledger's own current headers of epochs after `after`
+    /// (the newest [`MAX_HEADERS`]): how a ledger that was away catches up
+    /// with headers it missed on the `rollups` topic.
+    Headers {
+        /// Epochs after this one (exclusive).
+        after: u64,
+    },
+    /// The nodes that earned most (at most `limit`, capped at [`MAX_LEADERBOARD`]).
+    Leaderboard {
+        /// Rows wanted.
+        limit: u16,
+    },
+}
+
+/// Where a receipt stands on a ledger ([`RollupResponse::Receipt`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReceiptState {
+    /// The ledger never admitted it.
+    Unknown,
+    /// It is its task's settle: the worker was paid.
+    Settled,
+    /// It matches an escrow, but another receipt of the task was paid (its
+    /// escrow went back to the creator).
+    Outranked,
+    /// Admitted, waiting for its escrow (nothing paid yet).
+    Waiting,
+    /// Admitted, but it matches no escrow and pays nothing (the reason, e.g.
+    /// the worker was never assigned the task; at most [`MAX_REASON`] bytes).
+    Unpaid {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The answer to [`RollupRequest::Receipt`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptInfo {
+    /// Its state.
+    pub state: ReceiptState,
+    /// The epoch it falls in, once it matched an escrow.
+    pub epoch: Option<u64>,
+    /// Whether that epoch is final on the answering ledger.
+    pub epoch_final: bool,
+    /// Whether it arrived after its epoch was final (then it is in no root).
+    pub late: bool,
+    /// The settle event as admitted (the receipt and the acceptance kept).
+    pub settle: Option<LedgerEvent>,
+}
+
+/// Where the answering ledger anchored an epoch ([`ProofInfo::anchor`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AnchorPlace {
+    /// In its embedded journal: read it with [`RollupRequest::Chain`].
+    Journal,
+    /// In the anchor contract on an EVM chain, under `account`.
+    Evm {
+        /// Chain id.
+        chain_id: u64,
+        /// The anchor contract's address.
+        contract: [u8; 20],
+        /// The account the root is kept under.
+        account: [u8; 20],
+    },
+}
+
+/// The answer to [`RollupRequest::Proof`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProofInfo {
+    /// The answering ledger's header of the receipt's epoch.
+    pub header: Signed<RollupHeader>,
+    /// The inclusion proof against that header.
+    pub proof: InclusionProof,
+    /// The ledger that anchors the epoch, as the answering ledger saw it when
+    /// the epoch turned final (`None` while it is not final).
+    pub anchorer: Option<NodeId>,
+    /// Where the answering ledger anchored the epoch, when it did.
+    pub anchor: Option<AnchorPlace>,
+}
+
+/// One raw entry of an anchor journal ([`RollupResponse::Chain`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainEntry {
+    /// The epoch it is stored under.
+    pub epoch: u64,
+    /// The stored bytes (a signed header frame unless tampered with).
+    pub frame: Vec<u8>,
+}
+
+/// One row of [`RollupResponse::Leaderboard`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderRow {
+    /// The node.
+    pub node: NodeId,
+    /// Its balance.
+    pub balance: i128,
+    /// Credits it earned as a worker (settles).
+    pub earned: u64,
+    /// Tasks it was paid for.
+    pub tasks: u64,
 }
 
 /// The answer to a [`RollupRequest`].
@@ -440,6 +582,34 @@ pub enum RollupResponse {
         /// Why.
         reason: String,
     },
+    /// Where a receipt stands.
+    Receipt(ReceiptInfo),
+    /// A receipt's inclusion proof.
+    Proof(Box<ProofInfo>),
+    /// A node's balance.
+    Balance {
+        /// The node.
+        node: NodeId,
+        /// Its balance (negative when its escrows exceed what it had).
+        balance: i128,
+    },
+    /// A page of an anchor journal, at most [`MAX_CHAIN_PAGE`] entries.
+    Chain {
+        /// The entries, epochs ascending.
+        entries: Vec<ChainEntry>,
+        /// Whether more entries follow the last one.
+        more: bool,
+    },
+    /// The answering ledger's recent headers, at most [`MAX_HEADERS`].
+    Headers {
+        /// The headers.
+        headers: Vec<Signed<RollupHeader>>,
+    },
+    /// The nodes that earned most, at most [`MAX_LEADERBOARD`].
+    Leaderboard {
+        /// Rows, best first.
+        rows: Vec<LeaderRow>,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -455,6 +625,51 @@ enum ResponseWire {
     Refused {
         reason: String,
     },
+    Receipt {
+        state: ReceiptState,
+        epoch: Option<u64>,
+        epoch_final: bool,
+        late: bool,
+        settle: Option<Bytes>,
+    },
+    Proof {
+        header: Bytes,
+        proof: InclusionProof,
+        anchorer: Option<NodeId>,
+        anchor: Option<AnchorPlace>,
+    },
+    Balance {
+        node: NodeId,
+        balance: i128,
+    },
+    Chain {
+        entries: Vec<(u64, Bytes)>,
+        more: bool,
+    },
+    Headers {
+        headers: Vec<Bytes>,
+    },
+    Leaderboard {
+        rows: Vec<LeaderRow>,
+    },
+}
+
+/// Refuses a list longer than `max`.
+fn at_most(
+    what: &'static str,
+    field: &'static str,
+    found: usize,
+    max: usize,
+) -> Result<(), LedgerWireError> {
+    if found > max {
+        return Err(LedgerWireError::TooMany {
+            what,
+            field,
+            max,
+            found,
+        });
+    }
+    Ok(())
 }
 
 impl RollupRequest {
@@ -462,6 +677,10 @@ impl RollupRequest {
         match tag {
             0 => Some(1 + 1 + 10 + 1 + 32),
             1 => Some(MAX_REQUEST),
+            2..=4 => Some(1 + 1 + 32),
+            5 => Some(1 + 1 + 32 + 1 + 10),
+            6 => Some(1 + 1 + 10),
+            7 => Some(1 + 1 + 3),
             _ => None,
         }
     }
@@ -499,6 +718,16 @@ impl RollupResponse {
             0 => Some(1 + 1 + 10 + 5 + MAX_IDS_PAGE * 32 + 1),
             1 => Some(MAX_RESPONSE),
             2 => Some(1 + 1 + 5 + MAX_REASON),
+            // state, epoch, two flags, the settle event
+            3 => Some(1 + 1 + (1 + 5 + MAX_REASON) + 11 + 2 + (1 + 5 + MAX_SETTLE_EVENT)),
+            // header frame, proof (index, size, path), anchorer, anchor place
+            4 => Some(
+                1 + 1 + (5 + MAX_HEADER_FRAME) + (10 + 10 + 1 + MAX_PATH * 32) + 33 + (2 + 10 + 40),
+            ),
+            5 => Some(1 + 1 + 32 + 17),
+            6 => Some(1 + 1 + 5 + MAX_CHAIN_PAGE * (10 + 5 + MAX_CHAIN_ENTRY) + 1),
+            7 => Some(1 + 1 + 5 + MAX_HEADERS * (5 + MAX_HEADER_FRAME)),
+            8 => Some(1 + 1 + 5 + MAX_LEADERBOARD * (32 + 17 + 10 + 10)),
             _ => None,
         }
     }
@@ -521,6 +750,40 @@ impl RollupResponse {
             RollupResponse::Refused { reason } => ResponseWire::Refused {
                 reason: reason.clone(),
             },
+            RollupResponse::Receipt(info) => ResponseWire::Receipt {
+                state: info.state.clone(),
+                epoch: info.epoch,
+                epoch_final: info.epoch_final,
+                late: info.late,
+                settle: info
+                    .settle
+                    .as_ref()
+                    .map(|e| e.encode().map(Bytes))
+                    .transpose()?,
+            },
+            RollupResponse::Proof(p) => ResponseWire::Proof {
+                header: bytes(&p.header),
+                proof: p.proof.clone(),
+                anchorer: p.anchorer,
+                anchor: p.anchor.clone(),
+            },
+            RollupResponse::Balance { node, balance } => ResponseWire::Balance {
+                node: *node,
+                balance: *balance,
+            },
+            RollupResponse::Chain { entries, more } => ResponseWire::Chain {
+                entries: entries
+                    .iter()
+                    .map(|e| (e.epoch, Bytes(e.frame.clone())))
+                    .collect(),
+                more: *more,
+            },
+            RollupResponse::Headers { headers } => ResponseWire::Headers {
+                headers: headers.iter().map(bytes).collect(),
+            },
+            RollupResponse::Leaderboard { rows } => {
+                ResponseWire::Leaderboard { rows: rows.clone() }
+            }
         };
         let mut out = vec![RPC_VERSION];
         codec::encode_into(&wire, &mut out)?;
@@ -581,15 +844,66 @@ impl RollupResponse {
                     .collect::<Result<_, _>>()?,
             },
             ResponseWire::Refused { reason } => {
-                if reason.len() > MAX_REASON {
-                    return Err(LedgerWireError::TooMany {
-                        what: WHAT,
-                        field: "reason bytes",
-                        max: MAX_REASON,
-                        found: reason.len(),
+                at_most(WHAT, "reason bytes", reason.len(), MAX_REASON)?;
+                RollupResponse::Refused { reason }
+            }
+            ResponseWire::Receipt {
+                state,
+                epoch,
+                epoch_final,
+                late,
+                settle,
+            } => {
+                if let ReceiptState::Unpaid { reason } = &state {
+                    at_most(WHAT, "reason bytes", reason.len(), MAX_REASON)?;
+                }
+                RollupResponse::Receipt(ReceiptInfo {
+                    state,
+                    epoch,
+                    epoch_final,
+                    late,
+                    settle: settle.map(|b| LedgerEvent::decode(&b.0)).transpose()?,
+                })
+            }
+            ResponseWire::Proof {
+                header,
+                proof,
+                anchorer,
+                anchor,
+            } => {
+                at_most(WHAT, "proof path hashes", proof.path.len(), MAX_PATH)?;
+                RollupResponse::Proof(Box::new(ProofInfo {
+                    header: frame(WHAT, "header", header)?,
+                    proof,
+                    anchorer,
+                    anchor,
+                }))
+            }
+            ResponseWire::Balance { node, balance } => RollupResponse::Balance { node, balance },
+            ResponseWire::Chain { entries, more } => {
+                at_most(WHAT, "journal entries", entries.len(), MAX_CHAIN_PAGE)?;
+                let mut out = Vec::with_capacity(entries.len());
+                for (epoch, frame) in entries {
+                    at_most(WHAT, "journal entry bytes", frame.0.len(), MAX_CHAIN_ENTRY)?;
+                    out.push(ChainEntry {
+                        epoch,
+                        frame: frame.0,
                     });
                 }
-                RollupResponse::Refused { reason }
+                RollupResponse::Chain { entries: out, more }
+            }
+            ResponseWire::Headers { headers } => {
+                at_most(WHAT, "headers", headers.len(), MAX_HEADERS)?;
+                RollupResponse::Headers {
+                    headers: headers
+                        .into_iter()
+                        .map(|h| frame(WHAT, "header", h))
+                        .collect::<Result<_, _>>()?,
+                }
+            }
+            ResponseWire::Leaderboard { rows } => {
+                at_most(WHAT, "rows", rows.len(), MAX_LEADERBOARD)?;
+                RollupResponse::Leaderboard { rows }
             }
         })
     }
@@ -792,6 +1106,181 @@ mod tests {
                 proptest::prop_assert_eq!(e.encode().unwrap(), data);
             }
         }
+    }
+
+    /// The answers any node asks a ledger for: every variant round-trips, and
+    /// each list and text bound is enforced on decode.
+    fn sample_answers(kit: &Kit) -> (Vec<RollupRequest>, Vec<RollupResponse>) {
+        let ledger = &kit.ledgers[0];
+        let header = Signed::sign(
+            ledger,
+            &RollupHeader {
+                epoch: 9,
+                root: [4; 32],
+                count: 5,
+                ledger: ledger.node_id(),
+                prev: [0; 32],
+                closed_at_ms: 77,
+            },
+        )
+        .unwrap();
+        let leaves: Vec<[u8; 32]> = (1u8..=5).map(|i| [i; 32]).collect();
+        let tree = crate::merkle::MerkleTree::from_sorted_unique(leaves).unwrap();
+        let settle = kit
+            .sample_events()
+            .into_iter()
+            .find(|e| matches!(e, LedgerEvent::Settle { .. }));
+        let node = kit.workers[0].node_id();
+        let reqs = vec![
+            RollupRequest::Receipt {
+                id: MessageId([7; 32]),
+            },
+            RollupRequest::Proof {
+                id: MessageId([0xff; 32]),
+            },
+            RollupRequest::Balance { node },
+            RollupRequest::Chain {
+                ledger: node,
+                after: Some(u64::MAX),
+            },
+            RollupRequest::Chain {
+                ledger: node,
+                after: None,
+            },
+            RollupRequest::Headers { after: u64::MAX },
+            RollupRequest::Leaderboard { limit: u16::MAX },
+        ];
+        let resps = vec![
+            RollupResponse::Receipt(ReceiptInfo {
+                state: ReceiptState::Unpaid {
+                    reason: "r".repeat(MAX_REASON),
+                },
+                epoch: Some(u64::MAX),
+                epoch_final: true,
+                late: false,
+                settle,
+            }),
+            RollupResponse::Receipt(ReceiptInfo {
+                state: ReceiptState::Unknown,
+                epoch: None,
+                epoch_final: false,
+                late: false,
+                settle: None,
+            }),
+            RollupResponse::Proof(Box::new(ProofInfo {
+                header: header.clone(),
+                proof: tree.proof(3).unwrap(),
+                anchorer: Some(node),
+                anchor: Some(AnchorPlace::Evm {
+                    chain_id: u64::MAX,
+                    contract: [0xee; 20],
+                    account: [0xdd; 20],
+                }),
+            })),
+            RollupResponse::Balance {
+                node,
+                balance: i128::MIN,
+            },
+            RollupResponse::Chain {
+                entries: (0..MAX_CHAIN_PAGE as u64)
+                    .map(|epoch| ChainEntry {
+                        epoch: u64::MAX - epoch,
+                        frame: vec![0xab; MAX_CHAIN_ENTRY],
+                    })
+                    .collect(),
+                more: true,
+            },
+            RollupResponse::Headers {
+                headers: vec![header; MAX_HEADERS],
+            },
+            RollupResponse::Leaderboard {
+                rows: vec![
+                    LeaderRow {
+                        node,
+                        balance: i128::MAX,
+                        earned: u64::MAX,
+                        tasks: u64::MAX,
+                    };
+                    MAX_LEADERBOARD
+                ],
+            },
+        ];
+        (reqs, resps)
+    }
+
+    #[test]
+    fn service_answers_round_trip_at_their_bounds() {
+        let kit = Kit::new(7);
+        let (reqs, resps) = sample_answers(&kit);
+        for r in reqs {
+            let b = r.encode().unwrap();
+            assert_eq!(RollupRequest::decode(&b).unwrap(), r, "{r:?}");
+        }
+        for r in resps {
+            let b = r.encode().unwrap();
+            assert_eq!(RollupResponse::decode(&b).unwrap(), r);
+            for cut in [0, 1, 2, b.len() / 2, b.len() - 1] {
+                assert!(RollupResponse::decode(&b[..cut]).is_err(), "cut {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn service_answers_over_their_bounds_are_refused() {
+        let kit = Kit::new(8);
+        let (_, resps) = sample_answers(&kit);
+        let too_big: Vec<RollupResponse> = resps
+            .into_iter()
+            .filter_map(|r| match r {
+                RollupResponse::Receipt(mut info) => {
+                    info.state = ReceiptState::Unpaid {
+                        reason: "r".repeat(MAX_REASON + 1),
+                    };
+                    Some(RollupResponse::Receipt(info))
+                }
+                RollupResponse::Chain { mut entries, more } => {
+                    entries[0].frame.push(0);
+                    Some(RollupResponse::Chain { entries, more })
+                }
+                RollupResponse::Headers { mut headers } => {
+                    headers.push(headers[0].clone());
+                    Some(RollupResponse::Headers { headers })
+                }
+                RollupResponse::Leaderboard { mut rows } => {
+                    rows.push(rows[0]);
+                    Some(RollupResponse::Leaderboard { rows })
+                }
+                RollupResponse::Proof(mut p) => {
+                    p.proof.path = vec![[1; 32]; MAX_PATH + 1];
+                    Some(RollupResponse::Proof(p))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(too_big.len(), 6);
+        for r in too_big {
+            // Encoding may refuse already; if it does not, decoding must.
+            if let Ok(b) = r.encode() {
+                assert!(RollupResponse::decode(&b).is_err(), "{r:?}");
+            }
+        }
+        // A page entry count over the bound is refused even under the size limit.
+        let mut chain = vec![RPC_VERSION];
+        let entries: Vec<(u64, Bytes)> = (0..=MAX_CHAIN_PAGE as u64)
+            .map(|e| (e, Bytes(Vec::new())))
+            .collect();
+        codec::encode_into(
+            &ResponseWire::Chain {
+                entries,
+                more: false,
+            },
+            &mut chain,
+        )
+        .unwrap();
+        assert!(matches!(
+            RollupResponse::decode(&chain),
+            Err(LedgerWireError::TooMany { .. })
+        ));
     }
 
     #[test]
