@@ -170,6 +170,15 @@ pub enum RpcRequest {
         /// What the creator found.
         comparison: Comparison,
     },
+    /// Creator → scheduler: the output of the task's winning result
+    /// (`attempt`) could not be fetched from any source, or did not match its
+    /// signed hash (`Scheduler::handle_unfetchable`): run the task again.
+    Unfetchable {
+        /// The task.
+        task: TaskId,
+        /// The attempt whose output is lost.
+        attempt: u32,
+    },
 }
 
 /// Why a request was refused, in a form a peer can act on.
@@ -258,7 +267,7 @@ impl RpcRequest {
                 }
                 Ok(())
             }
-            RpcRequest::Compared { .. } => Ok(()),
+            RpcRequest::Compared { .. } | RpcRequest::Unfetchable { .. } => Ok(()),
         }
     }
 
@@ -463,6 +472,15 @@ mod tests {
                     },
                 }
             ),
+            (any::<[u8; 32]>(), any::<u32>(), any::<u32>()).prop_map(|(j, index, attempt)| {
+                RpcRequest::Unfetchable {
+                    task: TaskId {
+                        job: JobId(j),
+                        index,
+                    },
+                    attempt,
+                }
+            }),
         ]
     }
 

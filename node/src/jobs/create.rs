@@ -754,6 +754,15 @@ impl JobService {
                     entry.fetch_tries.remove(&f.task);
                     entry.machine.fetch_failed(f.task, f.attempt)
                 };
+                // No source of this result is left: the scheduler thinks the
+                // task done, so tell it to run the task again.
+                let lost = next.is_none()
+                    && !retry_same
+                    && matches!(
+                        entry.machine.tasks().get(f.task as usize),
+                        Some(TaskState::Waiting)
+                    );
+                let reopen = if lost { entry.owner } else { None };
                 if let Some(next) = next {
                     let job_id = job;
                     if retry_same {
@@ -766,6 +775,19 @@ impl JobService {
                         });
                     } else {
                         self.start_fetch(job_id, next);
+                    }
+                }
+                if let Some(owner) = reopen {
+                    let task = TaskId { job, index: f.task };
+                    tracing::warn!(job = %hex::encode(job.0), task = f.task, attempt = f.attempt, %owner, "no source of the result is left; asking the scheduler to run the task again");
+                    if owner == self.me {
+                        let _ = self.rpc_unfetchable(self.me, task, f.attempt, now_ms);
+                    } else {
+                        let request = RpcRequest::Unfetchable {
+                            task,
+                            attempt: f.attempt,
+                        };
+                        self.outbox.send(&self.rpc, owner, request, None);
                     }
                 }
             }

@@ -12,7 +12,7 @@ use rendertrust_protocol::ledger::LedgerEvent;
 use rendertrust_protocol::rpc::{ErrorCode, RpcRequest, RpcResponse};
 use rendertrust_protocol::scheduler::{
     AcceptOutcome, CloseReason, ComparisonError, JobEvent, ProgressError, SchedulerAction,
-    SnapshotPart,
+    SnapshotPart, UnfetchableError,
 };
 use rendertrust_protocol::signed::Signed;
 use rendertrust_protocol::task::Rect;
@@ -416,6 +416,30 @@ impl JobService {
                 RpcResponse::Ok
             }
             Err(e @ ComparisonError::NotCreator { .. }) => {
+                RpcResponse::error(ErrorCode::Forbidden, e.to_string())
+            }
+            Err(e) => RpcResponse::error(ErrorCode::NotFound, e.to_string()),
+        }
+    }
+
+    /// `Unfetchable`: the creator lost every source of a done task's output.
+    pub(crate) fn rpc_unfetchable(
+        &mut self,
+        peer: NodeId,
+        task: TaskId,
+        attempt: u32,
+        now_ms: u64,
+    ) -> RpcResponse {
+        let Some(s) = self.scheduler.as_mut() else {
+            return not_scheduler();
+        };
+        match s.handle_unfetchable(&peer, &task, attempt, now_ms) {
+            Ok(()) => {
+                tracing::info!(job = %hex::encode(task.job.0), task = task.index, attempt, "the creator could not fetch the result; the task runs again");
+                self.sched_dirty = true;
+                RpcResponse::Ok
+            }
+            Err(e @ UnfetchableError::NotCreator { .. }) => {
                 RpcResponse::error(ErrorCode::Forbidden, e.to_string())
             }
             Err(e) => RpcResponse::error(ErrorCode::NotFound, e.to_string()),

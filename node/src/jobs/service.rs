@@ -532,6 +532,9 @@ impl JobService {
             }
             RpcRequest::ResultOf { task, attempt } => self.rpc_result_of(peer, task, attempt),
             RpcRequest::Compared { comparison } => self.rpc_compared(peer, &comparison, now_ms),
+            RpcRequest::Unfetchable { task, attempt } => {
+                self.rpc_unfetchable(peer, task, attempt, now_ms)
+            }
             // Rendering a crop is the node side of issue 7, not done yet: the
             // scheduler treats the refusal as an undeliverable offer.
             RpcRequest::CropOffer { .. } => RpcResponse::error(

@@ -53,6 +53,8 @@ pub(crate) enum PastKind {
     Superseded,
     /// Its result lost verification (or its output was unusable).
     Caught,
+    /// Its result won, but the creator could not fetch the output.
+    Unfetchable,
 }
 
 impl PastKind {
@@ -63,6 +65,7 @@ impl PastKind {
             PastKind::Reported => CloseReason::Reported,
             PastKind::Superseded => CloseReason::Superseded,
             PastKind::Caught => CloseReason::Caught,
+            PastKind::Unfetchable => CloseReason::Unfetchable,
         }
     }
 }

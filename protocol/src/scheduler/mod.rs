@@ -150,7 +150,7 @@ pub use crate::verify::{CompareResult, Comparison};
 use crate::wire::{
     CapacityAdvert, JobId, JobSpec, Progress, TaskAccept, TaskId, TaskResult, WireMessage,
 };
-use job::{Job, JobCore, PastKind, Phase, TaskState};
+use job::{Job, JobCore, Past, PastKind, Phase, TaskState};
 use view::View;
 
 /// Attempt numbers a replica skips when it takes a job over.
@@ -692,6 +692,90 @@ impl Scheduler {
             AttemptEnd::Reported { reason },
             now_ms,
         );
+        Ok(())
+    }
+
+    /// The creator could not fetch the output of task `task`'s winning
+    /// result (`attempt`): every source of it was unreachable, or the output
+    /// did not match the hash its worker signed (`RpcRequest::Unfetchable`,
+    /// the transport authenticating `from`). The task is done no longer: the
+    /// attempt is closed unpaid (`Closed{Unfetchable}`, a lost outcome for its
+    /// worker, who is not offered the task again) and the task runs again, or
+    /// fails after `max_attempts`. Only the job's creator reports this; it
+    /// gains nothing by lying (it pays only for outputs it countersigns), and
+    /// each report costs one of the task's attempts.
+    pub fn handle_unfetchable(
+        &mut self,
+        from: &NodeId,
+        task: &TaskId,
+        attempt: u32,
+        now_ms: u64,
+    ) -> Result<(), UnfetchableError> {
+        let job = owned_job(&mut self.jobs, self.ctx.me, &task.job).map_err(|e| match e {
+            (j, None) => UnfetchableError::UnknownJob(j),
+            (job, Some(owner)) => UnfetchableError::NotOwner { job, owner },
+        })?;
+        if job.spec.creator != *from {
+            return Err(UnfetchableError::NotCreator {
+                creator: job.spec.creator,
+                by: *from,
+            });
+        }
+        let index = task.index;
+        let not_done = UnfetchableError::NotDone { index, attempt };
+        let Some(t) = job.task(index).filter(|_| index < job.n_tasks()) else {
+            return Err(not_done);
+        };
+        if t.phase != Phase::Done || t.attempt != attempt {
+            return Err(not_done);
+        }
+        if now_ms >= job.spec.deadline_ms {
+            return Err(UnfetchableError::PastDeadline);
+        }
+        let worker = t.worker;
+        self.ctx.stats.unfetchable += 1;
+        job.core.done = job.core.done.saturating_sub(1);
+        if job.core.finished_at_ms.take().is_some() {
+            // Finished no longer: the job's timers run again.
+            self.ctx.rearm_job(job);
+        }
+        if let Some(w) = job.worker_id(worker) {
+            self.ctx.actions.push_back(SchedulerAction::Outcome {
+                worker: w,
+                task: *task,
+                attempt,
+                outcome: crate::reputation::Outcome::Lost,
+            });
+        }
+        let max = self.ctx.config.max_attempts.max(1);
+        let Some(t) = job.task_mut(index) else {
+            return Err(not_done);
+        };
+        t.phase = Phase::Queued;
+        t.permille = 0;
+        t.past.push(Past {
+            worker,
+            attempt,
+            kind: PastKind::Unfetchable,
+        });
+        t.failures = t.failures.saturating_add(1);
+        let failures = t.failures;
+        if failures >= max {
+            self.ctx.fail_task(
+                job,
+                index,
+                FailReason::Attempts {
+                    failures,
+                    last: AttemptEnd::Unfetchable,
+                },
+                CloseReason::TaskFailed,
+                now_ms,
+            );
+        } else {
+            // Refund the unfetchable attempt now: it can never win again.
+            self.ctx.close_past(job, index);
+            self.ctx.requeue(job, index, now_ms);
+        }
         Ok(())
     }
 

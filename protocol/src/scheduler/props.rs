@@ -39,6 +39,7 @@ enum Ev {
     Compare(u8, u8),
     Trust(u8, bool),
     Operator(u8, u8),
+    Unfetchable(u8),
 }
 
 fn ev() -> impl Strategy<Value = Ev> {
@@ -57,6 +58,7 @@ fn ev() -> impl Strategy<Value = Ev> {
         4 => (any::<u8>(), any::<u8>()).prop_map(|(i, k)| Ev::Compare(i, k)),
         1 => (any::<u8>(), any::<bool>()).prop_map(|(i, t)| Ev::Trust(i, t)),
         1 => (any::<u8>(), 0u8..3).prop_map(|(i, g)| Ev::Operator(i, g)),
+        1 => any::<u8>().prop_map(Ev::Unfetchable),
     ]
 }
 
@@ -74,6 +76,7 @@ fn busy_ev() -> impl Strategy<Value = Ev> {
         1 => (any::<u8>(), any::<u8>()).prop_map(|(i, r)| Ev::Readvert(i, r)),
         1 => (any::<u8>(), any::<bool>()).prop_map(|(i, t)| Ev::Trust(i, t)),
         1 => (any::<u8>(), 0u8..3).prop_map(|(i, g)| Ev::Operator(i, g)),
+        1 => any::<u8>().prop_map(Ev::Unfetchable),
     ]
 }
 
@@ -356,6 +359,29 @@ impl Harness {
                         Ok(ResultOutcome::Duplicate) if self.m.voted.contains(&(t, a)) => {}
                         Ok(_) => prop_assert!(was_terminal || !self.s.jobs().any(|j| *j == t.job)),
                         Err(_) => {}
+                    }
+                }
+            }
+            Ev::Unfetchable(i) => {
+                // The creator could not fetch a winning output: the task reopens.
+                let won: Vec<(TaskId, u32)> =
+                    self.m.winners.iter().map(|(t, a)| (*t, *a)).collect();
+                if !won.is_empty() {
+                    let (t, a) = won[i as usize % won.len()];
+                    match self.s.handle_unfetchable(&creator().node_id(), &t, a, now) {
+                        Ok(()) => {
+                            self.m.winners.remove(&t);
+                            self.m.terminal.remove(&t);
+                            self.m.finished.remove(&t.job);
+                        }
+                        Err(e) => prop_assert!(
+                            matches!(
+                                e,
+                                UnfetchableError::UnknownJob(_) | UnfetchableError::PastDeadline
+                            ),
+                            "{:?}",
+                            e
+                        ),
                     }
                 }
             }

@@ -1332,3 +1332,116 @@ fn scheduler_and_workers_run_a_job_end_to_end() {
             .all(|t| t.worker != Some(NodeId::from_bytes([4; 32])))
     );
 }
+
+#[test]
+fn an_unfetchable_result_reopens_its_task_elsewhere() {
+    let (mut s, _, mut r) = setup(3, 1);
+    let c = key(1);
+    let (spec, frame) = builtin_job(&c, 1, 1);
+    let id = spec.id;
+    s.submit(spec, frame, T0).unwrap();
+    let o0 = assigned(&mut s, &mut r, T0);
+    assert_eq!(
+        s.handle_result(&result_of(&o0), ResultFrames::default(), T0 + 1_000),
+        Ok(ResultOutcome::Done)
+    );
+    let ev = events(&drain(&mut s));
+    assert!(matches!(
+        ev.last(),
+        Some(JobEvent::JobFinished { done: 1, failed: 0 })
+    ));
+    let task = TaskId { job: id, index: 0 };
+    // Only the creator reports it, and only for the attempt that is done.
+    assert!(matches!(
+        s.handle_unfetchable(&o0.worker, &task, 0, T0 + 2_000),
+        Err(UnfetchableError::NotCreator { .. })
+    ));
+    assert_eq!(
+        s.handle_unfetchable(&c.node_id(), &task, 1, T0 + 2_000),
+        Err(UnfetchableError::NotDone {
+            index: 0,
+            attempt: 1
+        })
+    );
+    s.handle_unfetchable(&c.node_id(), &task, 0, T0 + 2_000)
+        .unwrap();
+    let acts = pump(&mut s, T0 + 2_000, &mut r);
+    // Refunded at once, as unfetchable; a lost outcome for its worker.
+    assert!(acts.iter().any(|a| matches!(
+        a,
+        SchedulerAction::Closed { attempt: 0, reason: CloseReason::Unfetchable, worker, .. }
+            if *worker == o0.worker
+    )));
+    assert!(acts.iter().any(|a| matches!(
+        a,
+        SchedulerAction::Outcome {
+            attempt: 0,
+            outcome: crate::reputation::Outcome::Lost,
+            ..
+        }
+    )));
+    // And offered again, to another worker.
+    let o1 = offers(&acts).remove(0);
+    assert_eq!(o1.attempt, 1);
+    assert_ne!(o1.worker, o0.worker);
+    // A second report of the same attempt changes nothing.
+    assert!(
+        s.handle_unfetchable(&c.node_id(), &task, 0, T0 + 2_001)
+            .is_err()
+    );
+    // The re-run finishes the job again.
+    s.handle_accept(&answer(&o1, true), T0 + 3_000).unwrap();
+    drain(&mut s);
+    assert_eq!(
+        s.handle_result(&result_of(&o1), ResultFrames::default(), T0 + 4_000),
+        Ok(ResultOutcome::Done)
+    );
+    let ev = events(&drain(&mut s));
+    assert!(matches!(
+        ev.last(),
+        Some(JobEvent::JobFinished { done: 1, failed: 0 })
+    ));
+    assert_eq!(s.stats().unfetchable, 1);
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn unfetchable_results_use_up_the_attempts() {
+    let (mut s, _, mut r) = setup(4, 1);
+    let c = key(1);
+    let (spec, frame) = builtin_job(&c, 1, 1);
+    let id = spec.id;
+    s.submit(spec, frame, T0).unwrap();
+    let task = TaskId { job: id, index: 0 };
+    let mut now = T0;
+    let mut o = assigned(&mut s, &mut r, now);
+    for round in 0..3u32 {
+        now += 1_000;
+        s.handle_result(&result_of(&o), ResultFrames::default(), now)
+            .unwrap();
+        drain(&mut s);
+        s.handle_unfetchable(&c.node_id(), &task, o.attempt, now)
+            .unwrap();
+        let acts = pump(&mut s, now, &mut r);
+        if round == 2 {
+            let ev = events(&acts);
+            assert!(matches!(
+                &ev[0],
+                JobEvent::Failed {
+                    task: 0,
+                    reason: FailReason::Attempts {
+                        failures: 3,
+                        last: AttemptEnd::Unfetchable
+                    },
+                    ..
+                }
+            ));
+            assert!(offers(&acts).is_empty());
+        } else {
+            o = offers(&acts).remove(0);
+            s.handle_accept(&answer(&o, true), now).unwrap();
+            drain(&mut s);
+        }
+    }
+    s.check_invariants().unwrap();
+}

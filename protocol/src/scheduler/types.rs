@@ -288,6 +288,8 @@ pub enum AttemptEnd {
     },
     /// Verification caught the worker's result.
     Caught,
+    /// The creator could not fetch the worker's output.
+    Unfetchable,
 }
 
 impl fmt::Display for AttemptEnd {
@@ -297,6 +299,7 @@ impl fmt::Display for AttemptEnd {
             AttemptEnd::PastDeadline => f.write_str("the worker ran past the task deadline"),
             AttemptEnd::Reported { reason } => write!(f, "the worker reported: {reason}"),
             AttemptEnd::Caught => f.write_str("verification caught a wrong result"),
+            AttemptEnd::Unfetchable => f.write_str("the creator could not fetch the output"),
         }
     }
 }
@@ -355,6 +358,10 @@ pub enum CloseReason {
     Checked,
     /// Verification caught this attempt's result: never paid.
     Caught,
+    /// The creator could not fetch this attempt's output (its worker was
+    /// unreachable, or the output did not match its signed hash): never
+    /// countersigned, so never paid; the task ran again.
+    Unfetchable,
 }
 
 impl CloseReason {
@@ -364,9 +371,10 @@ impl CloseReason {
     pub fn outcome(self) -> crate::wire::CloseOutcome {
         use crate::wire::CloseOutcome;
         match self {
-            CloseReason::Silent | CloseReason::PastDeadline | CloseReason::JobDeadline => {
-                CloseOutcome::Lapsed
-            }
+            CloseReason::Silent
+            | CloseReason::PastDeadline
+            | CloseReason::JobDeadline
+            | CloseReason::Unfetchable => CloseOutcome::Lapsed,
             CloseReason::Cancelled => CloseOutcome::Cancelled,
             CloseReason::Reported
             | CloseReason::Superseded
@@ -542,6 +550,8 @@ pub struct SchedulerStats {
     pub late_accepted: u64,
     /// Results for tasks already failed (dropped).
     pub too_late: u64,
+    /// Done tasks reopened because the creator could not fetch the output.
+    pub unfetchable: u64,
     /// Replications sent.
     pub replications: u64,
     /// Jobs taken over.
@@ -901,6 +911,43 @@ pub enum ComparisonError {
         /// The check's attempt.
         check_attempt: u32,
     },
+}
+
+/// Why a creator's report of an unfetchable result was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UnfetchableError {
+    /// No such job here.
+    #[error("unknown job {0}")]
+    UnknownJob(JobId),
+    /// Another scheduler owns the job.
+    #[error("job {job} is owned by {owner}, not this scheduler")]
+    NotOwner {
+        /// The job.
+        job: JobId,
+        /// Its owner.
+        owner: NodeId,
+    },
+    /// Only the creator reports its fetches.
+    #[error("only the job's creator {creator} reports unfetchable results, not {by}")]
+    NotCreator {
+        /// The creator.
+        creator: NodeId,
+        /// Who sent it.
+        by: NodeId,
+    },
+    /// The task is not done with that attempt (it already moved on, or the
+    /// report is about another attempt).
+    #[error("task {index} is not done with attempt {attempt}")]
+    NotDone {
+        /// The task.
+        index: u32,
+        /// The attempt reported.
+        attempt: u32,
+    },
+    /// The job's deadline passed: nothing runs again.
+    #[error("the job's deadline passed")]
+    PastDeadline,
 }
 
 /// Why a snapshot could not be restored.
