@@ -12,7 +12,7 @@ use rendertrust_node::cli::{self, ApiClient, DEFAULT_API_URL};
 use rendertrust_node::config::{Config, ConfigOverrides, LogFormat};
 use rendertrust_node::jobs::cli as jobs_cli;
 use rendertrust_node::jobs::submit::{
-    KindRequest, NamedPath, RequirementsRequest, SubmitRequest, TilesRequest,
+    KindRequest, NamedPath, RequirementsRequest, SubmitRequest, TilesRequest, VerifyRequest,
 };
 use rendertrust_node::jobs::view::JobState;
 use rendertrust_node::ledger::cli as ledger_cli;
@@ -305,6 +305,27 @@ struct SubmitArgs {
     /// The process command is bit-exact for the same input (allows exact verification).
     #[arg(long)]
     deterministic: bool,
+    /// How results are verified: none (trust the workers), quorum (a sampled
+    /// task runs on K workers whose output hashes must agree; for bit-exact
+    /// jobs) or spot-check (a random crop of a sampled task is re-rendered
+    /// elsewhere and compared by SSIM). Default: quorum for builtin and
+    /// --deterministic process jobs, spot-check for blender and other process
+    /// jobs (docs/trust.md).
+    #[arg(long = "verify", value_name = "POLICY", value_parser = ["none", "quorum", "spot-check"])]
+    verify_policy: Option<String>,
+    /// Fraction of tasks verified, per mille (0-1000; default 100). New or
+    /// recently caught workers are verified on every task anyway.
+    #[arg(long, value_name = "PERMILLE")]
+    sample_permille: Option<u16>,
+    /// Quorum: workers that run each sampled task (2-5; default 2).
+    #[arg(long, value_name = "K")]
+    quorum_k: Option<u8>,
+    /// Spot-check: crop side as a fraction of the task's region side, per mille (1-1000; default 250, 1000 for process jobs).
+    #[arg(long, value_name = "PERMILLE")]
+    crop_permille: Option<u16>,
+    /// Spot-check: least similarity (SSIM x 1000, 0-1000; default 900) for a crop to pass.
+    #[arg(long, value_name = "MILLI")]
+    ssim_threshold: Option<u16>,
     /// Follow the job until it ends.
     #[arg(long)]
     watch: bool,
@@ -372,6 +393,13 @@ impl SubmitArgs {
                 min_runtime_version: self.min_runtime_version.clone(),
             },
             deadline_secs: self.deadline_secs,
+            verify: VerifyRequest {
+                policy: self.verify_policy.clone(),
+                sample_permille: self.sample_permille,
+                quorum_k: self.quorum_k,
+                crop_permille: self.crop_permille,
+                min_similarity_milli: self.ssim_threshold,
+            },
         };
         jobs_cli::absolutize(&mut request)?;
         Ok(request)
