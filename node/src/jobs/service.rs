@@ -176,6 +176,8 @@ pub(crate) enum Internal {
         job: JobId,
         frames: Box<rendertrust_protocol::creator::ResultFrames>,
     },
+    /// A spot-check comparison finished.
+    Compared(Box<super::compare::CompareDone>),
     /// A request from this node to itself.
     LocalRpc {
         request: Box<RpcRequest>,
@@ -515,7 +517,10 @@ impl JobService {
     fn handle_rpc(&mut self, peer: NodeId, req: RpcRequest, now_ms: u64) -> RpcResponse {
         match req {
             RpcRequest::Submit { spec } => self.rpc_submit(peer, &spec, now_ms),
-            RpcRequest::Offer { offer, spec } => self.rpc_offer(peer, offer, spec, now_ms),
+            RpcRequest::Offer { offer, spec } => self.rpc_offer(peer, offer, spec, None, now_ms),
+            RpcRequest::CropOffer { offer, spec, crop } => {
+                self.rpc_offer(peer, offer, spec, Some(crop), now_ms)
+            }
             RpcRequest::Progress { progress } => self.rpc_progress(peer, &progress, now_ms),
             RpcRequest::Result { frames } => self.rpc_result(peer, frames, now_ms),
             RpcRequest::TaskFailed {
@@ -532,12 +537,6 @@ impl JobService {
             }
             RpcRequest::ResultOf { task, attempt } => self.rpc_result_of(peer, task, attempt),
             RpcRequest::Compared { comparison } => self.rpc_compared(peer, &comparison, now_ms),
-            // Rendering a crop is the node side of issue 7, not done yet: the
-            // scheduler treats the refusal as an undeliverable offer.
-            RpcRequest::CropOffer { .. } => RpcResponse::error(
-                ErrorCode::Invalid,
-                "this node cannot render spot-check crops yet",
-            ),
         }
     }
 
@@ -564,6 +563,7 @@ impl JobService {
             Internal::ResultUndelivered { frames, tried } => {
                 self.on_result_undelivered(*frames, tried)
             }
+            Internal::Compared(done) => self.on_compared(*done),
             Internal::LocalRpc { request, reply } => {
                 let answer = self.handle_rpc(self.me, *request, now_ms);
                 let _ = reply.send(answer);
