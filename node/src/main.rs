@@ -54,6 +54,15 @@ enum Command {
     /// Receipts: where one stands, and whether it is in an anchored epoch root.
     #[command(subcommand)]
     Receipt(ReceiptCommand),
+    /// Reputation scores as this node's book holds them (schedulers and ledger
+    /// peers keep one): score per mille, probation, verified / failed / lost
+    /// outcomes. Give a NODE (peer id) for one node.
+    Reputation {
+        /// A node's peer id (default: every node in the book).
+        node: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Start a bootstrap peer and N nodes on loopback, as child processes.
     ///
     /// Each node gets its own data dir under --dir and free ports; the API
@@ -649,6 +658,10 @@ async fn main() -> Result<()> {
             };
             let config = Config::load(None, &overrides)?;
             print(&keys::show(&config.data_dir, json)?);
+            Ok(())
+        }
+        Command::Reputation { node, client: a } => {
+            print(&jobs_cli::reputation(&client(&a)?, node.as_deref(), a.json).await?);
             Ok(())
         }
         Command::Ledger(LedgerCommand::Balance { node, client: a }) => {

@@ -126,12 +126,9 @@ pub async fn start(config: Config) -> Result<()> {
             .and_then(|g| runtime::GpuBackend::for_vendor(g.vendor)),
         scheduler: rendertrust_protocol::scheduler::SchedulerConfig {
             heartbeat_timeout_ms: timeout_ms,
-            // Until this node keeps a ReputationBook and feeds
-            // set_probation (issue 7, node side), every worker would stay on
-            // probation (one task at a time, every task verified).
-            new_nodes_on_probation: false,
             ..Default::default()
         },
+        reputation: Default::default(),
     };
     // The ledger service, on ledger peers: the job service hands it ledger
     // gossip, ledger requests and this node's own ledger events.

@@ -13,7 +13,7 @@
 //!
 //! | parameter | value | why |
 //! |---|---|---|
-//! | topic weight (capacity, receipts, rollups) | 1.0 each | every topic a service validates; receipts and rollups carry the same parameters as capacity ([`ledger_topic_params`]), so a ledger event or rollup header a ledger peer rejects as misbehaviour (`LedgerRejected::is_misbehaviour`, a bad signature) costs its sender like an invalid advert |
+//! | topic weight (capacity, receipts, rollups, reputation) | 1.0 each | every topic a service validates; receipts and rollups carry the same parameters as capacity ([`ledger_topic_params`]), so a ledger event or rollup header a ledger peer rejects as misbehaviour (`LedgerRejected::is_misbehaviour`, a bad signature) costs its sender like an invalid advert; so does a reputation report that does not decode or verify ([`reputation_topic_params`]; stale, replayed or weightless reports are ignored) |
 //! | P1 time in mesh | 0.0027 per s, cap 3600 s | about +10 after an hour in the mesh: steady peers are preferred when the mesh is pruned |
 //! | P2 first deliveries | +1 each, cap 5, decays to zero over 10 min | credit for delivering fresh adverts first |
 //! | P3/P3b mesh delivery rate | 0 (off) | adverts are sparse (one per node per interval): a delivery-rate quota would punish honest peers in a quiet mesh |
@@ -84,12 +84,21 @@ pub fn ledger_topic_params() -> TopicScoreParams {
     capacity_topic_params()
 }
 
+/// Score parameters for the reputation topic: those of the capacity topic.
+/// A report that does not decode or whose signature fails is rejected
+/// (P4); a stale, replayed or weightless one is ignored and costs nothing,
+/// since honest peers forward reports the receiver may merely know already.
+pub fn reputation_topic_params() -> TopicScoreParams {
+    capacity_topic_params()
+}
+
 /// Peer score parameters (all topics).
 pub fn peer_score_params() -> PeerScoreParams {
     let mut topics = HashMap::new();
     topics.insert(Topic::Capacity.hash(), capacity_topic_params());
     topics.insert(Topic::Receipts.hash(), ledger_topic_params());
     topics.insert(Topic::Rollups.hash(), ledger_topic_params());
+    topics.insert(Topic::Reputation.hash(), reputation_topic_params());
     PeerScoreParams {
         topics,
         topic_score_cap: TOPIC_SCORE_CAP,
@@ -131,6 +140,7 @@ mod tests {
         peer_score_thresholds().validate().unwrap();
         capacity_topic_params().validate().unwrap();
         ledger_topic_params().validate().unwrap();
+        reputation_topic_params().validate().unwrap();
         let params = peer_score_params();
         for t in Topic::ALL {
             assert!(params.topics.contains_key(&t.hash()), "{t} is not scored");
