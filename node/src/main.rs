@@ -187,6 +187,13 @@ struct StartArgs {
     /// Ledger: seconds after closing an epoch turns final without agreement.
     #[arg(long, value_name = "SECS")]
     reconcile_secs: Option<u64>,
+    /// TEST ONLY (debug builds with the feature dishonest-test-hooks): make
+    /// this worker cheat: wrong-output (corrupts its output, signs it),
+    /// lazy (returns a blank image without rendering) or slow (accepts, then
+    /// sleeps past the deadline).
+    #[cfg(feature = "dishonest-test-hooks")]
+    #[arg(long, env = "RENDERTRUST_DISHONEST", value_name = "MODE")]
+    dishonest: Option<rendertrust_node::jobs::dishonest::Dishonesty>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -633,8 +640,13 @@ async fn main() -> Result<()> {
                 reconcile_secs: a.reconcile_secs,
                 ..ConfigOverrides::default()
             };
-            let config =
+            #[allow(unused_mut)]
+            let mut config =
                 Config::load(a.config.as_deref(), &overrides).context("loading configuration")?;
+            #[cfg(feature = "dishonest-test-hooks")]
+            {
+                config.dishonest = a.dishonest;
+            }
             init_logging(config.log_format);
             node::start(config).await
         }

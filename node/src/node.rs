@@ -129,6 +129,8 @@ pub async fn start(config: Config) -> Result<()> {
             ..Default::default()
         },
         reputation: Default::default(),
+        #[cfg(feature = "dishonest-test-hooks")]
+        dishonest: config.dishonest,
     };
     // The ledger service, on ledger peers: the job service hands it ledger
     // gossip, ledger requests and this node's own ledger events.

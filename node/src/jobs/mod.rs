@@ -17,6 +17,8 @@ pub mod api;
 pub mod cli;
 mod compare;
 mod create;
+#[cfg(feature = "dishonest-test-hooks")]
+pub mod dishonest;
 pub mod handle;
 pub mod outbox;
 pub mod reputation;

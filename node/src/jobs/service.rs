@@ -81,6 +81,9 @@ pub struct JobsConfig {
     pub scheduler: SchedulerConfig,
     /// Reputation book settings (schedulers and ledger peers keep one).
     pub reputation: ReputationConfig,
+    /// TEST ONLY (feature `dishonest-test-hooks`): how this worker cheats.
+    #[cfg(feature = "dishonest-test-hooks")]
+    pub dishonest: Option<super::dishonest::Dishonesty>,
 }
 
 impl Default for JobsConfig {
@@ -92,6 +95,8 @@ impl Default for JobsConfig {
             gpu: None,
             scheduler: SchedulerConfig::default(),
             reputation: ReputationConfig::default(),
+            #[cfg(feature = "dishonest-test-hooks")]
+            dishonest: None,
         }
     }
 }

@@ -180,6 +180,8 @@ impl JobService {
             cancel,
             deadline: Duration::from_millis(offer.deadline_ms.saturating_sub(now_ms)),
             crop,
+            #[cfg(feature = "dishonest-test-hooks")]
+            dishonest: self.config.dishonest,
         };
         tokio::spawn(async move {
             let task = offer.task;
@@ -402,6 +404,9 @@ struct TaskCtx {
     deadline: Duration,
     /// A spot-check line renders only these pixels (frame coordinates).
     crop: Option<Rect>,
+    /// TEST ONLY: how this worker cheats.
+    #[cfg(feature = "dishonest-test-hooks")]
+    dishonest: Option<super::dishonest::Dishonesty>,
 }
 
 /// Checks that a spot-check crop lies inside task `index`'s region of `spec`.
@@ -570,9 +575,14 @@ async fn execute(
                 .await;
         }
     });
-    let output = runtime::run_task(&run, ptx, ctx.cancel.clone()).await;
+    #[cfg(not(feature = "dishonest-test-hooks"))]
+    let output = runtime::run_task(&run, ptx, ctx.cancel.clone())
+        .await
+        .map_err(|e| e.to_string());
+    #[cfg(feature = "dishonest-test-hooks")]
+    let output = super::dishonest::run_task(ctx.dishonest, &run, ptx, ctx.cancel.clone()).await;
     let _ = forward.await;
-    let output = output.map_err(|e| e.to_string())?;
+    let output = output?;
     let finished_at_ms = unix_now_ms().max(started_at_ms);
 
     // 4. Seal the checked output under a fresh key, wrap the key to the creator.
