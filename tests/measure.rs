@@ -360,10 +360,11 @@ async fn one_gib_input_over_the_mesh_vs_plain_quic() {
     // A serves content requests from its store.
     let mut inbound = a.inbound;
     let serve_store = store_a.clone();
+    let serve_net = a.handle.clone();
     tokio::spawn(async move {
         while let Some(msg) = inbound.recv().await {
             if let Inbound::Request(r) = msg {
-                tokio::spawn(transfer::serve(serve_store.clone(), r));
+                tokio::spawn(transfer::serve(serve_store.clone(), serve_net.clone(), r));
             }
         }
     });

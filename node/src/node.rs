@@ -92,6 +92,8 @@ pub async fn start(config: Config) -> Result<()> {
     let (advert_tx, advert_rx) = watch::channel(template);
 
     let net_config = NetConfig {
+        // Bans of misbehaving peers survive a restart (net::guard).
+        bans: Some(store.tree("bans").context("opening the bans tree")?),
         listen: config.listen_multiaddrs()?,
         bootstrap: config.bootstrap_multiaddrs()?,
         roles: config.roles.clone(),

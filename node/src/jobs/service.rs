@@ -487,7 +487,11 @@ impl JobService {
         match msg {
             Inbound::Request(r) => match r.service {
                 NetService::Content => {
-                    tokio::spawn(super::transfer::serve(self.content.clone(), r));
+                    tokio::spawn(super::transfer::serve(
+                        self.content.clone(),
+                        self.net.clone(),
+                        r,
+                    ));
                 }
                 NetService::Rpc => self.on_rpc(r, now_ms),
                 NetService::Ledger => self.forward_to_ledger(Inbound::Request(r)),
@@ -532,7 +536,15 @@ impl JobService {
     fn on_rpc(&mut self, r: InboundRequest, now_ms: u64) {
         let peer = r.peer;
         let answer = match RpcRequest::decode(&r.bytes) {
-            Err(e) => RpcResponse::error(ErrorCode::Invalid, format!("malformed request: {e}")),
+            Err(e) => {
+                let net = self.net.clone();
+                tokio::spawn(async move {
+                    let _ = net
+                        .offence(peer, crate::net::guard::Offence::Malformed)
+                        .await;
+                });
+                RpcResponse::error(ErrorCode::Invalid, format!("malformed request: {e}"))
+            }
             Ok(req) => self.handle_rpc(peer, req, now_ms),
         };
         match answer.encode() {

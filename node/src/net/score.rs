@@ -28,6 +28,27 @@
 //! graylisted peer are dropped unread), accept PX 10 (PX is off), opportunistic
 //! graft 1.
 //!
+//! # Request/response hygiene ([`super::guard`])
+//!
+//! Gossipsub scores only gossip. The request/response services are guarded
+//! per peer by [`super::guard::PeerGuard`], in the event loop, before a
+//! request reaches a service:
+//!
+//! | limit | value | why |
+//! |---|---|---|
+//! | rpc rate (token bucket per peer) | burst 200, 100/s | a scheduler offering a large job, or a creator's burst of key requests, stays far below; a flood does not |
+//! | content rate | burst 400, 200/s | one request per 1 MiB chunk: 200 MiB/s per peer, more than a link carries |
+//! | ledger rate | burst 50, 20/s | reconciliation pages between ledger peers |
+//! | inbound streams waiting for an answer, per peer (all services) | 64 | besides libp2p's 64 per connection and service: one peer cannot fill the services' queue (256) |
+//! | over a limit | answered at once with the service's refusal (`Error{Busy}`, `Refused`), no service sees it | the peer learns to retry later; no work is done |
+//! | penalty points | malformed request 10 (reported by the service that could not decode it), broken or oversized stream 20, refused request 1; 2 points drain per second | honest peers never send malformed bytes; an occasional burst over the rate costs nothing lasting |
+//! | ban | at 100 points: 1 hour, persisted in the sled tree `bans` (survives a restart), lifted at expiry | the peer is disconnected and its connections refused (libp2p's block list, the first behaviour) |
+//!
+//! So ten malformed requests, five oversized streams, or a sustained excess
+//! of more than 2 requests a second over the rate for about a minute ban a
+//! peer. `GET /v1/peers` shows each peer's counters (`hygiene`: malformed,
+//! oversized, throttled, points, banned until).
+//!
 //! [`AdvertRejected::is_misbehaviour`]: rendertrust_protocol::capacity::AdvertRejected::is_misbehaviour
 
 use std::collections::{HashMap, HashSet};
