@@ -262,9 +262,9 @@ async fn cheaters_are_caught_unpaid_and_ranked_below_honest_workers() {
     )
     .await;
     let mut earned = 0u64;
-    for i in 0..NODES {
+    for (i, id) in ids.iter().enumerate() {
         let b: BalanceView = ledger
-            .get(&format!("/v1/ledger/balances/{}", ids[i]))
+            .get(&format!("/v1/ledger/balances/{id}"))
             .await
             .unwrap();
         if CHEATERS.contains(&i) {
