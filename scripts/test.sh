@@ -16,6 +16,11 @@
 #   6. cargo test --workspace  unit, property, fuzz-corpus replay and
 #                              multi-process tests
 #
+# Steps 3, 5 and 6 build with the rendertrust-node feature
+# dishonest-test-hooks (tests/trust.rs starts cheating workers with
+# `node start --dishonest`), all with the same features so the node is
+# compiled once. It is a debug-only feature: release builds refuse it.
+#
 #   --quick   skip step 3 (clippy) for a faster local loop
 #   --help    this text
 #
@@ -35,6 +40,8 @@ for arg in "$@"; do
 done
 
 cd "$(dirname "$0")/.."
+# Test-only dishonest workers (node/src/jobs/dishonest.rs), debug builds only.
+features="--features rendertrust-node/dishonest-test-hooks"
 step() { printf '\n==> %s\n' "$*"; }
 start=$(date +%s)
 
@@ -46,7 +53,7 @@ cargo fmt --all -- --check
 
 if [ "$quick" = 0 ]; then
   step "cargo clippy (-D warnings)"
-  cargo clippy --workspace --all-targets --locked -- -D warnings
+  cargo clippy --workspace --all-targets --locked $features -- -D warnings
 fi
 
 step "sans-IO check: rendertrust-protocol"
@@ -67,9 +74,9 @@ else
 fi
 
 step "cargo build --workspace --bins (the multi-process tests start them)"
-cargo build --workspace --bins --locked
+cargo build --workspace --bins --locked $features
 
 step "cargo test --workspace"
-cargo test --workspace --locked
+cargo test --workspace --locked $features
 
 printf '\nscripts/test.sh: all steps passed in %ss\n' "$(( $(date +%s) - start ))"

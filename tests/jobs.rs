@@ -24,7 +24,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use rendertrust_e2e::*;
-use rendertrust_node::jobs::submit::{KindRequest, NamedPath, SubmitRequest};
+use rendertrust_node::jobs::submit::{KindRequest, NamedPath, SubmitRequest, VerifyRequest};
 use rendertrust_node::jobs::view::{JobDetail, JobState, ResultsView, SubmitView, TaskStateView};
 use rendertrust_node::runtime::builtin;
 use rendertrust_protocol::task::Rect;
@@ -56,6 +56,10 @@ fn builtin_job(frames: &str) -> SubmitRequest {
         max_price_per_task: None,
         requirements: Default::default(),
         deadline_secs: None,
+        verify: VerifyRequest {
+            policy: Some("none".into()),
+            ..Default::default()
+        },
     }
 }
 

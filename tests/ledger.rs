@@ -42,7 +42,7 @@ use rendertrust_e2e::protocol::signed::Signed;
 use rendertrust_e2e::protocol::wire::{Receipt, ReceiptAcceptance};
 use rendertrust_e2e::*;
 use rendertrust_node::devnet::{LedgerPlan, prepare_ledger};
-use rendertrust_node::jobs::submit::{KindRequest, SubmitRequest};
+use rendertrust_node::jobs::submit::{KindRequest, SubmitRequest, VerifyRequest};
 use rendertrust_node::jobs::view::{JobDetail, JobState, SubmitView};
 use rendertrust_node::ledger::view::{
     BalanceView, EpochsView, LeaderboardView, LedgerStatusView, ReceiptView,
@@ -82,6 +82,10 @@ fn builtin_job(frames: &str) -> SubmitRequest {
         max_price_per_task: None,
         requirements: Default::default(),
         deadline_secs: None,
+        verify: VerifyRequest {
+            policy: Some("none".into()),
+            ..Default::default()
+        },
     }
 }
 

@@ -147,7 +147,7 @@ async fn idle_node_resources() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement: run by hand"]
 async fn submit_to_first_assignment_20_nodes() {
-    use rendertrust_node::jobs::submit::{KindRequest, SubmitRequest};
+    use rendertrust_node::jobs::submit::{KindRequest, SubmitRequest, VerifyRequest};
     use rendertrust_node::jobs::view::{JobDetail, SubmitView};
     const N: usize = 20;
     let mesh = Mesh::start(
@@ -185,6 +185,10 @@ async fn submit_to_first_assignment_20_nodes() {
             max_price_per_task: None,
             requirements: Default::default(),
             deadline_secs: None,
+            verify: VerifyRequest {
+                policy: Some("none".into()),
+                ..Default::default()
+            },
         };
         let start = std::time::Instant::now();
         let v: SubmitView = creator.post("/v1/jobs", &req).await.unwrap();
@@ -356,10 +360,11 @@ async fn one_gib_input_over_the_mesh_vs_plain_quic() {
     // A serves content requests from its store.
     let mut inbound = a.inbound;
     let serve_store = store_a.clone();
+    let serve_net = a.handle.clone();
     tokio::spawn(async move {
         while let Some(msg) = inbound.recv().await {
             if let Inbound::Request(r) = msg {
-                tokio::spawn(transfer::serve(serve_store.clone(), r));
+                tokio::spawn(transfer::serve(serve_store.clone(), serve_net.clone(), r));
             }
         }
     });

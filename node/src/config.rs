@@ -76,6 +76,11 @@ pub struct Config {
     pub anchor: AnchorConfig,
     /// `[ledger]`: the credit ledger and epochs of a ledger peer.
     pub ledger: LedgerSettings,
+    /// TEST ONLY (feature `dishonest-test-hooks`): how this worker cheats.
+    /// Never read from a file: only `node start --dishonest`.
+    #[cfg(feature = "dishonest-test-hooks")]
+    #[serde(skip)]
+    pub dishonest: Option<crate::jobs::dishonest::Dishonesty>,
 }
 
 /// `[ledger]`: settings of a ledger peer's credit ledger and epoch rollups.
@@ -367,6 +372,8 @@ impl Default for Config {
             log_format: LogFormat::Text,
             anchor: AnchorConfig::default(),
             ledger: LedgerSettings::default(),
+            #[cfg(feature = "dishonest-test-hooks")]
+            dishonest: None,
         }
     }
 }

@@ -408,6 +408,7 @@ async fn demo(dir: &Path, urls: &[String], frames: u32) -> Result<()> {
         max_price_per_task: None,
         requirements: Default::default(),
         deadline_secs: None,
+        verify: Default::default(),
     };
     let (view, text) = crate::jobs::cli::submit(&creator, &request, false).await?;
     println!(

@@ -22,6 +22,12 @@
 //! | [`anchor`] | anchor backends (journal, evm) and the receipt inclusion check |
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+// Dishonest workers exist for tests only: never in a release build.
+#[cfg(all(feature = "dishonest-test-hooks", not(debug_assertions)))]
+compile_error!(
+    "the feature dishonest-test-hooks (test-only dishonest workers) must not be enabled in release builds"
+);
+
 pub mod anchor;
 pub mod api;
 pub mod cli;

@@ -12,7 +12,7 @@ use rendertrust_node::cli::{self, ApiClient, DEFAULT_API_URL};
 use rendertrust_node::config::{Config, ConfigOverrides, LogFormat};
 use rendertrust_node::jobs::cli as jobs_cli;
 use rendertrust_node::jobs::submit::{
-    KindRequest, NamedPath, RequirementsRequest, SubmitRequest, TilesRequest,
+    KindRequest, NamedPath, RequirementsRequest, SubmitRequest, TilesRequest, VerifyRequest,
 };
 use rendertrust_node::jobs::view::JobState;
 use rendertrust_node::ledger::cli as ledger_cli;
@@ -54,6 +54,15 @@ enum Command {
     /// Receipts: where one stands, and whether it is in an anchored epoch root.
     #[command(subcommand)]
     Receipt(ReceiptCommand),
+    /// Reputation scores as this node's book holds them (schedulers and ledger
+    /// peers keep one): score per mille, probation, verified / failed / lost
+    /// outcomes. Give a NODE (peer id) for one node.
+    Reputation {
+        /// A node's peer id (default: every node in the book).
+        node: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Start a bootstrap peer and N nodes on loopback, as child processes.
     ///
     /// Each node gets its own data dir under --dir and free ports; the API
@@ -178,6 +187,13 @@ struct StartArgs {
     /// Ledger: seconds after closing an epoch turns final without agreement.
     #[arg(long, value_name = "SECS")]
     reconcile_secs: Option<u64>,
+    /// TEST ONLY (debug builds with the feature dishonest-test-hooks): make
+    /// this worker cheat: wrong-output (corrupts its output, signs it),
+    /// lazy (returns a blank image without rendering) or slow (accepts, then
+    /// sleeps past the deadline).
+    #[cfg(feature = "dishonest-test-hooks")]
+    #[arg(long, env = "RENDERTRUST_DISHONEST", value_name = "MODE")]
+    dishonest: Option<rendertrust_node::jobs::dishonest::Dishonesty>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -305,6 +321,27 @@ struct SubmitArgs {
     /// The process command is bit-exact for the same input (allows exact verification).
     #[arg(long)]
     deterministic: bool,
+    /// How results are verified: none (trust the workers), quorum (a sampled
+    /// task runs on K workers whose output hashes must agree; for bit-exact
+    /// jobs) or spot-check (a random crop of a sampled task is re-rendered
+    /// elsewhere and compared by SSIM). Default: quorum for builtin and
+    /// --deterministic process jobs, spot-check for blender and other process
+    /// jobs (docs/trust.md).
+    #[arg(long = "verify", value_name = "POLICY", value_parser = ["none", "quorum", "spot-check"])]
+    verify_policy: Option<String>,
+    /// Fraction of tasks verified, per mille (0-1000; default 100). New or
+    /// recently caught workers are verified on every task anyway.
+    #[arg(long, value_name = "PERMILLE")]
+    sample_permille: Option<u16>,
+    /// Quorum: workers that run each sampled task (2-5; default 2).
+    #[arg(long, value_name = "K")]
+    quorum_k: Option<u8>,
+    /// Spot-check: crop side as a fraction of the task's region side, per mille (1-1000; default 250, 1000 for process jobs).
+    #[arg(long, value_name = "PERMILLE")]
+    crop_permille: Option<u16>,
+    /// Spot-check: least similarity (SSIM x 1000, 0-1000; default 900) for a crop to pass.
+    #[arg(long, value_name = "MILLI")]
+    ssim_threshold: Option<u16>,
     /// Follow the job until it ends.
     #[arg(long)]
     watch: bool,
@@ -372,6 +409,13 @@ impl SubmitArgs {
                 min_runtime_version: self.min_runtime_version.clone(),
             },
             deadline_secs: self.deadline_secs,
+            verify: VerifyRequest {
+                policy: self.verify_policy.clone(),
+                sample_permille: self.sample_permille,
+                quorum_k: self.quorum_k,
+                crop_permille: self.crop_permille,
+                min_similarity_milli: self.ssim_threshold,
+            },
         };
         jobs_cli::absolutize(&mut request)?;
         Ok(request)
@@ -596,8 +640,13 @@ async fn main() -> Result<()> {
                 reconcile_secs: a.reconcile_secs,
                 ..ConfigOverrides::default()
             };
-            let config =
+            #[allow(unused_mut)]
+            let mut config =
                 Config::load(a.config.as_deref(), &overrides).context("loading configuration")?;
+            #[cfg(feature = "dishonest-test-hooks")]
+            {
+                config.dishonest = a.dishonest;
+            }
             init_logging(config.log_format);
             node::start(config).await
         }
@@ -621,6 +670,10 @@ async fn main() -> Result<()> {
             };
             let config = Config::load(None, &overrides)?;
             print(&keys::show(&config.data_dir, json)?);
+            Ok(())
+        }
+        Command::Reputation { node, client: a } => {
+            print(&jobs_cli::reputation(&client(&a)?, node.as_deref(), a.json).await?);
             Ok(())
         }
         Command::Ledger(LedgerCommand::Balance { node, client: a }) => {

@@ -92,6 +92,8 @@ pub async fn start(config: Config) -> Result<()> {
     let (advert_tx, advert_rx) = watch::channel(template);
 
     let net_config = NetConfig {
+        // Bans of misbehaving peers survive a restart (net::guard).
+        bans: Some(store.tree("bans").context("opening the bans tree")?),
         listen: config.listen_multiaddrs()?,
         bootstrap: config.bootstrap_multiaddrs()?,
         roles: config.roles.clone(),
@@ -126,12 +128,11 @@ pub async fn start(config: Config) -> Result<()> {
             .and_then(|g| runtime::GpuBackend::for_vendor(g.vendor)),
         scheduler: rendertrust_protocol::scheduler::SchedulerConfig {
             heartbeat_timeout_ms: timeout_ms,
-            // Until this node keeps a ReputationBook and feeds
-            // set_probation (issue 7, node side), every worker would stay on
-            // probation (one task at a time, every task verified).
-            new_nodes_on_probation: false,
             ..Default::default()
         },
+        reputation: Default::default(),
+        #[cfg(feature = "dishonest-test-hooks")]
+        dishonest: config.dishonest,
     };
     // The ledger service, on ledger peers: the job service hands it ledger
     // gossip, ledger requests and this node's own ledger events.

@@ -2,7 +2,8 @@
 //!
 //! The tests start the real `rendertrust` and `rendertrust-bootstrap` binaries
 //! on loopback (built by `scripts/test.sh` before `cargo test`; run
-//! `cargo build --workspace --bins` first when running a test alone). This
+//! `cargo build --workspace --bins --features rendertrust-node/dishonest-test-hooks`
+//! first when running a test alone; `tests/trust.rs` needs the feature). This
 //! library holds what the tests share; it reuses the devnet's process
 //! helpers and the CLI's API client, and contains no mock of the network.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

@@ -9,6 +9,7 @@
 //! | `GET /v1/jobs/{id}/events` | server-sent events: `job` and `task` updates, starting with the current state |
 //! | `GET /v1/jobs/{id}/results` | accepted outputs with their hashes |
 //! | `GET /v1/jobs/{id}/results/{task}` | the bytes of one accepted output (`x-blake3` header: its hash) |
+//! | `GET /v1/reputation`, `GET /v1/reputation/{node}` | the node's reputation book (schedulers and ledger peers keep one): scores, probation, evidence |
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -159,6 +160,19 @@ pub fn routes() -> Router<ApiState> {
         .route("/v1/jobs/{id}/events", get(events))
         .route("/v1/jobs/{id}/results", get(results))
         .route("/v1/jobs/{id}/results/{task}", get(result_file))
+        .route("/v1/reputation", get(reputation_all))
+        .route("/v1/reputation/{node}", get(reputation_one))
+}
+
+async fn reputation_all(State(st): State<ApiState>) -> Result<Response, ApiError> {
+    Ok(Json(st.jobs.reputation(None).await.map_err(job_err)?).into_response())
+}
+
+async fn reputation_one(
+    State(st): State<ApiState>,
+    Path(node): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(st.jobs.reputation(Some(&node)).await.map_err(job_err)?).into_response())
 }
 
 /// OpenAPI path items of the job routes.
@@ -181,7 +195,8 @@ pub fn openapi_paths() -> serde_json::Value {
                         "width": { "type": "integer" }, "height": { "type": "integer" },
                         "max_price_per_task": { "type": "integer" },
                         "requirements": { "type": "object" },
-                        "deadline_secs": { "type": "integer" } } } } } },
+                        "deadline_secs": { "type": "integer" },
+                        "verify": { "type": "object", "description": "verification (default: the kind's default policy): policy none|quorum|spot-check, sample_permille, quorum_k, crop_permille, min_similarity_milli" } } } } } },
                 "responses": { "201": { "description": "SubmitView: id, tasks, scheduler" }, "400": err, "503": err } }
         },
         "/v1/jobs/{id}": {
@@ -194,6 +209,14 @@ pub fn openapi_paths() -> serde_json::Value {
         },
         "/v1/jobs/{id}/results": {
             "get": { "summary": "Accepted outputs with BLAKE3 hashes", "parameters": [id], "responses": { "200": { "description": "ResultsView" }, "404": err } }
+        },
+        "/v1/reputation": {
+            "get": { "summary": "This node's reputation book: every node, best score first", "responses": { "200": { "description": "ReputationView" } } }
+        },
+        "/v1/reputation/{node}": {
+            "get": { "summary": "One node's standing in this node's book", "parameters": [
+                { "name": "node", "in": "path", "required": true, "schema": { "type": "string" }, "description": "peer id or 64 hex digits" }],
+                "responses": { "200": { "description": "ReputationView" }, "400": err } }
         },
         "/v1/jobs/{id}/results/{task}": {
             "get": { "summary": "The bytes of one accepted output", "parameters": [id,

@@ -349,3 +349,39 @@ fn eprintln_line(line: &str) {
 /// How long `watch` may go without any event (the server sends keep-alives
 /// every 15 s) before the client gives up.
 pub const WATCH_IDLE: Duration = Duration::from_secs(120);
+
+/// `rendertrust reputation [NODE]`: the node's reputation book.
+pub async fn reputation(client: &ApiClient, node: Option<&str>, json: bool) -> Result<String> {
+    let path = match node {
+        Some(n) => format!("/v1/reputation/{}", n.trim()),
+        None => "/v1/reputation".to_owned(),
+    };
+    let v: super::reputation::ReputationView = client.get(&path).await?;
+    if json {
+        return Ok(serde_json::to_string_pretty(&v)?);
+    }
+    if !v.keeps_book {
+        return Ok(format!(
+            "{} keeps no reputation book (schedulers and ledger peers do); ask one with --api",
+            v.keeper
+        ));
+    }
+    let mut out = format!(
+        "reputation book of {} ({} nodes)\n",
+        v.keeper,
+        v.nodes.len()
+    );
+    out.push_str("node                                                   score  probation  verified  failed  lost\n");
+    for n in &v.nodes {
+        out.push_str(&format!(
+            "{:<54} {:>4}‰  {:<9}  {:>8.1}  {:>6.1}  {:>4.1}\n",
+            n.node,
+            n.permille,
+            if n.probation { "yes" } else { "no" },
+            n.verified_milli as f64 / 1000.0,
+            n.failed_milli as f64 / 1000.0,
+            n.lost_milli as f64 / 1000.0,
+        ));
+    }
+    Ok(out.trim_end().to_owned())
+}

@@ -20,8 +20,13 @@
 //! offline, or restarted, catches up.
 //!
 //! Decision: a result whose output fails the creator's checks (hash, image)
-//! is refused and the next candidate tried; re-running such a task elsewhere
-//! is the verification work's (issue "Trust").
+//! is refused and the next candidate tried.
+//!
+//! Verified tasks (`docs/trust.md`): `Vote`s are held unfetched, `Verified`
+//! is re-checked by the machine before the winner is fetched, `Rejected`
+//! results are never countersigned, and a spot-check `Compare` is answered
+//! by [`super::compare`] (both outputs fetched and opened, decoded, the
+//! metric computed, `CreatorJob::compared`, `Compared` to the scheduler).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -297,12 +302,12 @@ impl CreatorEntry {
 }
 
 /// What a result fetch needs.
-struct FetchCtx {
-    net: NetHandle,
-    content: ContentStore,
-    wrap: Arc<WrapSecret>,
-    incoming: PathBuf,
-    internal: tokio::sync::mpsc::Sender<Internal>,
+pub(crate) struct FetchCtx {
+    pub(crate) net: NetHandle,
+    pub(crate) content: ContentStore,
+    pub(crate) wrap: Arc<WrapSecret>,
+    pub(crate) incoming: PathBuf,
+    pub(crate) internal: tokio::sync::mpsc::Sender<Internal>,
 }
 
 impl JobService {
@@ -625,11 +630,22 @@ impl JobService {
                 entry.machine.rejected(task, attempt);
                 task_changed = Some(task);
             }
-            JobEvent::Compare { task, .. } => {
-                // Fetching both outputs, decoding them and running
-                // `verify::metric` is the node side of issue 7, not done yet;
-                // this node submits no spot-checked jobs.
-                tracing::warn!(job = %hex::encode(job.0), task, "spot-check comparison asked; not supported by this node yet");
+            JobEvent::Compare {
+                task,
+                crop,
+                reference_attempt,
+                check_attempt,
+                cross,
+            } => {
+                match entry
+                    .machine
+                    .compare(task, crop, reference_attempt, check_attempt, cross)
+                {
+                    Ok(request) => self.start_compare(from, job, task, cross, request),
+                    Err(e) => {
+                        tracing::warn!(job = %hex::encode(job.0), task, error = %e, "comparison refused")
+                    }
+                }
             }
         }
         self.dirty_jobs.insert(job);
@@ -648,7 +664,7 @@ impl JobService {
         }
     }
 
-    fn fetch_ctx(&self) -> FetchCtx {
+    pub(crate) fn fetch_ctx(&self) -> FetchCtx {
         FetchCtx {
             net: self.net.clone(),
             content: self.content.clone(),
@@ -1192,17 +1208,17 @@ fn seal_inputs(
     Ok((spec, signed.into_bytes()))
 }
 
-/// Fetches, opens and checks one result's output.
-async fn fetch_result(ctx: FetchCtx, spec: JobSpec, checked: CheckedResult) -> Fetched {
+/// Fetches a result's sealed output from its worker and opens it into
+/// `ctx.incoming` (named after the task, attempt and `tag`). Returns the
+/// plaintext hash, the file and its size, or why not and whether it is the
+/// worker's fault (bad output) rather than the network's.
+pub(crate) async fn fetch_open(
+    ctx: &FetchCtx,
+    checked: &CheckedResult,
+    tag: &str,
+) -> Result<([u8; 32], PathBuf, u64), (String, bool)> {
     let task = checked.result.task;
     let attempt = checked.result.attempt;
-    let fail = |reason: String, bad_output: bool| Fetched {
-        job: task.job,
-        task: task.index,
-        attempt,
-        result: Err(reason),
-        bad_output,
-    };
     let source = PeerSource {
         net: ctx.net.clone(),
         peer: checked.result.worker,
@@ -1216,24 +1232,21 @@ async fn fetch_result(ctx: FetchCtx, spec: JobSpec, checked: CheckedResult) -> F
     )
     .await
     {
-        return fail(
+        return Err((
             format!("fetching the output from {}: {e}", checked.result.worker),
             false,
-        );
+        ));
     }
-    let key = match seal::unwrap_key(
+    let key = seal::unwrap_key(
         &ctx.wrap,
         &checked.result.wrapped_key,
         &output_key_context(&task, attempt),
-    ) {
-        Ok(k) => k,
-        Err(e) => return fail(format!("the output key does not open: {e}"), true),
-    };
-    if let Err(e) = std::fs::create_dir_all(&ctx.incoming) {
-        return fail(format!("creating {}: {e}", ctx.incoming.display()), false);
-    }
+    )
+    .map_err(|e| (format!("the output key does not open: {e}"), true))?;
+    std::fs::create_dir_all(&ctx.incoming)
+        .map_err(|e| (format!("creating {}: {e}", ctx.incoming.display()), false))?;
     let out = ctx.incoming.join(format!(
-        "{}-{}-{}",
+        "{}-{}-{}{tag}",
         hex::encode(&task.job.0[..8]),
         task.index,
         attempt
@@ -1247,10 +1260,27 @@ async fn fetch_result(ctx: FetchCtx, spec: JobSpec, checked: CheckedResult) -> F
     let opened =
         tokio::task::spawn_blocking(move || open_from_store(&store, &id, &key, &context, &out2))
             .await;
-    let opened = match opened {
-        Ok(Ok(o)) => o,
-        Ok(Err(e)) => return fail(format!("opening the output: {e}"), true),
-        Err(e) => return fail(format!("internal error: {e}"), false),
+    match opened {
+        Ok(Ok(o)) => Ok((o.plaintext_hash, out, o.size)),
+        Ok(Err(e)) => Err((format!("opening the output: {e}"), true)),
+        Err(e) => Err((format!("internal error: {e}"), false)),
+    }
+}
+
+/// Fetches, opens and checks one result's output.
+async fn fetch_result(ctx: FetchCtx, spec: JobSpec, checked: CheckedResult) -> Fetched {
+    let task = checked.result.task;
+    let attempt = checked.result.attempt;
+    let fail = |reason: String, bad_output: bool| Fetched {
+        job: task.job,
+        task: task.index,
+        attempt,
+        result: Err(reason),
+        bad_output,
+    };
+    let (hash, out, size) = match fetch_open(&ctx, &checked, "").await {
+        Ok(o) => o,
+        Err((reason, bad)) => return fail(reason, bad),
     };
     // The same sanity check the worker ran, on our side.
     if !matches!(spec.kind, JobKind::Process { .. })
@@ -1279,7 +1309,7 @@ async fn fetch_result(ctx: FetchCtx, spec: JobSpec, checked: CheckedResult) -> F
         job: task.job,
         task: task.index,
         attempt,
-        result: Ok((opened.plaintext_hash, out, opened.size)),
+        result: Ok((hash, out, size)),
         bad_output: false,
     }
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::reputation::ReputationView;
 use super::submit::SubmitRequest;
 use super::view::{JobDetail, JobSummary, JobUpdate, ResultsView, SubmitView};
 
@@ -66,6 +67,8 @@ pub enum JobsCommand {
     Results(String, Reply<ResultsView>),
     /// The file of one accepted output.
     ResultFile(String, u32, Reply<PathBuf>),
+    /// The reputation book: every node, or one (peer id or hex).
+    Reputation(Option<String>, Reply<ReputationView>),
 }
 
 /// The API's handle on the job service. Cheap to clone.
@@ -122,6 +125,12 @@ impl JobsHandle {
     /// A job's accepted outputs.
     pub async fn results(&self, id: &str) -> Result<ResultsView, JobsError> {
         self.ask(|r| JobsCommand::Results(id.to_owned(), r)).await
+    }
+
+    /// The reputation book (schedulers and ledger peers keep one).
+    pub async fn reputation(&self, node: Option<&str>) -> Result<ReputationView, JobsError> {
+        self.ask(|r| JobsCommand::Reputation(node.map(str::to_owned), r))
+            .await
     }
 
     /// The file of one accepted output.

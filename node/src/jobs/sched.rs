@@ -245,9 +245,8 @@ impl JobService {
                 attempt,
                 outcome,
             } => {
-                // Feeding a ReputationBook (and set_reputation / set_probation
-                // back) is the node side of issue 7, not done yet.
                 tracing::debug!(%worker, job = %hex::encode(task.job.0), task = task.index, attempt, ?outcome, "verification outcome");
+                self.on_outcome(worker, outcome, now_ms);
             }
             SchedulerAction::CancelTask {
                 worker,

@@ -16,7 +16,9 @@
 //! Persistence (sled trees): `jobs` holds this node's jobs as creator (written
 //! before a job is sent and after every accepted result, flushed before the
 //! acceptance leaves the node); `scheduler` holds the scheduler snapshot
-//! (written at most every [`SNAPSHOT_EVERY`] when it changed, and at stop).
+//! (written at most every [`SNAPSHOT_EVERY`] when it changed, and at stop);
+//! `reputation` holds the reputation book of schedulers and ledger peers
+//! (`super::reputation`, written at most every 2 s when it changed).
 //! A restarted node resumes both; a worker's running tasks are not resumed
 //! (their scheduler re-offers them after the heartbeat timeout).
 
@@ -29,6 +31,7 @@ use rand_chacha::ChaCha20Rng;
 use rendertrust_protocol::capacity::CapacityEntry;
 use rendertrust_protocol::codec;
 use rendertrust_protocol::identity::{NodeId, NodeKey};
+use rendertrust_protocol::reputation::ReputationConfig;
 use rendertrust_protocol::rpc::{ErrorCode, RpcRequest, RpcResponse};
 use rendertrust_protocol::scheduler::{
     Scheduler, SchedulerConfig, SchedulerSnapshot, SnapshotAssembler,
@@ -44,7 +47,7 @@ use super::handle::{JobsCommand, JobsError, UPDATE_BUFFER};
 use super::outbox::{Outbox, RpcClient};
 use super::view::JobUpdate;
 use crate::content::ContentStore;
-use crate::net::{Inbound, InboundRequest, NetHandle, Service as NetService, unix_now_ms};
+use crate::net::{Inbound, InboundRequest, NetHandle, Service as NetService, Topic, unix_now_ms};
 use crate::runtime::{GpuBackend, Limits};
 use crate::store::Store;
 
@@ -76,6 +79,11 @@ pub struct JobsConfig {
     pub gpu: Option<GpuBackend>,
     /// Scheduler settings (when the node is a scheduler).
     pub scheduler: SchedulerConfig,
+    /// Reputation book settings (schedulers and ledger peers keep one).
+    pub reputation: ReputationConfig,
+    /// TEST ONLY (feature `dishonest-test-hooks`): how this worker cheats.
+    #[cfg(feature = "dishonest-test-hooks")]
+    pub dishonest: Option<super::dishonest::Dishonesty>,
 }
 
 impl Default for JobsConfig {
@@ -85,11 +93,10 @@ impl Default for JobsConfig {
             heartbeat_interval_ms: 2_000,
             limits: Limits::default(),
             gpu: None,
-            // No reputation book yet (issue 7, node side): see node.rs.
-            scheduler: SchedulerConfig {
-                new_nodes_on_probation: false,
-                ..SchedulerConfig::default()
-            },
+            scheduler: SchedulerConfig::default(),
+            reputation: ReputationConfig::default(),
+            #[cfg(feature = "dishonest-test-hooks")]
+            dishonest: None,
         }
     }
 }
@@ -176,6 +183,8 @@ pub(crate) enum Internal {
         job: JobId,
         frames: Box<rendertrust_protocol::creator::ResultFrames>,
     },
+    /// A spot-check comparison finished.
+    Compared(Box<super::compare::CompareDone>),
     /// A request from this node to itself.
     LocalRpc {
         request: Box<RpcRequest>,
@@ -218,6 +227,8 @@ pub(crate) struct JobService {
     pub(crate) jobs: BTreeMap<JobId, CreatorEntry>,
     pub(crate) dirty_jobs: BTreeSet<JobId>,
     pub(crate) updates: BTreeMap<JobId, broadcast::Sender<JobUpdate>>,
+    // reputation (schedulers and ledger peers)
+    pub(crate) reputation: Option<super::reputation::Reputation>,
 }
 
 /// Starts the service task.
@@ -270,6 +281,10 @@ pub fn spawn(parts: ServiceParts) -> Result<tokio::task::JoinHandle<()>, JobsErr
         tracing::info!(jobs = jobs.len(), "creator jobs restored");
     }
 
+    let reputation =
+        (roles.contains(&Role::Scheduler) || roles.contains(&Role::Ledger)).then(|| {
+            super::reputation::Reputation::load(&parts.store, me, parts.config.reputation.clone())
+        });
     let rpc_net = parts.net.clone();
     let mut service = JobService {
         me,
@@ -302,12 +317,24 @@ pub fn spawn(parts: ServiceParts) -> Result<tokio::task::JoinHandle<()>, JobsErr
         jobs,
         dirty_jobs: BTreeSet::new(),
         updates: BTreeMap::new(),
+        reputation,
     };
     let mut inbound = parts.inbound;
     let mut commands = parts.commands;
     let mut capacity_version = parts.capacity_version;
     let mut internal_rx = internal_rx;
     Ok(tokio::spawn(async move {
+        if service.reputation.is_some() {
+            if let Err(e) = service.net.subscribe(Topic::Reputation).await {
+                tracing::warn!(error = %e, "subscribing to reputation reports");
+            }
+            let nodes: Vec<NodeId> = service
+                .reputation
+                .as_ref()
+                .map(|r| r.book.nodes().copied().collect())
+                .unwrap_or_default();
+            service.push_standings(&nodes, unix_now_ms());
+        }
         service.refresh_capacity().await;
         service.resume_jobs(unix_now_ms());
         let mut refresh = tokio::time::interval(CAPACITY_REFRESH);
@@ -439,6 +466,7 @@ impl JobService {
 
     fn on_tick(&mut self, now_ms: u64) {
         self.poll_jobs(now_ms);
+        self.reputation_tick(now_ms);
     }
 
     /// Live schedulers as this node sees them (capacity adverts with the role).
@@ -459,11 +487,18 @@ impl JobService {
         match msg {
             Inbound::Request(r) => match r.service {
                 NetService::Content => {
-                    tokio::spawn(super::transfer::serve(self.content.clone(), r));
+                    tokio::spawn(super::transfer::serve(
+                        self.content.clone(),
+                        self.net.clone(),
+                        r,
+                    ));
                 }
                 NetService::Rpc => self.on_rpc(r, now_ms),
                 NetService::Ledger => self.forward_to_ledger(Inbound::Request(r)),
             },
+            Inbound::Gossip(g) if g.topic == Topic::Reputation => {
+                self.on_reputation_gossip(g, now_ms)
+            }
             Inbound::Gossip(g) => self.forward_to_ledger(Inbound::Gossip(g)),
         }
     }
@@ -501,7 +536,15 @@ impl JobService {
     fn on_rpc(&mut self, r: InboundRequest, now_ms: u64) {
         let peer = r.peer;
         let answer = match RpcRequest::decode(&r.bytes) {
-            Err(e) => RpcResponse::error(ErrorCode::Invalid, format!("malformed request: {e}")),
+            Err(e) => {
+                let net = self.net.clone();
+                tokio::spawn(async move {
+                    let _ = net
+                        .offence(peer, crate::net::guard::Offence::Malformed)
+                        .await;
+                });
+                RpcResponse::error(ErrorCode::Invalid, format!("malformed request: {e}"))
+            }
             Ok(req) => self.handle_rpc(peer, req, now_ms),
         };
         match answer.encode() {
@@ -515,7 +558,10 @@ impl JobService {
     fn handle_rpc(&mut self, peer: NodeId, req: RpcRequest, now_ms: u64) -> RpcResponse {
         match req {
             RpcRequest::Submit { spec } => self.rpc_submit(peer, &spec, now_ms),
-            RpcRequest::Offer { offer, spec } => self.rpc_offer(peer, offer, spec, now_ms),
+            RpcRequest::Offer { offer, spec } => self.rpc_offer(peer, offer, spec, None, now_ms),
+            RpcRequest::CropOffer { offer, spec, crop } => {
+                self.rpc_offer(peer, offer, spec, Some(crop), now_ms)
+            }
             RpcRequest::Progress { progress } => self.rpc_progress(peer, &progress, now_ms),
             RpcRequest::Result { frames } => self.rpc_result(peer, frames, now_ms),
             RpcRequest::TaskFailed {
@@ -535,12 +581,6 @@ impl JobService {
             RpcRequest::Unfetchable { task, attempt } => {
                 self.rpc_unfetchable(peer, task, attempt, now_ms)
             }
-            // Rendering a crop is the node side of issue 7, not done yet: the
-            // scheduler treats the refusal as an undeliverable offer.
-            RpcRequest::CropOffer { .. } => RpcResponse::error(
-                ErrorCode::Invalid,
-                "this node cannot render spot-check crops yet",
-            ),
         }
     }
 
@@ -567,6 +607,7 @@ impl JobService {
             Internal::ResultUndelivered { frames, tried } => {
                 self.on_result_undelivered(*frames, tried)
             }
+            Internal::Compared(done) => self.on_compared(*done),
             Internal::LocalRpc { request, reply } => {
                 let answer = self.handle_rpc(self.me, *request, now_ms);
                 let _ = reply.send(answer);
@@ -603,6 +644,9 @@ impl JobService {
             }
             JobsCommand::ResultFile(id, task, reply) => {
                 let _ = reply.send(self.find_job(&id).and_then(|j| self.result_file(&j, task)));
+            }
+            JobsCommand::Reputation(node, reply) => {
+                let _ = reply.send(self.reputation_view(node.as_deref(), now_ms));
             }
         }
     }
@@ -665,6 +709,9 @@ impl JobService {
             }
             self.sched_dirty = false;
             self.sched_saved = Instant::now();
+        }
+        if let Some(rep) = self.reputation.as_mut() {
+            rep.persist(&self.store, force);
         }
         let dirty = std::mem::take(&mut self.dirty_jobs);
         for job in dirty {

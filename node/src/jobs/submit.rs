@@ -12,6 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
+use rendertrust_protocol::verify;
 use rendertrust_protocol::wire::{
     BlenderEngine, GpuVendor, ImageFormat, JobKind, MAX_TASKS_PER_JOB, Requirements, SplitRule,
     VerificationPolicy,
@@ -121,6 +122,112 @@ pub struct SubmitRequest {
     /// Seconds from now until the job's deadline.
     #[serde(default)]
     pub deadline_secs: Option<u64>,
+    /// How results are verified (default: the job kind's default policy,
+    /// `verify::default_policy`).
+    #[serde(default)]
+    pub verify: VerifyRequest,
+}
+
+/// How a creator wants results verified. Everything left out comes from the
+/// job kind's default (`rendertrust_protocol::verify::default_policy`):
+/// builtin and deterministic process jobs `quorum` (sample 100‰, k 2),
+/// blender `spot-check` (sample 100‰, crop 250‰, similarity 900‰),
+/// other process jobs `spot-check` of the whole region.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyRequest {
+    /// `none`, `quorum` or `spot-check` (default: the kind's default).
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// Fraction of tasks verified, per mille (0..=1000).
+    #[serde(default)]
+    pub sample_permille: Option<u16>,
+    /// Quorum: independent workers per sampled task (2..=5).
+    #[serde(default)]
+    pub quorum_k: Option<u8>,
+    /// Spot-check: crop side, per mille of the region side (1..=1000).
+    #[serde(default)]
+    pub crop_permille: Option<u16>,
+    /// Spot-check: least similarity (SSIM × 1000) that passes (0..=1000).
+    #[serde(default)]
+    pub min_similarity_milli: Option<u16>,
+}
+
+impl VerifyRequest {
+    /// The policy for a job of `kind`: the named policy (or the kind's
+    /// default) with the given fields, checked against the protocol's bounds.
+    pub fn resolve(&self, kind: &JobKind) -> Result<VerificationPolicy, SubmitRefused> {
+        let default = verify::default_policy(kind);
+        let policy = match self
+            .policy
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("default") => default,
+            Some("none") => VerificationPolicy::None,
+            Some("quorum") => match default {
+                q @ VerificationPolicy::Quorum { .. } => q,
+                _ => VerificationPolicy::Quorum {
+                    sample_permille: verify::DEFAULT_SAMPLE_PERMILLE,
+                    k: 2,
+                },
+            },
+            Some("spot-check" | "spotcheck" | "spot_check") => match default {
+                s @ VerificationPolicy::SpotCheck { .. } => s,
+                _ => VerificationPolicy::SpotCheck {
+                    sample_permille: verify::DEFAULT_SAMPLE_PERMILLE,
+                    crop_permille: verify::DEFAULT_CROP_PERMILLE,
+                    min_similarity_milli: verify::DEFAULT_MIN_SIMILARITY_MILLI,
+                },
+            },
+            Some(other) => {
+                return refuse(format!(
+                    "verification policy {other:?}: expected none, quorum or spot-check"
+                ));
+            }
+        };
+        let policy = match policy {
+            VerificationPolicy::None => {
+                if self.sample_permille.is_some()
+                    || self.quorum_k.is_some()
+                    || self.crop_permille.is_some()
+                    || self.min_similarity_milli.is_some()
+                {
+                    return refuse(
+                        "verification none takes no sample rate, quorum k, crop or similarity",
+                    );
+                }
+                VerificationPolicy::None
+            }
+            VerificationPolicy::Quorum { sample_permille, k } => {
+                if self.crop_permille.is_some() || self.min_similarity_milli.is_some() {
+                    return refuse(
+                        "a quorum compares output hashes: crop and similarity are for spot-check",
+                    );
+                }
+                VerificationPolicy::Quorum {
+                    sample_permille: self.sample_permille.unwrap_or(sample_permille),
+                    k: self.quorum_k.unwrap_or(k),
+                }
+            }
+            VerificationPolicy::SpotCheck {
+                sample_permille,
+                crop_permille,
+                min_similarity_milli,
+            } => {
+                if self.quorum_k.is_some() {
+                    return refuse("quorum k is for quorum verification, not spot-check");
+                }
+                VerificationPolicy::SpotCheck {
+                    sample_permille: self.sample_permille.unwrap_or(sample_permille),
+                    crop_permille: self.crop_permille.unwrap_or(crop_permille),
+                    min_similarity_milli: self.min_similarity_milli.unwrap_or(min_similarity_milli),
+                }
+            }
+        };
+        verify::check_policy(&policy).map_err(|e| SubmitRefused(e.to_string()))?;
+        Ok(policy)
+    }
 }
 
 /// A checked request, ready to be sealed and signed.
@@ -388,6 +495,7 @@ impl SubmitRequest {
                 "min runtime version {v:?}: expected dotted numbers such as 3.4 or 3.4.1"
             ));
         }
+        let verification = self.verify.resolve(&kind)?;
         let deadline_secs = self.deadline_secs.unwrap_or(DEFAULT_DEADLINE_SECS);
         if deadline_secs == 0 || deadline_secs > 30 * 24 * 3600 {
             return refuse(format!(
@@ -402,7 +510,7 @@ impl SubmitRequest {
             height,
             max_price_per_task: self.max_price_per_task.unwrap_or(DEFAULT_MAX_PRICE),
             requirements,
-            verification: VerificationPolicy::None,
+            verification,
             deadline_secs,
         })
     }
@@ -429,6 +537,7 @@ mod tests {
             max_price_per_task: None,
             requirements: RequirementsRequest::default(),
             deadline_secs: None,
+            verify: VerifyRequest::default(),
         }
     }
 
@@ -535,5 +644,72 @@ mod tests {
         };
         p.requirements.min_runtime_version = Some("3.x".into());
         assert!(p.prepare().unwrap_err().0.contains("dotted"));
+    }
+
+    #[test]
+    fn verification_defaults_per_kind_and_overrides() {
+        let p = req(KindRequest::Builtin).prepare().unwrap();
+        assert_eq!(p.verification, verify::default_policy(&JobKind::Builtin));
+        assert!(matches!(
+            p.verification,
+            VerificationPolicy::Quorum { k: 2, .. }
+        ));
+
+        let mut r = req(KindRequest::Builtin);
+        r.verify.sample_permille = Some(500);
+        r.verify.quorum_k = Some(3);
+        assert_eq!(
+            r.prepare().unwrap().verification,
+            VerificationPolicy::Quorum {
+                sample_permille: 500,
+                k: 3
+            }
+        );
+        r.verify.quorum_k = Some(9);
+        assert!(r.prepare().unwrap_err().0.contains("quorum k 9"));
+        r.verify.quorum_k = None;
+        r.verify.crop_permille = Some(100);
+        assert!(r.prepare().unwrap_err().0.contains("spot-check"));
+
+        let mut r = req(KindRequest::Builtin);
+        r.verify.policy = Some("none".into());
+        assert_eq!(r.prepare().unwrap().verification, VerificationPolicy::None);
+        r.verify.sample_permille = Some(10);
+        assert!(r.prepare().unwrap_err().0.contains("none takes no"));
+
+        let mut r = req(KindRequest::Builtin);
+        r.verify.policy = Some("spot-check".into());
+        r.verify.min_similarity_milli = Some(950);
+        assert_eq!(
+            r.prepare().unwrap().verification,
+            VerificationPolicy::SpotCheck {
+                sample_permille: verify::DEFAULT_SAMPLE_PERMILLE,
+                crop_permille: verify::DEFAULT_CROP_PERMILLE,
+                min_similarity_milli: 950
+            }
+        );
+        r.verify.sample_permille = Some(1001);
+        assert!(r.prepare().unwrap_err().0.contains("sample_permille 1001"));
+        r.verify.policy = Some("majority".into());
+        assert!(
+            r.prepare()
+                .unwrap_err()
+                .0
+                .contains("expected none, quorum or spot-check")
+        );
+
+        let p = req(KindRequest::Process {
+            argv: vec!["true".into()],
+            deterministic: false,
+        })
+        .prepare()
+        .unwrap();
+        assert!(matches!(
+            p.verification,
+            VerificationPolicy::SpotCheck {
+                crop_permille: 1000,
+                ..
+            }
+        ));
     }
 }

@@ -86,12 +86,18 @@ impl ChunkSource for PeerSource {
     }
 }
 
-/// Answers one content request from the store (reads run on the blocking pool).
-pub async fn serve(store: ContentStore, request: InboundRequest) {
+/// Answers one content request from the store (reads run on the blocking
+/// pool). A request that does not decode is reported to `net` as malformed.
+pub async fn serve(store: ContentStore, net: crate::net::NetHandle, request: InboundRequest) {
     let answer = match ContentRequest::decode(&request.bytes) {
-        Err(e) => ContentResponse::Refused {
-            reason: format!("malformed request: {e}"),
-        },
+        Err(e) => {
+            let _ = net
+                .offence(request.peer, crate::net::guard::Offence::Malformed)
+                .await;
+            ContentResponse::Refused {
+                reason: format!("malformed request: {e}"),
+            }
+        }
         Ok(ContentRequest::Manifest { id }) => match store.get_manifest(&id) {
             Some(m) => ContentResponse::Manifest {
                 manifest: (*m).clone(),

@@ -9,6 +9,13 @@
 //! task of the same job (or a retry after a broken connection) fetches only
 //! what is missing. Each task opens its inputs into its own task dir; the
 //! task dir is removed when the task ends.
+//!
+//! A `CropOffer` (a spot-check line, `docs/trust.md`) runs like an offer,
+//! except that the runtime renders only the crop (frame coordinates, checked
+//! to lie inside the task's region): every runtime renders a region (the
+//! builtin renderer deterministically, Blender through its render border),
+//! so the output is an image of the crop's size, sealed, signed and sent as
+//! an ordinary result.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,7 +28,7 @@ use rendertrust_protocol::rpc::{ErrorCode, RpcRequest, RpcResponse};
 use rendertrust_protocol::seal::{self, JobKey, WrapSecret};
 use rendertrust_protocol::signed::Signed;
 use rendertrust_protocol::task::{
-    input_context, job_key_context, output_context, output_key_context, task_geometry,
+    Rect, input_context, job_key_context, output_context, output_key_context, task_geometry,
 };
 use rendertrust_protocol::wire::{JobSpec, Receipt, TaskId, TaskOffer, TaskResult};
 use rendertrust_protocol::worker::WorkerAction;
@@ -87,6 +94,7 @@ impl JobService {
         peer: NodeId,
         offer_frame: Vec<u8>,
         spec_frame: Vec<u8>,
+        crop: Option<Rect>,
         now_ms: u64,
     ) -> RpcResponse {
         if self.worker.is_none() {
@@ -106,6 +114,11 @@ impl JobService {
             Ok(s) => s,
             Err(e) => return RpcResponse::error(ErrorCode::Invalid, format!("job spec: {e}")),
         };
+        if let Some(crop) = crop
+            && let Err(e) = check_crop(&spec, offer.task.index, crop)
+        {
+            return RpcResponse::error(ErrorCode::Invalid, e);
+        }
         let advert = self.advert.borrow().clone();
         let Some(worker) = self.worker.as_mut() else {
             return not_worker();
@@ -121,7 +134,7 @@ impl JobService {
             }
         };
         if accept.accepted && !self.running.contains_key(&offer.task) {
-            self.start_task(offer, offer_frame, spec, now_ms);
+            self.start_task(offer, offer_frame, spec, crop, now_ms);
         } else if !accept.accepted {
             tracing::debug!(task = offer.task.index, reason = %accept.reason, "offer declined");
         }
@@ -130,7 +143,14 @@ impl JobService {
         }
     }
 
-    fn start_task(&mut self, offer: TaskOffer, offer_frame: Vec<u8>, spec: JobSpec, now_ms: u64) {
+    fn start_task(
+        &mut self,
+        offer: TaskOffer,
+        offer_frame: Vec<u8>,
+        spec: JobSpec,
+        crop: Option<Rect>,
+        now_ms: u64,
+    ) {
         let cancel = CancellationToken::new();
         self.running.insert(
             offer.task,
@@ -144,6 +164,7 @@ impl JobService {
             job = %hex::encode(offer.task.job.0),
             task = offer.task.index,
             attempt = offer.attempt,
+            ?crop,
             "task accepted"
         );
         let ctx = TaskCtx {
@@ -158,6 +179,9 @@ impl JobService {
             internal: self.internal.clone(),
             cancel,
             deadline: Duration::from_millis(offer.deadline_ms.saturating_sub(now_ms)),
+            crop,
+            #[cfg(feature = "dishonest-test-hooks")]
+            dishonest: self.config.dishonest,
         };
         tokio::spawn(async move {
             let task = offer.task;
@@ -378,6 +402,31 @@ struct TaskCtx {
     internal: mpsc::Sender<Internal>,
     cancel: CancellationToken,
     deadline: Duration,
+    /// A spot-check line renders only these pixels (frame coordinates).
+    crop: Option<Rect>,
+    /// TEST ONLY: how this worker cheats.
+    #[cfg(feature = "dishonest-test-hooks")]
+    dishonest: Option<super::dishonest::Dishonesty>,
+}
+
+/// Checks that a spot-check crop lies inside task `index`'s region of `spec`.
+fn check_crop(spec: &JobSpec, index: u32, crop: Rect) -> Result<(), String> {
+    let region = task_geometry(&spec.split, spec.width, spec.height, index)
+        .ok_or_else(|| format!("task {index} is not part of the job"))?
+        .region;
+    let inside = crop.w > 0
+        && crop.h > 0
+        && crop.x >= region.x
+        && crop.y >= region.y
+        && u64::from(crop.x) + u64::from(crop.w) <= u64::from(region.x) + u64::from(region.w)
+        && u64::from(crop.y) + u64::from(crop.h) <= u64::from(region.y) + u64::from(region.h);
+    if inside {
+        Ok(())
+    } else {
+        Err(format!(
+            "crop {crop:?} is not inside task {index}'s region {region:?}"
+        ))
+    }
 }
 
 impl TaskCtx {
@@ -489,9 +538,14 @@ async fn execute(
         inputs.insert(input.name.clone(), path);
     }
 
-    // 3. Run.
-    let geometry = task_geometry(&spec.split, spec.width, spec.height, task.index)
+    // 3. Run (a spot-check line renders only its crop: every runtime
+    // renders a region, so the crop is the region; see docs/trust.md).
+    let mut geometry = task_geometry(&spec.split, spec.width, spec.height, task.index)
         .ok_or_else(|| format!("task {} is not part of the job", task.index))?;
+    if let Some(crop) = ctx.crop {
+        check_crop(&spec, task.index, crop)?;
+        geometry.region = crop;
+    }
     let run_dir = ctx.task_dir.join("run");
     tokio::fs::create_dir_all(&run_dir)
         .await
@@ -521,9 +575,14 @@ async fn execute(
                 .await;
         }
     });
-    let output = runtime::run_task(&run, ptx, ctx.cancel.clone()).await;
+    #[cfg(not(feature = "dishonest-test-hooks"))]
+    let output = runtime::run_task(&run, ptx, ctx.cancel.clone())
+        .await
+        .map_err(|e| e.to_string());
+    #[cfg(feature = "dishonest-test-hooks")]
+    let output = super::dishonest::run_task(ctx.dishonest, &run, ptx, ctx.cancel.clone()).await;
     let _ = forward.await;
-    let output = output.map_err(|e| e.to_string())?;
+    let output = output?;
     let finished_at_ms = unix_now_ms().max(started_at_ms);
 
     // 4. Seal the checked output under a fresh key, wrap the key to the creator.
@@ -580,4 +639,53 @@ async fn execute(
         result: result.into_bytes(),
         receipt: receipt.into_bytes(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rendertrust_protocol::wire::SplitRule;
+
+    #[test]
+    fn crops_must_lie_inside_the_tasks_region() {
+        let spec = JobSpec {
+            split: SplitRule::Tiles {
+                frame: 1,
+                cols: 2,
+                rows: 1,
+            },
+            width: 100,
+            height: 50,
+            id: rendertrust_protocol::wire::JobId([1; 32]),
+            creator: NodeId::from_bytes([2; 32]),
+            nonce: 0,
+            created_at_ms: 0,
+            kind: rendertrust_protocol::wire::JobKind::Builtin,
+            inputs: vec![],
+            requirements: Default::default(),
+            format: rendertrust_protocol::wire::ImageFormat::Png,
+            max_price_per_task: 1,
+            verification: rendertrust_protocol::wire::VerificationPolicy::None,
+            deadline_ms: 1,
+        };
+        // Task 1 is the right half: x 50..100.
+        let ok = Rect {
+            x: 60,
+            y: 10,
+            w: 40,
+            h: 40,
+        };
+        assert_eq!(check_crop(&spec, 1, ok), Ok(()));
+        for bad in [
+            Rect { x: 40, ..ok },
+            Rect { w: 41, ..ok },
+            Rect { h: 41, ..ok },
+            Rect { w: 0, ..ok },
+            Rect { x: u32::MAX, ..ok },
+        ] {
+            let e = check_crop(&spec, 1, bad).unwrap_err();
+            assert!(e.contains("not inside"), "{bad:?}: {e}");
+        }
+        assert!(check_crop(&spec, 2, ok).unwrap_err().contains("not part"));
+    }
 }

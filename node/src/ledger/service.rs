@@ -908,7 +908,16 @@ impl LedgerService {
         }
         let answer = match RollupRequest::decode(&r.bytes) {
             Ok(req) => self.answer(req),
-            Err(e) => refused(format!("malformed request: {e}")),
+            Err(e) => {
+                let net = self.net.clone();
+                let peer = r.peer;
+                tokio::spawn(async move {
+                    let _ = net
+                        .offence(peer, crate::net::guard::Offence::Malformed)
+                        .await;
+                });
+                refused(format!("malformed request: {e}"))
+            }
         };
         match answer.encode() {
             Ok(bytes) => {

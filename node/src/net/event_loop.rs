@@ -24,6 +24,7 @@ use rendertrust_protocol::wire::{CapacityAdvert, Role};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use super::guard::{Admission, Offence, PeerGuard};
 use super::reqres::Service;
 use super::swarm::{self as build, NodeBehaviour, NodeBehaviourEvent};
 use super::topic::Topic;
@@ -69,11 +70,31 @@ struct PendingFind {
 type PendingResponse = BoxFuture<
     'static,
     (
+        PeerId,
         Service,
         ResponseChannel<Vec<u8>>,
         Result<Vec<u8>, oneshot::error::RecvError>,
     ),
 >;
+
+/// The refusal a service's peers understand (rate or stream limits).
+fn refusal(service: Service, reason: &str) -> Option<Vec<u8>> {
+    use rendertrust_protocol::ledger::wire::RollupResponse;
+    use rendertrust_protocol::rpc::{ContentResponse, ErrorCode, RpcResponse};
+    match service {
+        Service::Rpc => RpcResponse::error(ErrorCode::Busy, reason).encode().ok(),
+        Service::Content => ContentResponse::Refused {
+            reason: reason.to_owned(),
+        }
+        .encode()
+        .ok(),
+        Service::Ledger => RollupResponse::Refused {
+            reason: reason.to_owned(),
+        }
+        .encode()
+        .ok(),
+    }
+}
 
 /// An outbound request waiting for its answer.
 struct PendingRequest {
@@ -112,6 +133,7 @@ pub(super) struct EventLoop {
     requests: HashMap<OutboundRequestId, PendingRequest>,
     responses: FuturesUnordered<PendingResponse>,
     subscribed: BTreeSet<Topic>,
+    guard: PeerGuard,
 }
 
 /// What [`EventLoop::new`] needs.
@@ -127,6 +149,7 @@ pub(super) struct Parts {
     pub(super) swarm: Swarm<NodeBehaviour>,
     pub(super) inbound: mpsc::Sender<Inbound>,
     pub(super) capacity_version: watch::Sender<u64>,
+    pub(super) guard: PeerGuard,
 }
 
 fn without_p2p(addr: &Multiaddr) -> Multiaddr {
@@ -190,6 +213,7 @@ impl EventLoop {
             requests: HashMap::new(),
             responses: FuturesUnordered::new(),
             subscribed: Topic::LIVE.into_iter().collect(),
+            guard: parts.guard,
         }
     }
 
@@ -200,6 +224,11 @@ impl EventLoop {
                 .behaviour_mut()
                 .kad
                 .add_address(peer, without_p2p(addr));
+        }
+        let banned: Vec<PeerId> = self.guard.bans().map(|(p, _)| *p).collect();
+        for peer in banned {
+            tracing::info!(%peer, "peer banned (stored ban)");
+            self.swarm.behaviour_mut().blocked.block_peer(peer);
         }
         self.provide_roles();
         self.dial_bootstrap();
@@ -235,7 +264,8 @@ impl EventLoop {
                     }
                     self.poll_advert(unix_now_ms());
                 }
-                Some((service, channel, answer)) = self.responses.next(), if !self.responses.is_empty() => {
+                Some((peer, service, channel, answer)) = self.responses.next(), if !self.responses.is_empty() => {
+                    self.guard.answered(&peer);
                     self.send_response(service, channel, answer);
                 }
                 () = tokio::time::sleep(sleep) => self.on_deadline(unix_now_ms()),
@@ -279,6 +309,10 @@ impl EventLoop {
 
     fn on_maintenance(&mut self, now_ms: u64) {
         self.try_publish(now_ms);
+        for peer in self.guard.expire(now_ms) {
+            tracing::info!(%peer, "ban expired");
+            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+        }
         let now = Instant::now();
         let overdue: Vec<QueryId> = self
             .finds
@@ -427,13 +461,16 @@ impl EventLoop {
                 }
                 Err(e) => tracing::debug!(%peer, error = %e, "ping failed"),
             },
-            SwarmEvent::Behaviour(NodeBehaviourEvent::Rpc(e)) => self.on_reqres(Service::Rpc, e),
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Rpc(e)) => {
+                self.on_reqres(Service::Rpc, e, now_ms)
+            }
             SwarmEvent::Behaviour(NodeBehaviourEvent::Content(e)) => {
-                self.on_reqres(Service::Content, e)
+                self.on_reqres(Service::Content, e, now_ms)
             }
             SwarmEvent::Behaviour(NodeBehaviourEvent::Ledger(e)) => {
-                self.on_reqres(Service::Ledger, e)
+                self.on_reqres(Service::Ledger, e, now_ms)
             }
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Blocked(e)) => match e {},
             SwarmEvent::Behaviour(NodeBehaviourEvent::Autonat(e)) => {
                 tracing::debug!(event = ?e, "autonat")
             }
@@ -647,7 +684,7 @@ impl EventLoop {
                 let _ = reply.send(self.status());
             }
             Command::Peers(reply) => {
-                let _ = reply.send(self.peer_infos());
+                let _ = reply.send(self.peer_infos(now_ms));
             }
             Command::Capacity(reply) => {
                 let _ = reply.send(self.table.live(now_ms).cloned().collect());
@@ -684,6 +721,10 @@ impl EventLoop {
                 bytes,
                 reply,
             } => self.send_request(peer, service, bytes, reply),
+            Command::Offence(node, offence) => match node.to_peer_id() {
+                Ok(peer) => self.offence(peer, offence, now_ms),
+                Err(e) => tracing::debug!(error = %e, "offence of a node without a peer id"),
+            },
             Command::Subscribe(topic, reply) => {
                 let result = self
                     .swarm
@@ -807,7 +848,21 @@ impl EventLoop {
         );
     }
 
-    fn on_reqres(&mut self, service: Service, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+    /// Counts an offence of `peer`; bans it (disconnect, refuse) when the
+    /// guard says so.
+    fn offence(&mut self, peer: PeerId, offence: Offence, now_ms: u64) {
+        if let Some(until) = self.guard.offence(peer, offence, now_ms) {
+            tracing::warn!(%peer, ?offence, until_ms = until, "peer banned");
+            self.swarm.behaviour_mut().blocked.block_peer(peer);
+        }
+    }
+
+    fn on_reqres(
+        &mut self,
+        service: Service,
+        event: request_response::Event<Vec<u8>, Vec<u8>>,
+        now_ms: u64,
+    ) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
@@ -817,6 +872,25 @@ impl EventLoop {
                         tracing::debug!(%peer, "request from a peer without an ed25519 id dropped");
                         return;
                     };
+                    let why = match self.guard.admit(peer, service, now_ms) {
+                        Admission::Admit => None,
+                        Admission::Banned => return,
+                        Admission::Throttled => {
+                            Some("rate limit: too many requests from this peer; retry later")
+                        }
+                        Admission::TooManyStreams => Some(
+                            "too many requests from this peer waiting for answers; retry later",
+                        ),
+                    };
+                    if let Some(why) = why {
+                        // Refused without any work: a fixed answer, no service sees it.
+                        tracing::debug!(%peer, %service, why, "request refused");
+                        self.offence(peer, Offence::Throttled, now_ms);
+                        if let Some(bytes) = refusal(service, why) {
+                            let _ = self.reqres(service).send_response(channel, bytes);
+                        }
+                        return;
+                    }
                     let (tx, rx) = oneshot::channel();
                     let request = InboundRequest {
                         peer: node,
@@ -827,10 +901,11 @@ impl EventLoop {
                     if self.inbound.try_send(Inbound::Request(request)).is_err() {
                         // Dropping the channel tells the peer no answer comes.
                         tracing::debug!(%peer, %service, "services busy: request refused");
+                        self.guard.answered(&peer);
                         return;
                     }
                     self.responses
-                        .push(Box::pin(async move { (service, channel, rx.await) }));
+                        .push(Box::pin(async move { (peer, service, channel, rx.await) }));
                 }
                 request_response::Message::Response {
                     request_id,
@@ -854,6 +929,11 @@ impl EventLoop {
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %service, %error, "inbound request failed");
+                // A stream that broke while we read it (over the size bound,
+                // truncated, not our framing) is the peer's doing.
+                if let request_response::InboundFailure::Io(_) = error {
+                    self.offence(peer, Offence::Oversized, now_ms);
+                }
             }
             request_response::Event::ResponseSent { .. } => {}
         }
@@ -895,7 +975,7 @@ impl EventLoop {
         }
     }
 
-    fn peer_infos(&self) -> Vec<PeerInfo> {
+    fn peer_infos(&self, now_ms: u64) -> Vec<PeerInfo> {
         let gossipsub = &self.swarm.behaviour().gossipsub;
         self.peers
             .iter()
@@ -912,6 +992,7 @@ impl EventLoop {
                     agent_version: state.agent.clone(),
                     rtt_ms: state.rtt.map(|d| d.as_secs_f64() * 1000.0),
                     connected: state.connections > 0,
+                    hygiene: self.guard.counters(peer, now_ms),
                 }
             })
             .collect()

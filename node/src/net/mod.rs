@@ -45,6 +45,7 @@
 //! [`AdvertSchedule`]: rendertrust_protocol::capacity::AdvertSchedule
 
 mod event_loop;
+pub mod guard;
 pub mod reqres;
 pub mod score;
 pub mod swarm;
@@ -163,6 +164,10 @@ pub struct NetConfig {
     pub advert_interval: Duration,
     /// Lifetime of our role provider records (re-announced at half of it).
     pub provider_ttl: Duration,
+    /// Per-peer request limits and bans ([`guard`]).
+    pub guard: guard::GuardConfig,
+    /// Where bans are kept across restarts (the node's `bans` tree).
+    pub bans: Option<sled::Tree>,
 }
 
 impl Default for NetConfig {
@@ -183,6 +188,8 @@ impl Default for NetConfig {
             capacity: CapacityConfig::default(),
             advert_interval: Duration::from_secs(10),
             provider_ttl: swarm::DEFAULT_PROVIDER_TTL,
+            guard: guard::GuardConfig::default(),
+            bans: None,
         }
     }
 }
@@ -227,6 +234,8 @@ pub struct PeerInfo {
     pub rtt_ms: Option<f64>,
     /// Whether a connection is open.
     pub connected: bool,
+    /// Malformed, oversized and throttled requests, penalty points, ban.
+    pub hygiene: guard::PeerCounters,
 }
 
 /// A request from a peer, for the node's services.
@@ -301,6 +310,7 @@ enum Command {
         source: PeerId,
         verdict: Verdict,
     },
+    Offence(NodeId, guard::Offence),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -395,6 +405,15 @@ impl NetHandle {
             .map_err(|_| NetError::Stopped)
     }
 
+    /// Reports a peer's misbehaviour seen by a service (a request that does
+    /// not decode): counted and penalised by the [`guard`].
+    pub async fn offence(&self, peer: NodeId, offence: guard::Offence) -> Result<(), NetError> {
+        self.commands
+            .send(Command::Offence(peer, offence))
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
     /// Stops the event loop (connections are closed when the swarm drops).
     pub async fn shutdown(&self) -> Result<(), NetError> {
         self.ask(Command::Shutdown).await
@@ -481,6 +500,7 @@ pub async fn spawn(
         provider_ttl: config.provider_ttl,
         commands: rx,
         swarm,
+        guard: guard::PeerGuard::new(config.guard, config.bans, unix_now_ms()),
     };
     let event_loop = event_loop::EventLoop::new(parts, unix_now_ms());
     let task = tokio::spawn(event_loop.run());

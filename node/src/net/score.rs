@@ -13,7 +13,7 @@
 //!
 //! | parameter | value | why |
 //! |---|---|---|
-//! | topic weight (capacity, receipts, rollups) | 1.0 each | every topic a service validates; receipts and rollups carry the same parameters as capacity ([`ledger_topic_params`]), so a ledger event or rollup header a ledger peer rejects as misbehaviour (`LedgerRejected::is_misbehaviour`, a bad signature) costs its sender like an invalid advert |
+//! | topic weight (capacity, receipts, rollups, reputation) | 1.0 each | every topic a service validates; receipts and rollups carry the same parameters as capacity ([`ledger_topic_params`]), so a ledger event or rollup header a ledger peer rejects as misbehaviour (`LedgerRejected::is_misbehaviour`, a bad signature) costs its sender like an invalid advert; so does a reputation report that does not decode or verify ([`reputation_topic_params`]; stale, replayed or weightless reports are ignored) |
 //! | P1 time in mesh | 0.0027 per s, cap 3600 s | about +10 after an hour in the mesh: steady peers are preferred when the mesh is pruned |
 //! | P2 first deliveries | +1 each, cap 5, decays to zero over 10 min | credit for delivering fresh adverts first |
 //! | P3/P3b mesh delivery rate | 0 (off) | adverts are sparse (one per node per interval): a delivery-rate quota would punish honest peers in a quiet mesh |
@@ -27,6 +27,27 @@
 //! Thresholds: gossip −10, publish −50, graylist −80 (messages from a
 //! graylisted peer are dropped unread), accept PX 10 (PX is off), opportunistic
 //! graft 1.
+//!
+//! # Request/response hygiene ([`super::guard`])
+//!
+//! Gossipsub scores only gossip. The request/response services are guarded
+//! per peer by [`super::guard::PeerGuard`], in the event loop, before a
+//! request reaches a service:
+//!
+//! | limit | value | why |
+//! |---|---|---|
+//! | rpc rate (token bucket per peer) | burst 200, 100/s | a scheduler offering a large job, or a creator's burst of key requests, stays far below; a flood does not |
+//! | content rate | burst 400, 200/s | one request per 1 MiB chunk: 200 MiB/s per peer, more than a link carries |
+//! | ledger rate | burst 50, 20/s | reconciliation pages between ledger peers |
+//! | inbound streams waiting for an answer, per peer (all services) | 64 | besides libp2p's 64 per connection and service: one peer cannot fill the services' queue (256) |
+//! | over a limit | answered at once with the service's refusal (`Error{Busy}`, `Refused`), no service sees it | the peer learns to retry later; no work is done |
+//! | penalty points | malformed request 10 (reported by the service that could not decode it), broken or oversized stream 20, refused request 1; 2 points drain per second | honest peers never send malformed bytes; an occasional burst over the rate costs nothing lasting |
+//! | ban | at 100 points: 1 hour, persisted in the sled tree `bans` (survives a restart), lifted at expiry | the peer is disconnected and its connections refused (libp2p's block list, the first behaviour) |
+//!
+//! So ten malformed requests, five oversized streams, or a sustained excess
+//! of more than 2 requests a second over the rate for about a minute ban a
+//! peer. `GET /v1/peers` shows each peer's counters (`hygiene`: malformed,
+//! oversized, throttled, points, banned until).
 //!
 //! [`AdvertRejected::is_misbehaviour`]: rendertrust_protocol::capacity::AdvertRejected::is_misbehaviour
 
@@ -84,12 +105,21 @@ pub fn ledger_topic_params() -> TopicScoreParams {
     capacity_topic_params()
 }
 
+/// Score parameters for the reputation topic: those of the capacity topic.
+/// A report that does not decode or whose signature fails is rejected
+/// (P4); a stale, replayed or weightless one is ignored and costs nothing,
+/// since honest peers forward reports the receiver may merely know already.
+pub fn reputation_topic_params() -> TopicScoreParams {
+    capacity_topic_params()
+}
+
 /// Peer score parameters (all topics).
 pub fn peer_score_params() -> PeerScoreParams {
     let mut topics = HashMap::new();
     topics.insert(Topic::Capacity.hash(), capacity_topic_params());
     topics.insert(Topic::Receipts.hash(), ledger_topic_params());
     topics.insert(Topic::Rollups.hash(), ledger_topic_params());
+    topics.insert(Topic::Reputation.hash(), reputation_topic_params());
     PeerScoreParams {
         topics,
         topic_score_cap: TOPIC_SCORE_CAP,
@@ -131,6 +161,7 @@ mod tests {
         peer_score_thresholds().validate().unwrap();
         capacity_topic_params().validate().unwrap();
         ledger_topic_params().validate().unwrap();
+        reputation_topic_params().validate().unwrap();
         let params = peer_score_params();
         for t in Topic::ALL {
             assert!(params.topics.contains_key(&t.hash()), "{t} is not scored");

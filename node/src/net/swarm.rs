@@ -64,6 +64,9 @@ pub fn role_key(role: rendertrust_protocol::wire::Role) -> kad::RecordKey {
 /// The behaviours of a node.
 #[derive(NetworkBehaviour)]
 pub struct NodeBehaviour {
+    /// Banned peers: connections refused and closed ([`super::guard`]).
+    /// First, so a denied connection never reaches the other behaviours.
+    pub blocked: libp2p::allow_block_list::Behaviour<libp2p::allow_block_list::BlockedPeers>,
     /// Relay v2 client (reach and be reached through relays).
     pub relay: relay::client::Behaviour,
     /// Hole punching over relayed connections.
@@ -96,6 +99,7 @@ impl NodeBehaviour {
     ) -> Result<Self, NetError> {
         let peer_id = key.public().to_peer_id();
         Ok(NodeBehaviour {
+            blocked: libp2p::allow_block_list::Behaviour::default(),
             relay,
             dcutr: dcutr::Behaviour::new(peer_id),
             identify: identify_behaviour(key.public()),

@@ -15,6 +15,7 @@ use rendertrust_protocol::wire::{
 };
 use tokio::sync::{oneshot, watch};
 
+use super::guard::PeerGuard;
 use super::*;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -68,24 +69,58 @@ struct TestNode {
 
 impl TestNode {
     async fn start(seed: u8, roles: &[Role], bootstrap: Vec<Multiaddr>) -> TestNode {
+        TestNode::start_with(
+            seed,
+            roles,
+            bootstrap,
+            guard::GuardConfig::default(),
+            None,
+            loopback(),
+        )
+        .await
+    }
+
+    async fn start_with(
+        seed: u8,
+        roles: &[Role],
+        bootstrap: Vec<Multiaddr>,
+        guard: guard::GuardConfig,
+        bans: Option<sled::Tree>,
+        listen: Vec<Multiaddr>,
+    ) -> TestNode {
+        TestNode::try_start_with(seed, roles, bootstrap, guard, bans, listen)
+            .await
+            .unwrap()
+    }
+
+    async fn try_start_with(
+        seed: u8,
+        roles: &[Role],
+        bootstrap: Vec<Multiaddr>,
+        guard: guard::GuardConfig,
+        bans: Option<sled::Tree>,
+        listen: Vec<Multiaddr>,
+    ) -> Result<TestNode, NetError> {
         let k = key(seed);
         let (tx, rx) = watch::channel(template(k.node_id(), roles));
         let config = NetConfig {
-            listen: loopback(),
+            listen,
             bootstrap,
             roles: roles.to_vec(),
             kad_server: true,
             advert_interval: Duration::from_secs(1),
+            guard,
+            bans,
             ..NetConfig::default()
         };
-        let spawned = spawn(&k, config, rx).await.unwrap();
-        TestNode {
+        let spawned = spawn(&k, config, rx).await?;
+        Ok(TestNode {
             id: k.node_id(),
             net: spawned.handle,
             task: spawned.task,
             inbound: spawned.inbound,
             advert: tx,
-        }
+        })
     }
 
     async fn first_addr(&self) -> Multiaddr {
@@ -415,4 +450,211 @@ async fn invalid_adverts_are_rejected_and_charged_to_the_sender() {
 
     driver.abort();
     receiver.stop().await;
+}
+
+/// Answers every request with `ok` until the node stops; reports requests
+/// that say `malformed` as malformed.
+fn answer_ok(node: &mut TestNode) -> tokio::task::JoinHandle<()> {
+    let mut inbound = std::mem::replace(&mut node.inbound, tokio::sync::mpsc::channel(1).1);
+    let net = node.net.clone();
+    tokio::spawn(async move {
+        while let Some(msg) = inbound.recv().await {
+            if let Inbound::Request(r) = msg {
+                if r.bytes == b"malformed" {
+                    let _ = net.offence(r.peer, guard::Offence::Malformed).await;
+                }
+                let _ = r.reply.send(b"ok".to_vec());
+            }
+        }
+    })
+}
+
+fn is_busy(answer: &[u8]) -> bool {
+    use rendertrust_protocol::rpc::{ErrorCode, RpcResponse};
+    matches!(
+        RpcResponse::decode(answer),
+        Ok(RpcResponse::Error {
+            code: ErrorCode::Busy,
+            ..
+        })
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_peer_is_throttled_and_others_are_still_answered() {
+    let guard = guard::GuardConfig {
+        rpc: guard::Rate {
+            burst: 20,
+            per_sec: 5,
+        },
+        // No ban here: this test is about throttling.
+        ban_points: u64::MAX / 2000,
+        ..guard::GuardConfig::default()
+    };
+    let mut a = TestNode::start_with(80, &[Role::Worker], vec![], guard, None, loopback()).await;
+    let a_addr = a.first_addr().await;
+    let a_id = a.id;
+    let responder = answer_ok(&mut a);
+    let flooder = TestNode::start(81, &[Role::Worker], vec![a_addr.clone()]).await;
+    let polite = TestNode::start(82, &[Role::Worker], vec![a_addr]).await;
+    for n in [&flooder, &polite] {
+        wait_for("a connection to a", || async {
+            n.net.request(a_id, Service::Rpc, b"hi".to_vec()).await.ok()
+        })
+        .await;
+    }
+
+    // 200 requests at once from the flooder; the polite peer asks meanwhile.
+    let flood = {
+        let net = flooder.net.clone();
+        tokio::spawn(async move {
+            let asks = (0..200).map(|_| net.request(a_id, Service::Rpc, b"x".to_vec()));
+            futures::future::join_all(asks).await
+        })
+    };
+    let mut polite_answers = Vec::new();
+    for _ in 0..5 {
+        polite_answers.push(polite.net.request(a_id, Service::Rpc, b"y".to_vec()).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let flood = flood.await.unwrap();
+    let ok = flood
+        .iter()
+        .filter(|r| r.as_deref().is_ok_and(|b| b == b"ok"))
+        .count();
+    let busy = flood
+        .iter()
+        .filter(|r| r.as_deref().is_ok_and(is_busy))
+        .count();
+    assert!(busy > 0, "the flood was not throttled ({ok} answered)");
+    // The burst, and what refilled while the flood lasted (5 a second).
+    assert!(ok < 100, "{ok} of 200 flooded requests were answered");
+    for r in &polite_answers {
+        assert_eq!(
+            r.as_deref().ok(),
+            Some(&b"ok"[..]),
+            "the polite peer was refused: {r:?}"
+        );
+    }
+    // The refusals are counted against the flooder only.
+    let peers = a.net.peers().await.unwrap();
+    let of = |id: NodeId| {
+        let peer = id.to_peer_id().unwrap().to_string();
+        peers.iter().find(|p| p.peer_id == peer).unwrap().hygiene
+    };
+    assert_eq!(of(flooder.id).throttled, busy as u64);
+    assert_eq!(of(polite.id).throttled, 0);
+
+    responder.abort();
+    for node in [a, flooder, polite] {
+        node.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_survives_a_restart_and_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path()).unwrap();
+    let bans = db.open_tree("bans").unwrap();
+    let guard = guard::GuardConfig {
+        ban_points: 15,
+        ban_ms: 6_000,
+        ..guard::GuardConfig::default()
+    };
+    // QUIC only, so the restarted node can listen on the same port at once.
+    let quic: Vec<Multiaddr> = vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()];
+    let mut a = TestNode::start_with(
+        85,
+        &[Role::Worker],
+        vec![],
+        guard.clone(),
+        Some(bans.clone()),
+        quic,
+    )
+    .await;
+    let a_addr = a.first_addr().await;
+    let mut same_port = a_addr.clone();
+    same_port.pop();
+    let a_id = a.id;
+    let responder = answer_ok(&mut a);
+    let b = TestNode::start(86, &[Role::Worker], vec![a_addr]).await;
+    wait_for("b to reach a", || async {
+        b.net.request(a_id, Service::Rpc, b"hi".to_vec()).await.ok()
+    })
+    .await;
+    // Two malformed requests (10 points each, minus what drains) ban b.
+    for _ in 0..2 {
+        let _ = b
+            .net
+            .request(a_id, Service::Rpc, b"malformed".to_vec())
+            .await;
+    }
+    let b_peer = b.id.to_peer_id().unwrap();
+    wait_for("a to ban b", || async { (!bans.is_empty()).then_some(()) }).await;
+    assert!(
+        b.net
+            .request(a_id, Service::Rpc, b"hi".to_vec())
+            .await
+            .is_err(),
+        "a banned peer was answered"
+    );
+
+    // Restart a on the same store: the ban holds, and b's requests fail.
+    responder.abort();
+    a.stop().await;
+    // The old socket may linger for a moment: retry the same port, bounded.
+    let mut tries = 0;
+    let mut a = loop {
+        match TestNode::try_start_with(
+            85,
+            &[Role::Worker],
+            vec![],
+            guard.clone(),
+            Some(bans.clone()),
+            vec![same_port.clone()],
+        )
+        .await
+        {
+            Ok(a) => break a,
+            Err(e) => {
+                tries += 1;
+                assert!(tries < 50, "cannot listen on {same_port} again: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let responder = answer_ok(&mut a);
+    let banned_until = PeerGuard::new(
+        guard::GuardConfig::default(),
+        Some(bans.clone()),
+        unix_now_ms(),
+    )
+    .bans()
+    .find(|(p, _)| **p == b_peer)
+    .map(|(_, u)| *u)
+    .expect("the ban is stored");
+    let refused = b.net.request(a_id, Service::Rpc, b"hi".to_vec()).await;
+    if unix_now_ms() < banned_until {
+        assert!(
+            refused.is_err(),
+            "a restarted node answered a banned peer: {refused:?}"
+        );
+    }
+    // After the expiry b is answered again.
+    wait_for("the ban to expire", || async {
+        b.net
+            .request(a_id, Service::Rpc, b"hi".to_vec())
+            .await
+            .ok()
+            .filter(|_| unix_now_ms() >= banned_until)
+    })
+    .await;
+    assert!(
+        bans.is_empty(),
+        "the expired ban was removed from the store"
+    );
+    responder.abort();
+    for node in [a, b] {
+        node.stop().await;
+    }
 }

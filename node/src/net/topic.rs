@@ -5,7 +5,7 @@
 //! topic, so old and new peers never feed each other frames they cannot read.
 //! Every node subscribes to [`Topic::Capacity`] (validated in the event loop
 //! by the capacity table). The others are subscribed by the services that
-//! validate them (ledger peers), through `NetHandle::subscribe`; anyone may
+//! validate them (ledger peers; schedulers and ledger peers for reputation), through `NetHandle::subscribe`; anyone may
 //! publish on them.
 
 use libp2p::gossipsub::{IdentTopic, TopicHash};
@@ -20,11 +20,18 @@ pub enum Topic {
     Receipts,
     /// Signed rollup headers.
     Rollups,
+    /// Signed reputation reports (schedulers and ledger peers).
+    Reputation,
 }
 
 impl Topic {
     /// Every topic, in a fixed order.
-    pub const ALL: [Topic; 3] = [Topic::Capacity, Topic::Receipts, Topic::Rollups];
+    pub const ALL: [Topic; 4] = [
+        Topic::Capacity,
+        Topic::Receipts,
+        Topic::Rollups,
+        Topic::Reputation,
+    ];
 
     /// The topics every peer subscribes to at start.
     pub const LIVE: [Topic; 1] = [Topic::Capacity];
@@ -35,6 +42,7 @@ impl Topic {
             Topic::Capacity => "rendertrust/capacity/1",
             Topic::Receipts => "rendertrust/receipts/1",
             Topic::Rollups => "rendertrust/rollups/1",
+            Topic::Reputation => "rendertrust/reputation/1",
         }
     }
 
