@@ -450,6 +450,30 @@ impl Profile {
         )
     }
 
+    /// Whether `Profile::of(advert)` would equal this profile, without
+    /// building it (no allocation: the scheduler's path for the periodic
+    /// advert whose content did not change).
+    pub fn matches(&self, advert: &CapacityAdvert) -> bool {
+        self.is_worker == advert.roles.contains(&Role::Worker)
+            && self.ram_bytes == advert.ram_bytes
+            && self.price == advert.price_per_task
+            && self.bench_mfpm == advert.bench_mfpm
+            && self.max_tasks == advert.max_tasks
+            && self.running_tasks == advert.running_tasks
+            && self.runtimes.len() == advert.runtimes.len()
+            && self
+                .runtimes
+                .iter()
+                .zip(&advert.runtimes)
+                .all(|((k, v), r)| *k == r.kind && *v == Version::parse(&r.version))
+            && self.gpus.len() == advert.gpus.len()
+            && self
+                .gpus
+                .iter()
+                .zip(&advert.gpus)
+                .all(|((v, m), g)| *v == g.vendor && *m == g.vram_bytes)
+    }
+
     /// Slots free by the advert alone (`max_tasks − running_tasks`).
     pub fn advertised_free(&self) -> u16 {
         self.max_tasks.saturating_sub(self.running_tasks)

@@ -100,10 +100,11 @@ pub struct Mesh {
     pub replicate_interval_s: u64,
     /// How often a scheduler node sweeps expired capacity entries.
     pub table_sweep_s: u64,
-    /// How often the job service reads the capacity table into its
-    /// scheduler (`CAPACITY_REFRESH` in node/src/jobs/service.rs, 1 s);
-    /// 0: every advert reaches the scheduler as it arrives.
-    pub capacity_refresh_ms: u64,
+    /// The job service reads the capacity table into its scheduler this
+    /// long after the first change since its last read (`CAPACITY_DEBOUNCE`
+    /// in node/src/jobs/service.rs, 50 ms); 0: every advert reaches the
+    /// scheduler as it arrives.
+    pub capacity_debounce_ms: u64,
 }
 
 impl Default for Mesh {
@@ -123,7 +124,7 @@ impl Default for Mesh {
             retry_s: 1,
             replicate_interval_s: 2,
             table_sweep_s: 5,
-            capacity_refresh_ms: 1000,
+            capacity_debounce_ms: 50,
         }
     }
 }

@@ -108,8 +108,9 @@ struct SchedPart {
     m: Scheduler,
     rng: SimRng,
     next_sweep: u64,
-    /// When the job service next reads the capacity table (`u64::MAX`:
-    /// adverts go to the scheduler as they arrive).
+    /// When the job service next reads the capacity table into its
+    /// scheduler: `mesh.capacity_debounce_ms` after the first change since the
+    /// last read (`u64::MAX`: nothing changed).
     next_refresh: u64,
     /// Nodes whose entry changed, and nodes that left the table, since the
     /// last read.
@@ -327,6 +328,8 @@ pub struct World {
     schedulers: Vec<u32>,
     creators: Vec<u32>,
     templates: Vec<CapacityAdvert>,
+    /// One advert per template, filled in for each delivery.
+    scratch: Vec<CapacityAdvert>,
     jobs: Vec<SimJob>,
     job_index: HashMap<JobId, u32>,
     net: NetModel,
@@ -515,6 +518,7 @@ impl World {
             index,
             schedulers,
             creators,
+            scratch: templates.clone(),
             templates,
             jobs: Vec::new(),
             job_index: HashMap::new(),
@@ -728,7 +732,6 @@ impl World {
         let interval = self.sc.mesh.advert_interval_s * 1000;
         let hb = self.worker_config_hb;
         let max_entries = self.nodes.len() + 16;
-        let refresh_ms = self.sc.mesh.capacity_refresh_ms;
         let is_sched = self.schedulers.binary_search(&n).is_ok();
         let slots = self.slots_of(n);
         let node = &mut self.nodes[n as usize];
@@ -778,11 +781,7 @@ impl World {
                     u64::from(n) << 16 | u64::from(node.inc),
                 ),
                 next_sweep: now + self.sc.mesh.table_sweep_s * 1000,
-                next_refresh: if refresh_ms == 0 {
-                    u64::MAX
-                } else {
-                    now + refresh_ms
-                },
+                next_refresh: u64::MAX,
                 changed: Vec::new(),
                 gone: Vec::new(),
             }));
@@ -924,11 +923,20 @@ impl World {
         if let Some(s) = &mut node.sched {
             if now >= s.next_sweep {
                 let gone = s.table.expire(now);
-                s.gone.extend(gone);
+                if !gone.is_empty() {
+                    s.gone.extend(gone);
+                    let debounce = self.sc.mesh.capacity_debounce_ms;
+                    if debounce == 0 {
+                        refresh(s, now);
+                        sched_due = true;
+                    } else if s.next_refresh == u64::MAX {
+                        s.next_refresh = now + debounce;
+                    }
+                }
                 s.next_sweep = now + self.sc.mesh.table_sweep_s * 1000;
             }
             if now >= s.next_refresh {
-                s.next_refresh = now + self.sc.mesh.capacity_refresh_ms.max(1);
+                s.next_refresh = u64::MAX;
                 refresh(s, now);
                 sched_due = true;
             }
@@ -1025,18 +1033,31 @@ impl World {
         if !self.nodes[to as usize].online {
             return;
         }
-        let advert = self.advert_of(from, running, seq, issued);
-        let id = advert.node;
+        // One advert per node kind, filled in: the table copies it only
+        // when its content changed (`apply_verified_ref`).
+        let node = &self.nodes[from as usize];
+        let id = node.id;
+        let a = &mut self.scratch[node.template as usize];
+        a.node = id;
+        a.seq = seq;
+        a.issued_at_ms = issued;
+        a.running_tasks = running;
+        let debounce = self.sc.mesh.capacity_debounce_ms;
         let Some(s) = self.nodes[to as usize].sched.as_mut() else {
             return;
         };
         self.m.advert_deliveries += 1;
-        if s.table.apply_verified(advert, now).is_err() {
+        if s.table.apply_verified_ref(a, now).is_err() {
             return;
         }
-        if s.next_refresh != u64::MAX {
-            // The job service reads the table at its next refresh.
+        if debounce > 0 {
+            // The network loop bumps the capacity version; the job service
+            // reads the table `debounce` later (CAPACITY_DEBOUNCE).
             s.changed.push(id);
+            if s.next_refresh == u64::MAX {
+                s.next_refresh = now + debounce;
+                self.rewake(to, now);
+            }
             return;
         }
         if let Some(e) = s.table.get(&id, now) {

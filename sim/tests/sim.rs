@@ -210,14 +210,14 @@ fn no_churn_and_ample_capacity_completes_every_job() {
     );
     // Hardly any waiting: a free worker is almost always there.
     assert!(s.queue_wait_s.p50 < 5.0, "{:?}", s.queue_wait_s);
-    // The same with adverts reaching the scheduler as they arrive (no 1 s
+    // The same with adverts reaching the scheduler as they arrive (no 50 ms
     // capacity refresh of the job service): still every job, as quickly.
     let sc = Scenario::parse(
         &small(60, "[arrivals]\nload = 0.2"),
-        &[("mesh.capacity_refresh_ms".into(), "0".into())],
+        &[("mesh.capacity_debounce_ms".into(), "0".into())],
     )
     .unwrap();
-    println!("seed 3, capacity_refresh_ms = 0");
+    println!("seed 3, capacity_debounce_ms = 0");
     let direct = rendertrust_sim::run(&sc, 3, None, None).unwrap().summary;
     assert_conserved(&direct, "ample, direct adverts");
     assert_eq!(direct.jobs.finished, direct.jobs.submitted);
