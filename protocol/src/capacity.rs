@@ -307,16 +307,14 @@ impl CapacityTable {
 
     /// Removes entries past their expiry; returns the nodes removed.
     pub fn expire(&mut self, now_ms: u64) -> Vec<NodeId> {
-        let gone: Vec<NodeId> = self
-            .order
+        let mut gone: Vec<NodeId> = self
+            .entries
             .iter()
-            .filter(|id| {
-                self.entries
-                    .get(id)
-                    .is_none_or(|e| e.expires_at_ms <= now_ms)
-            })
-            .copied()
+            .filter(|(_, e)| e.expires_at_ms <= now_ms)
+            .map(|(id, _)| *id)
             .collect();
+        // The hash map's order is not replayable: id order.
+        gone.sort_unstable();
         for id in &gone {
             self.entries.remove(id);
             self.order.remove(id);
