@@ -115,6 +115,16 @@ where
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
             });
+        // A few points (a sweep): mark each, so a single point shows.
+        if l.points.len() <= 12 {
+            chart
+                .draw_series(
+                    l.points
+                        .iter()
+                        .map(|p| Circle::new(*p, 4, color.filled())),
+                )
+                .map_err(e)?;
+        }
     }
     if c.lines.len() > 1 || c.lines.iter().any(|l| !l.name.is_empty()) {
         chart

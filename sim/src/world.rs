@@ -2262,10 +2262,12 @@ impl World {
                 check_attempt,
                 cross,
             } => {
-                let Ok(req) = cj.compare(task, crop, reference_attempt, check_attempt, cross)
-                else {
-                    self.m.trust.comparisons_refused += 1;
-                    return;
+                let req = match cj.compare(task, crop, reference_attempt, check_attempt, cross) {
+                    Ok(r) => r,
+                    Err(_) => {
+                        self.m.trust.comparisons_refused += 1;
+                        return;
+                    }
                 };
                 // The creator fetches both outputs and computes the metric.
                 // Modelled: two honest renders of the same pixels agree
@@ -2298,6 +2300,9 @@ impl World {
                         self.m.trust.comparisons += 1;
                         self.send(c, s, Body::Compared { comparison }, now);
                     }
+                    // The creator asked for more comparisons of the task
+                    // than it remembers (`creator::MAX_COMPARISONS`): see
+                    // sim/README.md, "Trust".
                     Err(_) => self.m.trust.comparisons_refused += 1,
                 }
             }
