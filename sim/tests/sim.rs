@@ -382,3 +382,60 @@ fn the_ledger_machine_pays_what_creators_accepted_and_balances() {
     assert_eq!(workers, t.settled, "{t:?}");
     assert_eq!(l.node_balances, l.minted - l.escrowed);
 }
+
+/// The trust model can fail: with no verification, liars' wrong outputs are
+/// accepted and paid; with every task verified (quorum or spot-check at
+/// 1000‰) none is, every lie on a verified task is caught, no honest
+/// worker is blamed, and cheaters earn nothing. The same seed replays.
+#[test]
+fn verifying_every_task_accepts_no_wrong_result_and_none_accepts_some() {
+    let text = |policy: &str| {
+        small(
+            40,
+            &format!(
+                r#"
+[arrivals]
+load = 0.3
+[dishonest]
+fraction = 0.2
+wrong = 1.0
+lazy = 1.0
+slow = 0.0
+silent = 0.0
+[trust]
+policy = "{policy}"
+sample_permille = 1000
+reputation = true
+"#
+            ),
+        )
+        .replace("[[groups]]\nname = \"workers\"", "[[groups]]\nname = \"workers\"\ndishonest = true")
+    };
+    let none = run(&text("none"), 5, None);
+    assert_conserved(&none, "no verification");
+    assert!(none.trust.counts.wrong_results > 0, "{:?}", none.trust);
+    assert!(none.tasks.wrong_accepted > 0, "{:?}", none.tasks);
+    assert!(none.trust.cheater_credits > 0, "{:?}", none.trust);
+    assert_eq!(none.trust.counts.caught, 0);
+    for policy in ["quorum", "spot-check"] {
+        let s = run(&text(policy), 5, None);
+        let what = format!("{policy} at 1000‰");
+        assert!(s.conservation.tasks_accounted, "{what}: {:?}", s.tasks);
+        assert!(s.conservation.credits_balanced, "{what}: {:?}", s.credits);
+        assert!(s.trust.counts.wrong_results > 0, "{what}: {:?}", s.trust);
+        assert_eq!(s.tasks.wrong_accepted, 0, "{what}: {:?}", s.tasks);
+        assert_eq!(s.trust.wrong_accepted_fraction, 0.0, "{what}");
+        assert!(s.tasks.accepted > 0, "{what}: {:?}", s.tasks);
+        assert!(s.trust.counts.caught > 0, "{what}: {:?}", s.trust);
+        assert_eq!(s.trust.counts.failed_honest, 0, "{what}: {:?}", s.trust);
+        assert_eq!(s.trust.cheater_credits, 0, "{what}: {:?}", s.trust);
+        assert_eq!(s.credits.totals.paid_for_wrong, 0, "{what}");
+        assert!(s.trust.overhead_pct > 0.0, "{what}: {:?}", s.trust);
+        let again = run(&text(policy), 5, None);
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            serde_json::to_string(&again).unwrap(),
+            "{what}: the same seed replays"
+        );
+    }
+}
