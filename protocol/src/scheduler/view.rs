@@ -47,7 +47,7 @@ fn bucket_mask(p: &Profile) -> u32 {
 }
 
 /// One node as this scheduler sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Eq, Serialize, Deserialize)]
 pub(crate) struct NodeEntry {
     pub(crate) id: NodeId,
     pub(crate) profile: Profile,
@@ -79,6 +79,45 @@ pub(crate) struct NodeEntry {
     /// Position in each bucket it is in now (rebuilt on restore).
     #[serde(skip)]
     pub(crate) pos: Vec<(u8, u32)>,
+}
+
+/// Equal as state: every field but `timer_at`, the lazy expiry timer's
+/// bookkeeping (a restored scheduler arms it at the expiry, a running one
+/// may hold it earlier; either forgets the node exactly at its expiry).
+impl PartialEq for NodeEntry {
+    fn eq(&self, o: &Self) -> bool {
+        let NodeEntry {
+            id,
+            profile,
+            region,
+            is_scheduler,
+            seq,
+            expires_at_ms,
+            timer_at: _,
+            generation,
+            incarnation,
+            outstanding,
+            assigned_since,
+            saturated,
+            reputation,
+            mask,
+            pos,
+        } = self;
+        *id == o.id
+            && *profile == o.profile
+            && *region == o.region
+            && *is_scheduler == o.is_scheduler
+            && *seq == o.seq
+            && *expires_at_ms == o.expires_at_ms
+            && *generation == o.generation
+            && *incarnation == o.incarnation
+            && *outstanding == o.outstanding
+            && *assigned_since == o.assigned_since
+            && *saturated == o.saturated
+            && *reputation == o.reputation
+            && *mask == o.mask
+            && *pos == o.pos
+    }
 }
 
 impl NodeEntry {
