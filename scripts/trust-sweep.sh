@@ -5,14 +5,16 @@
 # Usage: scripts/trust-sweep.sh [--help] [--out DIR] [--docs]
 #
 # Builds rendertrust-sim (release) and sweeps sim/scenarios/trust.toml over
-# trust.policy (none, quorum, spot-check) × trust.sample_permille (50, 100,
-# 250, 1000) × dishonest.fraction (0.05, 0.2, 0.4): 36 small runs in
-# parallel (a few minutes on 2 cores). Writes DIR/trust.md (the table),
+# trust.policy (none, quorum, spot-check) × trust.reputation (a book per
+# scheduler with probation for new nodes, or none) × trust.sample_permille
+# (50, 100, 250, 1000) × dishonest.fraction (0.05, 0.2, 0.4): 72 small runs
+# in parallel (about a minute on 2 cores). Writes DIR/trust.md (the table),
 # DIR/trust.csv and DIR/trust.{svg,png} (the plot), plus one directory per
 # variant. `none` ignores the rate (its four rows are the same run).
 #
 #   --out DIR   output directory (default target/trust-sweep)
-#   --docs      also copy the table and plot to docs/trust-sweep.{md.table,png}
+#   --docs      also copy the plot to docs/trust-sweep.png (the table goes
+#               into docs/trust-sweep.md by hand)
 #   --help      this text
 set -eu
 
@@ -35,10 +37,10 @@ cargo build --locked --release -p rendertrust-sim
 bin="${CARGO_TARGET_DIR:-target}/release/rendertrust-sim"
 "$bin" sweep sim/scenarios/trust.toml --out "$out" --set output.plots=false \
   --param trust.policy=none,quorum,spot-check \
+  --param trust.reputation=true,false \
   --param trust.sample_permille=50,100,250,1000 \
   --param dishonest.fraction=0.05,0.2,0.4
 echo "table: $out/trust.md, plot: $out/trust.png"
 if [ "$docs" = 1 ]; then
-  cp "$out/trust.md" docs/trust-sweep.table.md
   cp "$out/trust.png" docs/trust-sweep.png
 fi

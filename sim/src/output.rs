@@ -341,7 +341,11 @@ fn trust_summary(sc: &Scenario, m: &Metrics, settled: u64) -> TrustSummary {
     };
     TrustSummary {
         policy,
-        overhead_pct: r4(100.0 * ratio(c.gpu_ms.saturating_sub(c.gpu_accepted_ms), c.gpu_accepted_ms)),
+        overhead_pct: r4(100.0
+            * ratio(
+                c.gpu_ms.saturating_sub(c.gpu_accepted_ms),
+                c.gpu_accepted_ms,
+            )),
         wrong_accepted_fraction: ratio(m.wrong_accepted, m.tasks_accepted),
         caught_rate: ratio(c.caught, c.wrong_results),
         cheater_credits: c.cheater_credits,

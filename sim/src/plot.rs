@@ -118,11 +118,7 @@ where
         // A few points (a sweep): mark each, so a single point shows.
         if l.points.len() <= 12 {
             chart
-                .draw_series(
-                    l.points
-                        .iter()
-                        .map(|p| Circle::new(*p, 4, color.filled())),
-                )
+                .draw_series(l.points.iter().map(|p| Circle::new(*p, 4, color.filled())))
                 .map_err(e)?;
         }
     }

@@ -125,9 +125,9 @@ impl Trust {
                 min_similarity_milli: self.min_similarity_milli,
             },
             "default" => rendertrust_protocol::verify::default_policy(kind),
-            other => bail!(
-                "trust.policy: expected none, quorum, spot-check or default, found {other:?}"
-            ),
+            other => {
+                bail!("trust.policy: expected none, quorum, spot-check or default, found {other:?}")
+            }
         };
         rendertrust_protocol::verify::check_policy(&p)
             .map_err(|e| anyhow::anyhow!("trust: {e}"))?;

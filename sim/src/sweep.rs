@@ -152,10 +152,10 @@ fn value_of<'a>(variant: &'a str, path: &str) -> &'a str {
 /// sample rate and dishonest fraction (issue 7's measure).
 pub fn write_trust(out: &Path, rows: &[Row], plots: bool) -> Result<()> {
     let mut md = String::from(
-        "| policy | sample ‰ | dishonest | GPU overhead % | wrong accepted % | caught % | cheaters' credit share % | tasks failed | makespan p50 s |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| policy | reputation | sample ‰ | dishonest | GPU overhead % | wrong accepted % | caught % | cheaters' credit share % | tasks failed | makespan p50 s |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let mut csv = String::from(
-        "variant,policy,sample_permille,dishonest_fraction,overhead_pct,wrong_accepted_fraction,caught_rate,cheater_credit_share,tasks_accepted,tasks_failed,makespan_p50_s\n",
+        "variant,policy,reputation,sample_permille,dishonest_fraction,overhead_pct,wrong_accepted_fraction,caught_rate,cheater_credit_share,tasks_accepted,tasks_failed,makespan_p50_s\n",
     );
     for r in rows {
         let t = &r.summary.trust;
@@ -163,9 +163,10 @@ pub fn write_trust(out: &Path, rows: &[Row], plots: bool) -> Result<()> {
         let policy = if policy.is_empty() { "?" } else { policy };
         let rate = value_of(&r.variant, "trust.sample_permille");
         let frac = value_of(&r.variant, "dishonest.fraction");
+        let rep = value_of(&r.variant, "trust.reputation");
         let _ = writeln!(
             md,
-            "| {policy} | {} | {frac} | {:.1} | {:.2} | {:.1} | {:.2} | {} | {:.0} |",
+            "| {policy} | {rep} | {} | {frac} | {:.1} | {:.2} | {:.1} | {:.2} | {} | {:.0} |",
             if policy == "none" { "—" } else { rate },
             t.overhead_pct,
             100.0 * t.wrong_accepted_fraction,
@@ -176,7 +177,7 @@ pub fn write_trust(out: &Path, rows: &[Row], plots: bool) -> Result<()> {
         );
         let _ = writeln!(
             csv,
-            "{},{policy},{rate},{frac},{},{},{},{},{},{},{}",
+            "{},{policy},{rep},{rate},{frac},{},{},{},{},{},{},{}",
             r.variant,
             t.overhead_pct,
             t.wrong_accepted_fraction,
@@ -197,7 +198,12 @@ pub fn write_trust(out: &Path, rows: &[Row], plots: bool) -> Result<()> {
     for r in rows {
         let policy = value_of(&r.variant, "trust.policy");
         let frac = value_of(&r.variant, "dishonest.fraction");
-        let name = format!("{policy}, {frac} dishonest");
+        let rep = match value_of(&r.variant, "trust.reputation") {
+            "true" => ", probation",
+            "false" => ", no book",
+            _ => "",
+        };
+        let name = format!("{policy}{rep}, {frac} dishonest");
         let t = &r.summary.trust;
         let point = (r4(t.overhead_pct), r4(100.0 * t.wrong_accepted_fraction));
         match lines.iter_mut().find(|l| l.name == name) {

@@ -39,20 +39,20 @@ use rendertrust_protocol::creator::{
     CheckedResult, CreatorJob, Decision, ResultFrames, VoteDecision,
 };
 use rendertrust_protocol::hrw;
-use rendertrust_protocol::reputation::{Outcome, ReputationBook, ReputationConfig};
-use rendertrust_protocol::task::Rect;
-use rendertrust_protocol::verify::{CompareResult, Comparison};
 use rendertrust_protocol::identity::{NodeId, NodeKey};
+use rendertrust_protocol::reputation::{Outcome, ReputationBook, ReputationConfig};
 use rendertrust_protocol::scheduler::{
     JobEvent, JobSnapshot, ProgressError, ResultError, Scheduler, SchedulerAction, SchedulerConfig,
     SchedulerSnapshot, SubmitError,
 };
 use rendertrust_protocol::seal::WrappedKey;
 use rendertrust_protocol::signed::Signed;
+use rendertrust_protocol::task::Rect;
+use rendertrust_protocol::verify::{CompareResult, Comparison};
 use rendertrust_protocol::wire::{
-    CapacityAdvert, GpuInfo, ImageFormat, JobId, JobSpec, Progress,
-    Receipt, Requirements, ResourceUsage, Role, RuntimeInfo, RuntimeKind, SplitRule, TaskAccept,
-    TaskId, TaskOffer, TaskResult, VerificationPolicy,
+    CapacityAdvert, GpuInfo, ImageFormat, JobId, JobSpec, Progress, Receipt, Requirements,
+    ResourceUsage, Role, RuntimeInfo, RuntimeKind, SplitRule, TaskAccept, TaskId, TaskOffer,
+    TaskResult, VerificationPolicy,
 };
 use rendertrust_protocol::worker::{Worker, WorkerAction, WorkerConfig};
 
@@ -1744,15 +1744,7 @@ impl World {
         self.advert_of(n, self.running_of(n), 0, now)
     }
 
-    fn on_offer(
-        &mut self,
-        w: u32,
-        s: u32,
-        offer: TaskOffer,
-        j: u32,
-        crop: Option<Rect>,
-        now: u64,
-    ) {
+    fn on_offer(&mut self, w: u32, s: u32, offer: TaskOffer, j: u32, crop: Option<Rect>, now: u64) {
         let own = self.own_advert(w, now);
         let job = &self.jobs[j as usize];
         let Some(wp) = self.nodes[w as usize].worker.as_mut() else {

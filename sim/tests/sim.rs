@@ -409,7 +409,10 @@ reputation = true
 "#
             ),
         )
-        .replace("[[groups]]\nname = \"workers\"", "[[groups]]\nname = \"workers\"\ndishonest = true")
+        .replace(
+            "[[groups]]\nname = \"workers\"",
+            "[[groups]]\nname = \"workers\"\ndishonest = true",
+        )
     };
     let none = run(&text("none"), 5, None);
     assert_conserved(&none, "no verification");

@@ -710,8 +710,7 @@ impl Scheduler {
             self.ctx.timers.pop_first();
             match r {
                 TimerRef::Node(slot) => {
-                    let Some(e) = self.ctx.view.entry_mut(slot).filter(|e| e.timer_at == at)
-                    else {
+                    let Some(e) = self.ctx.view.entry_mut(slot).filter(|e| e.timer_at == at) else {
                         continue;
                     };
                     if e.expires_at_ms <= at {
