@@ -193,29 +193,37 @@ pub fn write_trust(out: &Path, rows: &[Row], plots: bool) -> Result<()> {
     if !plots {
         return Ok(());
     }
-    // One line per (policy, dishonest fraction), through its sample rates.
+    // Without a book: one line per (policy, dishonest fraction) through its
+    // sample rates, starting at no verification (x = 0). With a book
+    // (probation): one series per policy, every rate and fraction.
     let mut lines: Vec<Line> = Vec::new();
+    let mut add = |name: String, point: (f64, f64)| match lines.iter_mut().find(|l| l.name == name)
+    {
+        Some(l) => {
+            if !l.points.contains(&point) {
+                l.points.push(point);
+            }
+        }
+        None => lines.push(Line {
+            name,
+            points: vec![point],
+        }),
+    };
     for r in rows {
         let policy = value_of(&r.variant, "trust.policy");
         let frac = value_of(&r.variant, "dishonest.fraction");
-        let rep = match value_of(&r.variant, "trust.reputation") {
-            "true" => ", probation",
-            "false" => ", no book",
-            _ => "",
-        };
-        let name = format!("{policy}{rep}, {frac} dishonest");
+        let book = value_of(&r.variant, "trust.reputation") == "true";
         let t = &r.summary.trust;
         let point = (r4(t.overhead_pct), r4(100.0 * t.wrong_accepted_fraction));
-        match lines.iter_mut().find(|l| l.name == name) {
-            Some(l) => {
-                if !l.points.contains(&point) {
-                    l.points.push(point);
+        match (policy, book) {
+            ("none", true) => {}
+            ("none", false) => {
+                for p in ["quorum", "spot-check"] {
+                    add(format!("{p}, no book, {frac} dishonest"), point);
                 }
             }
-            None => lines.push(Line {
-                name,
-                points: vec![point],
-            }),
+            (p, false) => add(format!("{p}, no book, {frac} dishonest"), point),
+            (p, true) => add(format!("{p}, probation, any rate and fraction"), point),
         }
     }
     for l in &mut lines {
