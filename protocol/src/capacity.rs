@@ -485,6 +485,54 @@ mod tests {
         })
     }
 
+    /// The borrowed entry point decides exactly as `apply_verified`: the same
+    /// results, counters and entries, whether the content changed or not,
+    /// and the same rejections (stale, expired, from the future, full).
+    #[test]
+    fn apply_verified_ref_agrees_with_apply_verified() {
+        let ks: Vec<NodeKey> = (1..=4).map(key).collect();
+        let mut by_value = table();
+        let mut by_ref = table();
+        let mut steps = Vec::new();
+        for (i, k) in ks.iter().enumerate() {
+            let mut a = samples::capacity(k.node_id());
+            a.seq = 1;
+            a.issued_at_ms = T0;
+            steps.push((a.clone(), T0 + i as u64)); // new nodes (the 4th: full)
+            a.seq = 2; // same content, newer: in place
+            steps.push((a.clone(), T0 + 10));
+            steps.push((a.clone(), T0 + 11)); // stale
+            a.seq = 3;
+            a.running_tasks += 1; // changed content
+            steps.push((a.clone(), T0 + 12));
+            a.seq = 4;
+            a.issued_at_ms = T0 + 60_000; // from the future
+            steps.push((a.clone(), T0 + 13));
+            a.issued_at_ms = T0;
+            steps.push((a.clone(), T0 + 40_000)); // too old
+        }
+        for (a, now) in steps {
+            assert_eq!(
+                by_value.apply_verified(a.clone(), now),
+                by_ref.apply_verified_ref(&a, now),
+                "seq {} at {now}",
+                a.seq
+            );
+        }
+        assert_eq!(by_value.stats(), by_ref.stats());
+        assert!(by_ref.stats().stale > 0 && by_ref.stats().full > 0);
+        assert!(by_ref.stats().out_of_time > 0);
+        assert_eq!(by_value.entries, by_ref.entries);
+        assert_eq!(by_value.order, by_ref.order);
+        let mut other = samples::capacity(ks[0].node_id());
+        assert!(same_content(&other, &other.clone()));
+        other.seq += 1;
+        other.issued_at_ms += 1;
+        assert!(same_content(&other, &samples::capacity(ks[0].node_id())));
+        other.region.push('x');
+        assert!(!same_content(&other, &samples::capacity(ks[0].node_id())));
+    }
+
     #[test]
     fn keeps_newest_per_node() {
         let k = key(1);

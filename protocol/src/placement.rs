@@ -627,6 +627,32 @@ mod tests {
         a
     }
 
+    /// `matches` says exactly whether the advert's profile equals this one.
+    #[test]
+    fn profile_matches_iff_the_built_profile_is_equal() {
+        let base = advert();
+        let p = Profile::of(&base);
+        let mutations: [&dyn Fn(&mut CapacityAdvert); 9] = [
+            &|_| {},
+            &|a| a.running_tasks += 1,
+            &|a| a.max_tasks += 1,
+            &|a| a.price_per_task += 1,
+            &|a| a.runtimes[1].version = "3.4.2".into(),
+            &|a| a.runtimes[1].version = "3.4.1.0".into(), // parses equal
+            &|a| a.gpus.clear(),
+            &|a| a.roles.clear(),
+            &|a| a.cpu_model = "other".into(), // not in the profile
+        ];
+        for (i, m) in mutations.iter().enumerate() {
+            let mut a = base.clone();
+            m(&mut a);
+            assert_eq!(p.matches(&a), Profile::of(&a) == p, "mutation {i}");
+        }
+        let mut a = base.clone();
+        a.running_tasks += 1;
+        assert!(!p.matches(&a));
+    }
+
     #[test]
     fn versions_compare_as_dotted_numbers() {
         assert_eq!(compare_versions("3.6", "3.6.0"), Ordering::Equal);
