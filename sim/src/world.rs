@@ -27,6 +27,11 @@
 //! * Capacity gossip reaches scheduler nodes only: nothing on other nodes
 //!   reads their capacity table (creators and workers find schedulers by
 //!   lookup), so delivering adverts to them would change no outcome.
+//! * Verification (`[trust]`): a crop line renders its share of the frame's
+//!   pixels; output hashes are equal for honest runs and distinct per liar;
+//!   a creator's spot-check comparison is decided by whether both outputs
+//!   are honest, not computed from pixels. Outcomes feed one
+//!   `ReputationBook` per scheduler node when `trust.reputation` is on.
 //!
 //! See `sim/README.md` for each model's assumptions.
 
