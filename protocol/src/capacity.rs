@@ -22,7 +22,7 @@
 //! [`AdvertSchedule`] decides when the local node publishes its own advert: at
 //! start, when its content changes, and every `interval_ms`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeSet, HashMap};
 
 use crate::identity::NodeId;
 use crate::signed::{Signed, SignedError};
@@ -149,7 +149,12 @@ pub struct CapacityStats {
 #[derive(Debug, Clone)]
 pub struct CapacityTable {
     config: CapacityConfig,
-    entries: BTreeMap<NodeId, CapacityEntry>,
+    /// Entries, for lookups (the per-advert path): never iterated, its
+    /// order would not replay. Keyed by the standard library's randomly
+    /// seeded SipHash, which hostile node ids cannot collide.
+    entries: HashMap<NodeId, CapacityEntry>,
+    /// The same nodes in id order, for everything that iterates.
+    order: BTreeSet<NodeId>,
     stats: CapacityStats,
 }
 
@@ -158,7 +163,8 @@ impl CapacityTable {
     pub fn new(config: CapacityConfig) -> Self {
         CapacityTable {
             config,
-            entries: BTreeMap::new(),
+            entries: HashMap::new(),
+            order: BTreeSet::new(),
             stats: CapacityStats::default(),
         }
     }
@@ -188,12 +194,33 @@ impl CapacityTable {
         AdvertRejected::Invalid(e)
     }
 
-    /// Applies an advert whose signature has been checked (e.g. the node's own).
-    pub fn apply_verified(
+    /// [`CapacityTable::apply_verified`] for a borrowed advert: the periodic
+    /// advert whose content equals the held one (only `seq` and
+    /// `issued_at_ms` moved) updates the entry in place, without a copy; any
+    /// other advert is copied in. The same rules, checks and counters.
+    pub fn apply_verified_ref(
         &mut self,
-        advert: CapacityAdvert,
+        advert: &CapacityAdvert,
         now_ms: u64,
     ) -> Result<AdvertApplied, AdvertRejected> {
+        self.check_time(advert, now_ms)?;
+        let expires_at_ms = now_ms.saturating_add(self.config.ttl_ms);
+        if let Some(held) = self.entries.get_mut(&advert.node)
+            && held.expires_at_ms > now_ms
+            && advert.seq > held.advert.seq
+            && same_content(&held.advert, advert)
+        {
+            held.advert.seq = advert.seq;
+            held.advert.issued_at_ms = advert.issued_at_ms;
+            held.received_at_ms = now_ms;
+            held.expires_at_ms = expires_at_ms;
+            self.stats.accepted += 1;
+            return Ok(AdvertApplied::Updated(advert.node));
+        }
+        self.apply_checked(advert.clone(), now_ms)
+    }
+
+    fn check_time(&mut self, advert: &CapacityAdvert, now_ms: u64) -> Result<(), AdvertRejected> {
         let node = advert.node;
         if advert.issued_at_ms > now_ms.saturating_add(self.config.max_skew_ms) {
             self.stats.out_of_time += 1;
@@ -212,6 +239,26 @@ impl CapacityTable {
                 ttl_ms: self.config.ttl_ms,
             });
         }
+        Ok(())
+    }
+
+    /// Applies an advert whose signature has been checked (e.g. the node's own).
+    pub fn apply_verified(
+        &mut self,
+        advert: CapacityAdvert,
+        now_ms: u64,
+    ) -> Result<AdvertApplied, AdvertRejected> {
+        self.check_time(&advert, now_ms)?;
+        self.apply_checked(advert, now_ms)
+    }
+
+    /// The sequence and capacity rules, for an advert whose time is checked.
+    fn apply_checked(
+        &mut self,
+        advert: CapacityAdvert,
+        now_ms: u64,
+    ) -> Result<AdvertApplied, AdvertRejected> {
+        let node = advert.node;
         let expires_at_ms = now_ms.saturating_add(self.config.ttl_ms);
         match self.entries.get_mut(&node) {
             Some(held) if held.expires_at_ms > now_ms => {
@@ -241,6 +288,9 @@ impl CapacityTable {
                         max: self.config.max_entries,
                     });
                 }
+                if is_new {
+                    self.order.insert(node);
+                }
                 self.entries.insert(
                     node,
                     CapacityEntry {
@@ -257,14 +307,17 @@ impl CapacityTable {
 
     /// Removes entries past their expiry; returns the nodes removed.
     pub fn expire(&mut self, now_ms: u64) -> Vec<NodeId> {
-        let gone: Vec<NodeId> = self
+        let mut gone: Vec<NodeId> = self
             .entries
             .iter()
             .filter(|(_, e)| e.expires_at_ms <= now_ms)
             .map(|(id, _)| *id)
             .collect();
+        // The hash map's order is not replayable: id order.
+        gone.sort_unstable();
         for id in &gone {
             self.entries.remove(id);
+            self.order.remove(id);
         }
         self.stats.expired += gone.len() as u64;
         gone
@@ -272,6 +325,7 @@ impl CapacityTable {
 
     /// Removes a node at once (e.g. the driver learned it was banned).
     pub fn remove(&mut self, node: &NodeId) -> Option<CapacityEntry> {
+        self.order.remove(node);
         self.entries.remove(node)
     }
 
@@ -287,8 +341,9 @@ impl CapacityTable {
 
     /// Live entries at `now_ms`, ordered by node id.
     pub fn live(&self, now_ms: u64) -> impl Iterator<Item = &CapacityEntry> {
-        self.entries
-            .values()
+        self.order
+            .iter()
+            .filter_map(|id| self.entries.get(id))
             .filter(move |e| e.expires_at_ms > now_ms)
     }
 
@@ -311,6 +366,44 @@ impl CapacityTable {
     pub fn config(&self) -> CapacityConfig {
         self.config
     }
+}
+
+/// Whether two adverts say the same thing: every field but `seq` and
+/// `issued_at_ms` equal (a field added to [`CapacityAdvert`] must be added
+/// here: the destructuring does not compile otherwise).
+pub fn same_content(a: &CapacityAdvert, b: &CapacityAdvert) -> bool {
+    let CapacityAdvert {
+        node,
+        seq: _,
+        issued_at_ms: _,
+        wrap_key,
+        roles,
+        cpu_cores,
+        cpu_model,
+        ram_bytes,
+        disk_free_bytes,
+        gpus,
+        runtimes,
+        bench_mfpm,
+        running_tasks,
+        max_tasks,
+        price_per_task,
+        region,
+    } = a;
+    *node == b.node
+        && *running_tasks == b.running_tasks
+        && *wrap_key == b.wrap_key
+        && *roles == b.roles
+        && *cpu_cores == b.cpu_cores
+        && *cpu_model == b.cpu_model
+        && *ram_bytes == b.ram_bytes
+        && *disk_free_bytes == b.disk_free_bytes
+        && *gpus == b.gpus
+        && *runtimes == b.runtimes
+        && *bench_mfpm == b.bench_mfpm
+        && *max_tasks == b.max_tasks
+        && *price_per_task == b.price_per_task
+        && *region == b.region
 }
 
 /// Decides when the local node publishes its capacity advert.
@@ -390,6 +483,54 @@ mod tests {
             max_skew_ms: 5_000,
             max_entries: 3,
         })
+    }
+
+    /// The borrowed entry point decides exactly as `apply_verified`: the same
+    /// results, counters and entries, whether the content changed or not,
+    /// and the same rejections (stale, expired, from the future, full).
+    #[test]
+    fn apply_verified_ref_agrees_with_apply_verified() {
+        let ks: Vec<NodeKey> = (1..=4).map(key).collect();
+        let mut by_value = table();
+        let mut by_ref = table();
+        let mut steps = Vec::new();
+        for (i, k) in ks.iter().enumerate() {
+            let mut a = samples::capacity(k.node_id());
+            a.seq = 1;
+            a.issued_at_ms = T0;
+            steps.push((a.clone(), T0 + i as u64)); // new nodes (the 4th: full)
+            a.seq = 2; // same content, newer: in place
+            steps.push((a.clone(), T0 + 10));
+            steps.push((a.clone(), T0 + 11)); // stale
+            a.seq = 3;
+            a.running_tasks += 1; // changed content
+            steps.push((a.clone(), T0 + 12));
+            a.seq = 4;
+            a.issued_at_ms = T0 + 60_000; // from the future
+            steps.push((a.clone(), T0 + 13));
+            a.issued_at_ms = T0;
+            steps.push((a.clone(), T0 + 40_000)); // too old
+        }
+        for (a, now) in steps {
+            assert_eq!(
+                by_value.apply_verified(a.clone(), now),
+                by_ref.apply_verified_ref(&a, now),
+                "seq {} at {now}",
+                a.seq
+            );
+        }
+        assert_eq!(by_value.stats(), by_ref.stats());
+        assert!(by_ref.stats().stale > 0 && by_ref.stats().full > 0);
+        assert!(by_ref.stats().out_of_time > 0);
+        assert_eq!(by_value.entries, by_ref.entries);
+        assert_eq!(by_value.order, by_ref.order);
+        let mut other = samples::capacity(ks[0].node_id());
+        assert!(same_content(&other, &other.clone()));
+        other.seq += 1;
+        other.issued_at_ms += 1;
+        assert!(same_content(&other, &samples::capacity(ks[0].node_id())));
+        other.region.push('x');
+        assert!(!same_content(&other, &samples::capacity(ks[0].node_id())));
     }
 
     #[test]

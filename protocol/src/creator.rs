@@ -728,6 +728,26 @@ impl CreatorJob {
     /// holds it until the verdict.
     pub fn vote(&mut self, frames: ResultFrames) -> Result<VoteDecision, ResultRejected> {
         let (i, checked) = self.check_bundle(frames)?;
+        self.hold_vote(i, checked)
+    }
+
+    /// The checks of [`CreatorJob::vote`] after the signatures, for drivers
+    /// that verified the frames themselves or model signatures (as
+    /// [`CreatorJob::check_verified`] is to `check_result`).
+    pub fn vote_verified(
+        &mut self,
+        checked: CheckedResult,
+    ) -> Result<VoteDecision, ResultRejected> {
+        let (i, checked) = self.cross_check(checked)?;
+        self.hold_vote(i, checked)
+    }
+
+    /// Holds a checked vote of task `i` until the verdict.
+    fn hold_vote(
+        &mut self,
+        i: usize,
+        checked: CheckedResult,
+    ) -> Result<VoteDecision, ResultRejected> {
         let task = checked.offer.task.index;
         let receipt_id = checked.receipt_id;
         let Some(state) = self.tasks.get_mut(i) else {
@@ -1574,6 +1594,49 @@ mod tests {
             w.job.vote(signed_by(&w, &c, 0, 2, honest)).unwrap(),
             VoteDecision::Duplicate
         );
+    }
+
+    /// The verified entry point for votes decides as the frame path does.
+    #[test]
+    fn vote_verified_agrees_with_vote() {
+        let policy = VerificationPolicy::Quorum {
+            sample_permille: 100,
+            k: 2,
+        };
+        let mut framed = world_with(policy.clone(), JobKind::Builtin);
+        let mut direct = world_with(policy, JobKind::Builtin);
+        let decode = |b: &ResultFrames| CheckedResult {
+            offer: Signed::<TaskOffer>::from_slice(&b.offer)
+                .unwrap()
+                .verify()
+                .unwrap(),
+            result: Signed::<TaskResult>::from_slice(&b.result)
+                .unwrap()
+                .verify()
+                .unwrap(),
+            receipt: Signed::<Receipt>::from_slice(&b.receipt)
+                .unwrap()
+                .verify()
+                .unwrap(),
+            receipt_id: Signed::<Receipt>::from_slice(&b.receipt).unwrap().id().0,
+            frames: ResultFrames::default(),
+        };
+        let (a, b) = (key(21), key(22));
+        for (k, attempt, hash) in [(&a, 0, [6; 32]), (&b, 1, [8; 32]), (&b, 1, [8; 32])] {
+            let f = signed_by(&framed, k, 0, attempt, hash);
+            assert_eq!(
+                framed.job.vote(f.clone()).unwrap(),
+                direct.job.vote_verified(decode(&f)).unwrap()
+            );
+        }
+        framed.job.rejected(0, 0);
+        direct.job.rejected(0, 0);
+        let f = signed_by(&framed, &a, 0, 0, [6; 32]);
+        assert!(matches!(
+            direct.job.vote_verified(decode(&f)),
+            Err(ResultRejected::Caught { .. })
+        ));
+        assert_eq!(framed.job.counts(), direct.job.counts());
     }
 
     #[test]

@@ -450,6 +450,30 @@ impl Profile {
         )
     }
 
+    /// Whether `Profile::of(advert)` would equal this profile, without
+    /// building it (no allocation: the scheduler's path for the periodic
+    /// advert whose content did not change).
+    pub fn matches(&self, advert: &CapacityAdvert) -> bool {
+        self.is_worker == advert.roles.contains(&Role::Worker)
+            && self.ram_bytes == advert.ram_bytes
+            && self.price == advert.price_per_task
+            && self.bench_mfpm == advert.bench_mfpm
+            && self.max_tasks == advert.max_tasks
+            && self.running_tasks == advert.running_tasks
+            && self.runtimes.len() == advert.runtimes.len()
+            && self
+                .runtimes
+                .iter()
+                .zip(&advert.runtimes)
+                .all(|((k, v), r)| *k == r.kind && *v == Version::parse(&r.version))
+            && self.gpus.len() == advert.gpus.len()
+            && self
+                .gpus
+                .iter()
+                .zip(&advert.gpus)
+                .all(|((v, m), g)| *v == g.vendor && *m == g.vram_bytes)
+    }
+
     /// Slots free by the advert alone (`max_tasks − running_tasks`).
     pub fn advertised_free(&self) -> u16 {
         self.max_tasks.saturating_sub(self.running_tasks)
@@ -601,6 +625,32 @@ mod tests {
             version: "3.4.1".into(),
         });
         a
+    }
+
+    /// `matches` says exactly whether the advert's profile equals this one.
+    #[test]
+    fn profile_matches_iff_the_built_profile_is_equal() {
+        let base = advert();
+        let p = Profile::of(&base);
+        let mutations: [&dyn Fn(&mut CapacityAdvert); 9] = [
+            &|_| {},
+            &|a| a.running_tasks += 1,
+            &|a| a.max_tasks += 1,
+            &|a| a.price_per_task += 1,
+            &|a| a.runtimes[1].version = "3.4.2".into(),
+            &|a| a.runtimes[1].version = "3.4.1.0".into(), // parses equal
+            &|a| a.gpus.clear(),
+            &|a| a.roles.clear(),
+            &|a| a.cpu_model = "other".into(), // not in the profile
+        ];
+        for (i, m) in mutations.iter().enumerate() {
+            let mut a = base.clone();
+            m(&mut a);
+            assert_eq!(p.matches(&a), Profile::of(&a) == p, "mutation {i}");
+        }
+        let mut a = base.clone();
+        a.running_tasks += 1;
+        assert!(!p.matches(&a));
     }
 
     #[test]

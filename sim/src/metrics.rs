@@ -32,6 +32,39 @@ pub struct Sample {
     pub credits_jain: f64,
 }
 
+/// What verification cost and caught (sim/README.md, "Trust").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct TrustMetrics {
+    /// GPU time of every run that ended (results and failures), ms.
+    pub gpu_ms: u64,
+    /// GPU time of the runs whose result a creator accepted, ms.
+    pub gpu_accepted_ms: u64,
+    /// GPU time of spot-check crop lines, ms.
+    pub gpu_crop_ms: u64,
+    /// Results returned to schedulers (tasks and verification lines).
+    pub results: u64,
+    /// Of them, wrong (by `wrong` or `lazy` workers).
+    pub wrong_results: u64,
+    /// Crop lines offered.
+    pub crop_offers: u64,
+    /// `Failed` outcomes of dishonest workers: lies caught.
+    pub caught: u64,
+    /// `Failed` outcomes of honest workers (must stay 0 without collusion).
+    pub failed_honest: u64,
+    /// `Verified` outcomes.
+    pub outcomes_verified: u64,
+    /// `Lost` outcomes.
+    pub outcomes_lost: u64,
+    /// Spot-check comparisons sent by creators.
+    pub comparisons: u64,
+    /// Comparisons a creator or scheduler refused.
+    pub comparisons_refused: u64,
+    /// Verdicts the creator's re-check refused.
+    pub verdicts_refused: u64,
+    /// Credits settled to dishonest (wrong, lazy) workers.
+    pub cheater_credits: u64,
+}
+
 /// One job.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct JobRecord {
@@ -113,6 +146,8 @@ pub struct NodeStats {
 /// Everything measured in a run.
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
+    /// Verification and reputation.
+    pub trust: TrustMetrics,
     /// Render capacity of all workers (reference seconds per second).
     pub capacity: f64,
     /// Background arrival rate, jobs per hour.

@@ -202,6 +202,28 @@ pub struct Summary {
     pub conservation: Conservation,
     /// The ledger machine's end state (`ledger.enabled`).
     pub ledger: Option<crate::metrics::LedgerReport>,
+    /// Verification: what it cost and caught.
+    pub trust: TrustSummary,
+}
+
+/// Verification's cost and effect (sim/README.md, "Trust").
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TrustSummary {
+    /// The jobs' policy (`trust.policy`, resolved).
+    pub policy: String,
+    /// GPU time beyond the accepted results' (verification lines, re-runs
+    /// after catches, lost and failed runs), % of the accepted results'.
+    pub overhead_pct: f64,
+    /// Of the accepted tasks, the fraction with a wrong output.
+    pub wrong_accepted_fraction: f64,
+    /// Of the wrong results returned, the fraction caught.
+    pub caught_rate: f64,
+    /// Credits settled to dishonest workers, and their share of all settled.
+    pub cheater_credits: u64,
+    /// `cheater_credits` / all credits settled.
+    pub cheater_credit_share: f64,
+    /// The counters.
+    pub counts: crate::metrics::TrustMetrics,
 }
 
 /// Builds the summary of a run.
@@ -299,6 +321,36 @@ pub fn summarize(sc: &Scenario, seed: u64, m: &Metrics) -> Summary {
             ledger_balanced: m.ledger.map(|l| l.balanced),
         },
         ledger: m.ledger,
+        trust: trust_summary(sc, m, t.settled),
+    }
+}
+
+fn trust_summary(sc: &Scenario, m: &Metrics, settled: u64) -> TrustSummary {
+    let c = m.trust;
+    let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { r4(a as f64 / b as f64) };
+    let policy = match sc.trust.policy_for(&sc.job_kind()) {
+        Ok(rendertrust_protocol::wire::VerificationPolicy::None) | Err(_) => "none".to_string(),
+        Ok(rendertrust_protocol::wire::VerificationPolicy::Quorum { sample_permille, k }) => {
+            format!("quorum k={k} sample={sample_permille}‰")
+        }
+        Ok(rendertrust_protocol::wire::VerificationPolicy::SpotCheck {
+            sample_permille,
+            crop_permille,
+            ..
+        }) => format!("spot-check crop={crop_permille}‰ sample={sample_permille}‰"),
+    };
+    TrustSummary {
+        policy,
+        overhead_pct: r4(100.0
+            * ratio(
+                c.gpu_ms.saturating_sub(c.gpu_accepted_ms),
+                c.gpu_accepted_ms,
+            )),
+        wrong_accepted_fraction: ratio(m.wrong_accepted, m.tasks_accepted),
+        caught_rate: ratio(c.caught, c.wrong_results),
+        cheater_credits: c.cheater_credits,
+        cheater_credit_share: ratio(c.cheater_credits, settled),
+        counts: c,
     }
 }
 

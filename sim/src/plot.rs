@@ -29,13 +29,15 @@ fn fonts() {
 
 /// Size of every plot, pixels.
 const SIZE: (u32, u32) = (900, 560);
-const COLORS: [RGBColor; 6] = [
+const COLORS: [RGBColor; 8] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
     RGBColor(214, 39, 40),
     RGBColor(148, 103, 189),
     RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
 ];
 
 /// One line of a chart.
@@ -115,6 +117,12 @@ where
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
             });
+        // A few points (a sweep): mark each, so a single point shows.
+        if l.points.len() <= 12 {
+            chart
+                .draw_series(l.points.iter().map(|p| Circle::new(*p, 4, color.filled())))
+                .map_err(e)?;
+        }
     }
     if c.lines.len() > 1 || c.lines.iter().any(|l| !l.name.is_empty()) {
         chart

@@ -53,6 +53,8 @@ pub struct Scenario {
     pub dishonest: Dishonest,
     /// The credit ledger.
     pub ledger: LedgerSim,
+    /// Result verification and reputation.
+    pub trust: Trust,
     /// What is written besides the summary.
     pub output: Output,
 }
@@ -66,6 +68,71 @@ pub struct LedgerSim {
     /// Costs about 0.2 ms of CPU per task: for scenarios up to a few
     /// thousand nodes.
     pub enabled: bool,
+}
+
+/// Result verification and reputation (sim/README.md, "Trust").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Trust {
+    /// The jobs' verification policy: `none`, `quorum`, `spot-check`, or
+    /// `default` (`verify::default_policy` of the job kind: quorum for
+    /// builtin jobs, spot-check for Blender).
+    pub policy: String,
+    /// Sampled fraction of tasks, per mille (quorum and spot-check).
+    pub sample_permille: u16,
+    /// Quorum: independent workers per sampled task.
+    pub k: u8,
+    /// Spot-check: crop side as a fraction of the region's, per mille.
+    pub crop_permille: u16,
+    /// Spot-check: least similarity that passes, per mille.
+    pub min_similarity_milli: u16,
+    /// Each scheduler keeps a `ReputationBook` fed with its `Outcome`s and
+    /// sets every worker's score and probation from it; new nodes start on
+    /// probation (as the node does with a book). Off: no book, no
+    /// probation (as the node runs without one).
+    pub reputation: bool,
+}
+
+impl Default for Trust {
+    fn default() -> Self {
+        Trust {
+            policy: "none".into(),
+            sample_permille: 100,
+            k: 2,
+            crop_permille: 250,
+            min_similarity_milli: 900,
+            reputation: false,
+        }
+    }
+}
+
+impl Trust {
+    /// The policy of a job of `kind`.
+    pub fn policy_for(
+        &self,
+        kind: &rendertrust_protocol::wire::JobKind,
+    ) -> Result<rendertrust_protocol::wire::VerificationPolicy> {
+        use rendertrust_protocol::wire::VerificationPolicy as P;
+        let p = match self.policy.as_str() {
+            "none" => P::None,
+            "quorum" => P::Quorum {
+                sample_permille: self.sample_permille,
+                k: self.k,
+            },
+            "spot-check" => P::SpotCheck {
+                sample_permille: self.sample_permille,
+                crop_permille: self.crop_permille,
+                min_similarity_milli: self.min_similarity_milli,
+            },
+            "default" => rendertrust_protocol::verify::default_policy(kind),
+            other => {
+                bail!("trust.policy: expected none, quorum, spot-check or default, found {other:?}")
+            }
+        };
+        rendertrust_protocol::verify::check_policy(&p)
+            .map_err(|e| anyhow::anyhow!("trust: {e}"))?;
+        Ok(p)
+    }
 }
 
 /// The protocol machines' settings, as a node's config would set them.
@@ -100,10 +167,11 @@ pub struct Mesh {
     pub replicate_interval_s: u64,
     /// How often a scheduler node sweeps expired capacity entries.
     pub table_sweep_s: u64,
-    /// How often the job service reads the capacity table into its
-    /// scheduler (`CAPACITY_REFRESH` in node/src/jobs/service.rs, 1 s);
-    /// 0: every advert reaches the scheduler as it arrives.
-    pub capacity_refresh_ms: u64,
+    /// The job service reads the capacity table into its scheduler this
+    /// long after the first change since its last read (`CAPACITY_DEBOUNCE`
+    /// in node/src/jobs/service.rs, 50 ms); 0: every advert reaches the
+    /// scheduler as it arrives.
+    pub capacity_debounce_ms: u64,
 }
 
 impl Default for Mesh {
@@ -123,7 +191,7 @@ impl Default for Mesh {
             retry_s: 1,
             replicate_interval_s: 2,
             table_sweep_s: 5,
-            capacity_refresh_ms: 1000,
+            capacity_debounce_ms: 50,
         }
     }
 }
@@ -513,6 +581,7 @@ impl Default for Scenario {
             failures: Failures::default(),
             dishonest: Dishonest::default(),
             ledger: LedgerSim::default(),
+            trust: Trust::default(),
             output: Output::default(),
         }
     }
@@ -610,8 +679,21 @@ impl Scenario {
         self.gpu_classes.iter().position(|c| c.name == name)
     }
 
+    /// The kind of the scenario's jobs.
+    pub fn job_kind(&self) -> rendertrust_protocol::wire::JobKind {
+        use rendertrust_protocol::wire::{BlenderEngine, JobKind};
+        if self.jobs.kind == "builtin" {
+            JobKind::Builtin
+        } else {
+            JobKind::Blender {
+                engine: BlenderEngine::Cycles,
+            }
+        }
+    }
+
     /// Checks every field; the error says which and why.
     pub fn check(&self) -> Result<()> {
+        self.trust.policy_for(&self.job_kind())?;
         let prob = |x: f64, what: &str| -> Result<()> {
             if !(0.0..=1.0).contains(&x) {
                 bail!("{what} must be a probability in 0..=1, found {x}");

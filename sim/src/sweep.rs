@@ -133,7 +133,112 @@ pub fn sweep(
     if plots {
         plot_comparison(out, params, &rows)?;
     }
+    if params.iter().any(|p| p.path.starts_with("trust.")) {
+        write_trust(out, &rows, plots)?;
+    }
     Ok(rows)
+}
+
+/// A variant's value of `path` (as written in its name), or `""`.
+fn value_of<'a>(variant: &'a str, path: &str) -> &'a str {
+    variant
+        .split(',')
+        .find_map(|kv| kv.strip_prefix(path)?.strip_prefix('='))
+        .unwrap_or("")
+}
+
+/// The trust sweep's table (`trust.md`, `trust.csv`) and plot (`trust`):
+/// verification overhead against wrong results accepted, per policy,
+/// sample rate and dishonest fraction (issue 7's measure).
+pub fn write_trust(out: &Path, rows: &[Row], plots: bool) -> Result<()> {
+    let mut md = String::from(
+        "| policy | reputation | sample ‰ | dishonest | GPU overhead % | wrong accepted % | caught % | cheaters' credit share % | tasks failed | makespan p50 s |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let mut csv = String::from(
+        "variant,policy,reputation,sample_permille,dishonest_fraction,overhead_pct,wrong_accepted_fraction,caught_rate,cheater_credit_share,tasks_accepted,tasks_failed,makespan_p50_s\n",
+    );
+    for r in rows {
+        let t = &r.summary.trust;
+        let policy = value_of(&r.variant, "trust.policy");
+        let policy = if policy.is_empty() { "?" } else { policy };
+        let rate = value_of(&r.variant, "trust.sample_permille");
+        let frac = value_of(&r.variant, "dishonest.fraction");
+        let rep = value_of(&r.variant, "trust.reputation");
+        let _ = writeln!(
+            md,
+            "| {policy} | {rep} | {} | {frac} | {:.1} | {:.2} | {:.1} | {:.2} | {} | {:.0} |",
+            if policy == "none" { "—" } else { rate },
+            t.overhead_pct,
+            100.0 * t.wrong_accepted_fraction,
+            100.0 * t.caught_rate,
+            100.0 * t.cheater_credit_share,
+            r.summary.tasks.failed,
+            r.summary.makespan_s.p50
+        );
+        let _ = writeln!(
+            csv,
+            "{},{policy},{rep},{rate},{frac},{},{},{},{},{},{},{}",
+            r.variant,
+            t.overhead_pct,
+            t.wrong_accepted_fraction,
+            t.caught_rate,
+            t.cheater_credit_share,
+            r.summary.tasks.accepted,
+            r.summary.tasks.failed,
+            r.summary.makespan_s.p50
+        );
+    }
+    std::fs::write(out.join("trust.md"), md)?;
+    std::fs::write(out.join("trust.csv"), csv)?;
+    if !plots {
+        return Ok(());
+    }
+    // Without a book: one line per (policy, dishonest fraction) through its
+    // sample rates, starting at no verification (x = 0). With a book
+    // (probation): one series per policy, every rate and fraction.
+    let mut lines: Vec<Line> = Vec::new();
+    let mut add = |name: String, point: (f64, f64)| match lines.iter_mut().find(|l| l.name == name)
+    {
+        Some(l) => {
+            if !l.points.contains(&point) {
+                l.points.push(point);
+            }
+        }
+        None => lines.push(Line {
+            name,
+            points: vec![point],
+        }),
+    };
+    for r in rows {
+        let policy = value_of(&r.variant, "trust.policy");
+        let frac = value_of(&r.variant, "dishonest.fraction");
+        let book = value_of(&r.variant, "trust.reputation") == "true";
+        let t = &r.summary.trust;
+        let point = (r4(t.overhead_pct), r4(100.0 * t.wrong_accepted_fraction));
+        match (policy, book) {
+            ("none", true) => {}
+            ("none", false) => {
+                for p in ["quorum", "spot-check"] {
+                    add(format!("{p}, no book, {frac} dishonest"), point);
+                }
+            }
+            (p, false) => add(format!("{p}, no book, {frac} dishonest"), point),
+            (p, true) => add(format!("{p}, probation, any rate and fraction"), point),
+        }
+    }
+    for l in &mut lines {
+        l.points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    save(
+        out,
+        "trust",
+        &Chart {
+            title: "verification: GPU overhead against wrong results accepted".into(),
+            x: "extra GPU time, % of the accepted results'".into(),
+            y: "accepted tasks with a wrong output, %".into(),
+            lines,
+        },
+    )
 }
 
 /// The comparison table as text (also `comparison.csv`).

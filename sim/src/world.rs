@@ -27,6 +27,11 @@
 //! * Capacity gossip reaches scheduler nodes only: nothing on other nodes
 //!   reads their capacity table (creators and workers find schedulers by
 //!   lookup), so delivering adverts to them would change no outcome.
+//! * Verification (`[trust]`): a crop line renders its share of the frame's
+//!   pixels; output hashes are equal for honest runs and distinct per liar;
+//!   a creator's spot-check comparison is decided by whether both outputs
+//!   are honest, not computed from pixels. Outcomes feed one
+//!   `ReputationBook` per scheduler node when `trust.reputation` is on.
 //!
 //! See `sim/README.md` for each model's assumptions.
 
@@ -35,19 +40,24 @@ use std::sync::Arc;
 
 use rendertrust_protocol::capacity::{AdvertSchedule, CapacityConfig, CapacityTable};
 use rendertrust_protocol::content::ContentId;
-use rendertrust_protocol::creator::{CheckedResult, CreatorJob, Decision, ResultFrames};
+use rendertrust_protocol::creator::{
+    CheckedResult, CreatorJob, Decision, ResultFrames, VoteDecision,
+};
 use rendertrust_protocol::hrw;
 use rendertrust_protocol::identity::{NodeId, NodeKey};
+use rendertrust_protocol::reputation::{Outcome, ReputationBook, ReputationConfig};
 use rendertrust_protocol::scheduler::{
     JobEvent, JobSnapshot, ProgressError, ResultError, Scheduler, SchedulerAction, SchedulerConfig,
     SchedulerSnapshot, SubmitError,
 };
 use rendertrust_protocol::seal::WrappedKey;
 use rendertrust_protocol::signed::Signed;
+use rendertrust_protocol::task::Rect;
+use rendertrust_protocol::verify::{CompareResult, Comparison};
 use rendertrust_protocol::wire::{
-    BlenderEngine, CapacityAdvert, GpuInfo, ImageFormat, JobId, JobKind, JobSpec, Progress,
-    Receipt, Requirements, ResourceUsage, Role, RuntimeInfo, RuntimeKind, SplitRule, TaskAccept,
-    TaskId, TaskOffer, TaskResult, VerificationPolicy,
+    CapacityAdvert, GpuInfo, ImageFormat, JobId, JobSpec, Progress, Receipt, Requirements,
+    ResourceUsage, Role, RuntimeInfo, RuntimeKind, SplitRule, TaskAccept, TaskId, TaskOffer,
+    TaskResult, VerificationPolicy,
 };
 use rendertrust_protocol::worker::{Worker, WorkerAction, WorkerConfig};
 
@@ -94,6 +104,8 @@ struct Run {
     run_ms: u64,
     /// The run fails (reported) instead of finishing.
     fails: bool,
+    /// A spot-check line: the crop it renders.
+    crop: Option<Rect>,
 }
 
 #[derive(Debug)]
@@ -108,13 +120,16 @@ struct SchedPart {
     m: Scheduler,
     rng: SimRng,
     next_sweep: u64,
-    /// When the job service next reads the capacity table (`u64::MAX`:
-    /// adverts go to the scheduler as they arrive).
+    /// When the job service next reads the capacity table into its
+    /// scheduler: `mesh.capacity_debounce_ms` after the first change since the
+    /// last read (`u64::MAX`: nothing changed).
     next_refresh: u64,
     /// Nodes whose entry changed, and nodes that left the table, since the
     /// last read.
     changed: Vec<NodeId>,
     gone: Vec<NodeId>,
+    /// The scheduler node's reputation book (`trust.reputation`).
+    book: Option<ReputationBook>,
 }
 
 #[derive(Debug)]
@@ -180,6 +195,12 @@ enum Body {
     Offer {
         offer: TaskOffer,
         job: u32,
+        /// A spot-check line's crop (`OfferCrop`).
+        crop: Option<Rect>,
+    },
+    /// A creator's spot-check comparison, to the job's scheduler.
+    Compared {
+        comparison: Comparison,
     },
     OfferFailed {
         task: TaskId,
@@ -327,6 +348,8 @@ pub struct World {
     schedulers: Vec<u32>,
     creators: Vec<u32>,
     templates: Vec<CapacityAdvert>,
+    /// One advert per template, filled in for each delivery.
+    scratch: Vec<CapacityAdvert>,
     jobs: Vec<SimJob>,
     job_index: HashMap<JobId, u32>,
     net: NetModel,
@@ -498,6 +521,9 @@ impl World {
             retry_ms: mesh.retry_s.max(1) * 1000,
             replicate_interval_ms: mesh.replicate_interval_s * 1000,
             finished_retention_ms: mesh.finished_retention_s * 1000,
+            // With a reputation book new nodes start on probation (as the
+            // node does with one); without, the node turns probation off.
+            new_nodes_on_probation: sc.trust.reputation,
             ..SchedulerConfig::default()
         };
         let net = NetModel::new(&sc, nodes.len());
@@ -515,6 +541,7 @@ impl World {
             index,
             schedulers,
             creators,
+            scratch: templates.clone(),
             templates,
             jobs: Vec::new(),
             job_index: HashMap::new(),
@@ -728,9 +755,9 @@ impl World {
         let interval = self.sc.mesh.advert_interval_s * 1000;
         let hb = self.worker_config_hb;
         let max_entries = self.nodes.len() + 16;
-        let refresh_ms = self.sc.mesh.capacity_refresh_ms;
         let is_sched = self.schedulers.binary_search(&n).is_ok();
         let slots = self.slots_of(n);
+        let reputation = self.sc.trust.reputation;
         let node = &mut self.nodes[n as usize];
         if node.online || node.held {
             return;
@@ -778,13 +805,12 @@ impl World {
                     u64::from(n) << 16 | u64::from(node.inc),
                 ),
                 next_sweep: now + self.sc.mesh.table_sweep_s * 1000,
-                next_refresh: if refresh_ms == 0 {
-                    u64::MAX
-                } else {
-                    now + refresh_ms
-                },
+                next_refresh: u64::MAX,
                 changed: Vec::new(),
                 gone: Vec::new(),
+                // The book is the scheduler node's own: it starts empty on
+                // each start (not persisted here).
+                book: reputation.then(|| ReputationBook::new(node.id, ReputationConfig::default())),
             }));
         }
         if node.worker.is_some() {
@@ -924,11 +950,20 @@ impl World {
         if let Some(s) = &mut node.sched {
             if now >= s.next_sweep {
                 let gone = s.table.expire(now);
-                s.gone.extend(gone);
+                if !gone.is_empty() {
+                    s.gone.extend(gone);
+                    let debounce = self.sc.mesh.capacity_debounce_ms;
+                    if debounce == 0 {
+                        refresh(s, now);
+                        sched_due = true;
+                    } else if s.next_refresh == u64::MAX {
+                        s.next_refresh = now + debounce;
+                    }
+                }
                 s.next_sweep = now + self.sc.mesh.table_sweep_s * 1000;
             }
             if now >= s.next_refresh {
-                s.next_refresh = now + self.sc.mesh.capacity_refresh_ms.max(1);
+                s.next_refresh = u64::MAX;
                 refresh(s, now);
                 sched_due = true;
             }
@@ -1025,18 +1060,31 @@ impl World {
         if !self.nodes[to as usize].online {
             return;
         }
-        let advert = self.advert_of(from, running, seq, issued);
-        let id = advert.node;
+        // One advert per node kind, filled in: the table copies it only
+        // when its content changed (`apply_verified_ref`).
+        let node = &self.nodes[from as usize];
+        let id = node.id;
+        let a = &mut self.scratch[node.template as usize];
+        a.node = id;
+        a.seq = seq;
+        a.issued_at_ms = issued;
+        a.running_tasks = running;
+        let debounce = self.sc.mesh.capacity_debounce_ms;
         let Some(s) = self.nodes[to as usize].sched.as_mut() else {
             return;
         };
         self.m.advert_deliveries += 1;
-        if s.table.apply_verified(advert, now).is_err() {
+        if s.table.apply_verified_ref(a, now).is_err() {
             return;
         }
-        if s.next_refresh != u64::MAX {
-            // The job service reads the table at its next refresh.
+        if debounce > 0 {
+            // The network loop bumps the capacity version; the job service
+            // reads the table `debounce` later (CAPACITY_DEBOUNCE).
             s.changed.push(id);
+            if s.next_refresh == u64::MAX {
+                s.next_refresh = now + debounce;
+                self.rewake(to, now);
+            }
             return;
         }
         if let Some(e) = s.table.get(&id, now) {
@@ -1162,7 +1210,17 @@ impl World {
                 ok,
                 busy,
             } => self.on_submit_reply(to, from, job, rank, ok, busy, now),
-            Body::Offer { offer, job } => self.on_offer(to, from, offer, job, now),
+            Body::Offer { offer, job, crop } => self.on_offer(to, from, offer, job, crop, now),
+            Body::Compared { comparison } => {
+                let creator = self.nodes[from as usize].id;
+                if let Some(s) = self.nodes[to as usize].sched.as_mut() {
+                    if s.m.handle_comparison(&creator, &comparison, now).is_err() {
+                        self.m.trust.comparisons_refused += 1;
+                    }
+                    self.sched_actions(to, now, None);
+                    self.rewake(to, now);
+                }
+            }
             Body::OfferFailed { task, attempt } => {
                 if let Some(s) = self.nodes[to as usize].sched.as_mut() {
                     s.m.handle_undeliverable(&task, attempt, now);
@@ -1296,7 +1354,9 @@ impl World {
                 self.poll_advert(to, now);
                 self.rewake(to, now);
             }
-            Body::Notify { job, event, bundle } => self.on_notify(to, job, *event, bundle, now),
+            Body::Notify { job, event, bundle } => {
+                self.on_notify(to, from, job, *event, bundle, now)
+            }
             Body::Replicate { snapshot } => {
                 let from_id = self.nodes[from as usize].id;
                 if let Some(s) = self.nodes[to as usize].sched.as_mut() {
@@ -1394,12 +1454,46 @@ impl World {
                         l.offers
                             .insert((offer.task, offer.attempt), (n, offer.clone()));
                     }
-                    self.send(n, w, Body::Offer { offer, job }, now);
+                    self.send(
+                        n,
+                        w,
+                        Body::Offer {
+                            offer,
+                            job,
+                            crop: None,
+                        },
+                        now,
+                    );
                 }
-                // Verification (issue 7): the simulator runs jobs without a
-                // verification policy until it models crops and reputation,
-                // so no crop line is ever placed and outcomes are not kept.
-                SchedulerAction::OfferCrop { .. } | SchedulerAction::Outcome { .. } => {}
+                SchedulerAction::OfferCrop {
+                    to, offer, crop, ..
+                } => {
+                    let Some(&w) = self.index.get(&to) else {
+                        continue;
+                    };
+                    let Some(&job) = self.job_index.get(&offer.task.job) else {
+                        continue;
+                    };
+                    self.m.offers += 1;
+                    self.m.trust.crop_offers += 1;
+                    if let Some(l) = self.ledger.as_mut() {
+                        l.offers
+                            .insert((offer.task, offer.attempt), (n, offer.clone()));
+                    }
+                    self.send(
+                        n,
+                        w,
+                        Body::Offer {
+                            offer,
+                            job,
+                            crop: Some(crop),
+                        },
+                        now,
+                    );
+                }
+                SchedulerAction::Outcome {
+                    worker, outcome, ..
+                } => self.outcome(n, worker, outcome, now),
                 SchedulerAction::CancelTask {
                     worker,
                     task,
@@ -1419,12 +1513,16 @@ impl World {
                         continue;
                     };
                     let b = match &event {
-                        JobEvent::Done { task, attempt, .. } => bundle
+                        JobEvent::Done { task, attempt, .. }
+                        | JobEvent::Vote { task, attempt, .. } => bundle
                             .take()
                             .filter(|b| b.offer.task.index == *task && b.offer.attempt == *attempt),
                         JobEvent::Failed { .. }
                         | JobEvent::JobFinished { .. }
-                        | JobEvent::TakenOver { .. } => None,
+                        | JobEvent::TakenOver { .. }
+                        | JobEvent::Compare { .. }
+                        | JobEvent::Rejected { .. }
+                        | JobEvent::Verified { .. } => None,
                         JobEvent::Queued { .. } => {
                             self.m.queued_events += 1;
                             continue;
@@ -1498,8 +1596,10 @@ impl World {
     fn sched_event(&mut self, j: u32, event: &JobEvent, now: u64) {
         let job = &mut self.jobs[j as usize];
         match event {
-            JobEvent::Done { task, .. } | JobEvent::Failed { task, .. } => {
-                let v = if matches!(event, JobEvent::Done { .. }) {
+            JobEvent::Done { task, .. }
+            | JobEvent::Verified { task, .. }
+            | JobEvent::Failed { task, .. } => {
+                let v = if matches!(event, JobEvent::Done { .. } | JobEvent::Verified { .. }) {
                     1
                 } else {
                     2
@@ -1649,7 +1749,7 @@ impl World {
         self.advert_of(n, self.running_of(n), 0, now)
     }
 
-    fn on_offer(&mut self, w: u32, s: u32, offer: TaskOffer, j: u32, now: u64) {
+    fn on_offer(&mut self, w: u32, s: u32, offer: TaskOffer, j: u32, crop: Option<Rect>, now: u64) {
         let own = self.own_advert(w, now);
         let job = &self.jobs[j as usize];
         let Some(wp) = self.nodes[w as usize].worker.as_mut() else {
@@ -1698,6 +1798,7 @@ impl World {
             started_at: None,
             run_ms: 0,
             fails: false,
+            crop,
             offer,
         };
         if let Some(wp) = node.worker.as_mut() {
@@ -1739,6 +1840,13 @@ impl World {
             return;
         };
         let j = wp.runs[pos].job;
+        // A spot-check line renders its crop: that fraction of the frame's
+        // pixels (scene loading is not modelled).
+        let crop_frac = wp.runs[pos].crop.map_or(1.0, |c| {
+            let spec = &self.jobs[j as usize].spec;
+            let area = f64::from(spec.width.max(1)) * f64::from(spec.height.max(1));
+            (f64::from(c.w) * f64::from(c.h) / area).min(1.0)
+        });
         let speed = self
             .sc
             .gpu_classes
@@ -1755,7 +1863,7 @@ impl World {
         } else {
             1.0
         };
-        let mut secs = base * noise / speed;
+        let mut secs = base * noise / speed * crop_frac;
         match behaviour {
             Behaviour::Lazy => secs *= lazy,
             Behaviour::Slow => secs *= slow,
@@ -1867,6 +1975,10 @@ impl World {
         let r = wp.runs.swap_remove(pos);
         let started = r.started_at.unwrap_or(now);
         node.stats.busy_ms += now.saturating_sub(started);
+        self.m.trust.gpu_ms += r.run_ms;
+        if r.crop.is_some() {
+            self.m.trust.gpu_crop_ms += r.run_ms;
+        }
         self.m.rendering -= 1;
         self.m.busy_slots -= 1;
         if r.fails {
@@ -1885,7 +1997,11 @@ impl World {
         } else if let Ok(slot) = wp.m.finished(&r.task, now) {
             node.stats.results += 1;
             let wrong = node.behaviour.wrong_output();
-            let hash = output_hash(&r.task, wrong.then_some(node.id));
+            let hash = output_hash(&r.task, r.crop, wrong.then_some(node.id));
+            self.m.trust.results += 1;
+            if wrong {
+                self.m.trust.wrong_results += 1;
+            }
             let usage = ResourceUsage {
                 gpu_ms: r.run_ms,
                 cpu_ms: r.run_ms / 10,
@@ -1948,13 +2064,12 @@ impl World {
         let spf = jobs.seconds_per_frame.sample(r).max(0.001);
         let input_mb = jobs.input_mb.sample(r);
         let output_mb = jobs.output_mb.sample(r);
-        let kind = if jobs.kind == "builtin" {
-            JobKind::Builtin
-        } else {
-            JobKind::Blender {
-                engine: BlenderEngine::Cycles,
-            }
-        };
+        let kind = self.sc.job_kind();
+        let verification = self
+            .sc
+            .trust
+            .policy_for(&kind)
+            .unwrap_or(VerificationPolicy::None);
         let requirements = Requirements {
             gpu_vendor: jobs
                 .gpu_vendor
@@ -1986,7 +2101,7 @@ impl World {
             height: jobs.height,
             format: ImageFormat::Png,
             max_price_per_task: jobs.max_price_per_task,
-            verification: VerificationPolicy::None,
+            verification,
             deadline_ms: now + jobs.deadline_s * 1000,
         };
         let frame: Arc<[u8]> = match Signed::sign(&cp.key, &spec) {
@@ -2103,9 +2218,11 @@ impl World {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_notify(
         &mut self,
         c: u32,
+        s: u32,
         j: u32,
         event: JobEvent,
         bundle: Option<Box<Bundle>>,
@@ -2116,6 +2233,76 @@ impl World {
             return;
         };
         match event {
+            JobEvent::Vote { .. } => {
+                let Some(b) = bundle else {
+                    return;
+                };
+                let Some(checked) = checked_of(*b) else {
+                    return;
+                };
+                match cj.vote_verified(checked) {
+                    Ok(VoteDecision::Fetch(r)) => self.fetch_checked(c, j, &r, now),
+                    Ok(_) => {}
+                    Err(_) => self.m.results_refused_by_creator += 1,
+                }
+            }
+            JobEvent::Verified { task, attempt, .. } => match cj.verified(task, attempt) {
+                Ok(Some(r)) => self.fetch_checked(c, j, &r, now),
+                Ok(None) => {}
+                Err(_) => self.m.trust.verdicts_refused += 1,
+            },
+            JobEvent::Rejected { task, attempt, .. } => cj.rejected(task, attempt),
+            JobEvent::Compare {
+                task,
+                crop,
+                reference_attempt,
+                check_attempt,
+                cross,
+            } => {
+                let req = match cj.compare(task, crop, reference_attempt, check_attempt, cross) {
+                    Ok(r) => r,
+                    Err(_) => {
+                        self.m.trust.comparisons_refused += 1;
+                        return;
+                    }
+                };
+                // The creator fetches both outputs and computes the metric.
+                // Modelled: two honest renders of the same pixels agree
+                // (SSIM well above any threshold); a wrong or made-up output
+                // disagrees with everything (each liar's output is its own).
+                let correct = |r: &CheckedResult| {
+                    self.index
+                        .get(&r.offer.worker)
+                        .is_some_and(|w| !self.nodes[*w as usize].behaviour.wrong_output())
+                };
+                let agree = correct(&req.reference) && correct(&req.check);
+                let similarity = if agree { 985 } else { 310 };
+                let (rh, ch) = (
+                    req.reference.result.output_hash,
+                    req.check.result.output_hash,
+                );
+                let job = &mut self.jobs[j as usize];
+                let Some(cj) = job.cj.as_mut() else {
+                    return;
+                };
+                match cj.compared(
+                    task,
+                    reference_attempt,
+                    check_attempt,
+                    Some(rh),
+                    Some(ch),
+                    CompareResult::Similarity(similarity),
+                ) {
+                    Ok(comparison) => {
+                        self.m.trust.comparisons += 1;
+                        self.send(c, s, Body::Compared { comparison }, now);
+                    }
+                    // The creator asked for more comparisons of the task
+                    // than it remembers (`creator::MAX_COMPARISONS`): see
+                    // sim/README.md, "Trust".
+                    Err(_) => self.m.trust.comparisons_refused += 1,
+                }
+            }
             JobEvent::Done { .. } => {
                 let Some(b) = bundle else {
                     return;
@@ -2166,6 +2353,47 @@ impl World {
                 job.owner = self.index.get(&by).copied();
             }
             _ => {}
+        }
+    }
+
+    /// The creator fetches the output of a result it decided to take.
+    fn fetch_checked(&mut self, c: u32, j: u32, r: &CheckedResult, now: u64) {
+        if let Some(&w) = self.index.get(&r.offer.worker) {
+            self.send(
+                c,
+                w,
+                Body::Fetch {
+                    job: j,
+                    task: r.offer.task.index,
+                    attempt: r.offer.attempt,
+                    tries: 0,
+                },
+                now,
+            );
+        }
+    }
+
+    /// A scheduler's verification outcome: into its reputation book, and
+    /// the book's standing back into the scheduler (as the node does).
+    fn outcome(&mut self, n: u32, worker: NodeId, outcome: Outcome, now: u64) {
+        let cheater = self
+            .index
+            .get(&worker)
+            .is_some_and(|w| self.nodes[*w as usize].behaviour.wrong_output());
+        let t = &mut self.m.trust;
+        match outcome {
+            Outcome::Verified => t.outcomes_verified += 1,
+            Outcome::Failed if cheater => t.caught += 1,
+            Outcome::Failed => t.failed_honest += 1,
+            Outcome::Lost => t.outcomes_lost += 1,
+        }
+        if let Some(s) = self.nodes[n as usize].sched.as_mut()
+            && let Some(book) = s.book.as_mut()
+        {
+            book.observe(worker, outcome, now);
+            let st = book.standing(&worker, now);
+            s.m.set_reputation(worker, st.permille);
+            s.m.set_probation(worker, st.probation);
         }
     }
 
@@ -2236,7 +2464,7 @@ impl World {
         let (hash, receipt) = signed_hash;
         if let Ok(acceptance) = cj.fetched(task, attempt, hash, now) {
             let worker = receipt.worker;
-            let true_hash = output_hash(&receipt.task, None);
+            let true_hash = output_hash(&receipt.task, None, None);
             let wrong = hash != true_hash;
             self.credits.settle(&receipt, &acceptance, wrong);
             if let Some(l) = self.ledger.as_mut()
@@ -2248,6 +2476,12 @@ impl World {
                 l.settle(wi, ci, &receipt, &acceptance, now);
             }
             self.m.tasks_accepted += 1;
+            self.m.trust.gpu_accepted_ms += receipt.usage.gpu_ms;
+            if let Some(&wi) = self.index.get(&worker)
+                && self.nodes[wi as usize].behaviour.wrong_output()
+            {
+                self.m.trust.cheater_credits += receipt.price;
+            }
             if wrong {
                 self.m.wrong_accepted += 1;
                 job.rec.wrong_accepted += 1;
@@ -2329,12 +2563,37 @@ fn refresh(s: &mut SchedPart, now: u64) {
     s.changed = changed;
 }
 
+/// The creator's view of a worker's result bundle after the signature
+/// checks (modelled): the decoded messages and the receipt's id.
+fn checked_of(b: Bundle) -> Option<CheckedResult> {
+    let receipt_id = rendertrust_protocol::signed::message_id(&b.receipt.worker, &b.receipt)
+        .ok()?
+        .0;
+    let Bundle {
+        offer,
+        result,
+        receipt,
+    } = b;
+    Some(CheckedResult {
+        offer,
+        result,
+        receipt,
+        receipt_id,
+        frames: ResultFrames::default(),
+    })
+}
+
 /// The output hash of a task: the true one, or (for a dishonest worker)
 /// one derived from the worker's id.
-fn output_hash(task: &TaskId, liar: Option<NodeId>) -> [u8; 32] {
+fn output_hash(task: &TaskId, crop: Option<Rect>, liar: Option<NodeId>) -> [u8; 32] {
     let mut h = blake3::Hasher::new_derive_key("rendertrust-sim 2026-11 output v1");
     h.update(&task.job.0);
     h.update(&task.index.to_le_bytes());
+    if let Some(c) = crop {
+        for v in [c.x, c.y, c.w, c.h] {
+            h.update(&v.to_le_bytes());
+        }
+    }
     if let Some(l) = liar {
         h.update(l.as_bytes());
     }

@@ -210,14 +210,14 @@ fn no_churn_and_ample_capacity_completes_every_job() {
     );
     // Hardly any waiting: a free worker is almost always there.
     assert!(s.queue_wait_s.p50 < 5.0, "{:?}", s.queue_wait_s);
-    // The same with adverts reaching the scheduler as they arrive (no 1 s
+    // The same with adverts reaching the scheduler as they arrive (no 50 ms
     // capacity refresh of the job service): still every job, as quickly.
     let sc = Scenario::parse(
         &small(60, "[arrivals]\nload = 0.2"),
-        &[("mesh.capacity_refresh_ms".into(), "0".into())],
+        &[("mesh.capacity_debounce_ms".into(), "0".into())],
     )
     .unwrap();
-    println!("seed 3, capacity_refresh_ms = 0");
+    println!("seed 3, capacity_debounce_ms = 0");
     let direct = rendertrust_sim::run(&sc, 3, None, None).unwrap().summary;
     assert_conserved(&direct, "ample, direct adverts");
     assert_eq!(direct.jobs.finished, direct.jobs.submitted);
@@ -381,4 +381,64 @@ fn the_ledger_machine_pays_what_creators_accepted_and_balances() {
     let workers: u64 = out.metrics.nodes.iter().map(|n| n.credits).sum();
     assert_eq!(workers, t.settled, "{t:?}");
     assert_eq!(l.node_balances, l.minted - l.escrowed);
+}
+
+/// The trust model can fail: with no verification, liars' wrong outputs are
+/// accepted and paid; with every task verified (quorum or spot-check at
+/// 1000‰) none is, every lie on a verified task is caught, no honest
+/// worker is blamed, and cheaters earn nothing. The same seed replays.
+#[test]
+fn verifying_every_task_accepts_no_wrong_result_and_none_accepts_some() {
+    let text = |policy: &str| {
+        small(
+            40,
+            &format!(
+                r#"
+[arrivals]
+load = 0.3
+[dishonest]
+fraction = 0.2
+wrong = 1.0
+lazy = 1.0
+slow = 0.0
+silent = 0.0
+[trust]
+policy = "{policy}"
+sample_permille = 1000
+reputation = true
+"#
+            ),
+        )
+        .replace(
+            "[[groups]]\nname = \"workers\"",
+            "[[groups]]\nname = \"workers\"\ndishonest = true",
+        )
+    };
+    let none = run(&text("none"), 5, None);
+    assert_conserved(&none, "no verification");
+    assert!(none.trust.counts.wrong_results > 0, "{:?}", none.trust);
+    assert!(none.tasks.wrong_accepted > 0, "{:?}", none.tasks);
+    assert!(none.trust.cheater_credits > 0, "{:?}", none.trust);
+    assert_eq!(none.trust.counts.caught, 0);
+    for policy in ["quorum", "spot-check"] {
+        let s = run(&text(policy), 5, None);
+        let what = format!("{policy} at 1000‰");
+        assert!(s.conservation.tasks_accounted, "{what}: {:?}", s.tasks);
+        assert!(s.conservation.credits_balanced, "{what}: {:?}", s.credits);
+        assert!(s.trust.counts.wrong_results > 0, "{what}: {:?}", s.trust);
+        assert_eq!(s.tasks.wrong_accepted, 0, "{what}: {:?}", s.tasks);
+        assert_eq!(s.trust.wrong_accepted_fraction, 0.0, "{what}");
+        assert!(s.tasks.accepted > 0, "{what}: {:?}", s.tasks);
+        assert!(s.trust.counts.caught > 0, "{what}: {:?}", s.trust);
+        assert_eq!(s.trust.counts.failed_honest, 0, "{what}: {:?}", s.trust);
+        assert_eq!(s.trust.cheater_credits, 0, "{what}: {:?}", s.trust);
+        assert_eq!(s.credits.totals.paid_for_wrong, 0, "{what}");
+        assert!(s.trust.overhead_pct > 0.0, "{what}: {:?}", s.trust);
+        let again = run(&text(policy), 5, None);
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            serde_json::to_string(&again).unwrap(),
+            "{what}: the same seed replays"
+        );
+    }
 }

@@ -271,7 +271,6 @@ impl Scheduler {
     /// Applies an advert the driver's capacity table accepted; the node is
     /// live until `expires_at_ms` unless a newer advert comes.
     pub fn observe_advert(&mut self, advert: &CapacityAdvert, expires_at_ms: u64, now_ms: u64) {
-        let old_expiry = self.ctx.view.get(&advert.node).map(|e| e.expires_at_ms);
         let max = self.ctx.config.max_nodes;
         let Some(obs) = self.ctx.view.observe(advert, expires_at_ms, max) else {
             self.ctx.stats.view_full += 1;
@@ -280,13 +279,19 @@ impl Scheduler {
         if !obs.applied {
             return;
         }
-        if let Some(slot) = self.ctx.view.slot_of(&advert.node) {
-            if let Some(old) = old_expiry {
-                self.ctx.timers.remove(&(old, TimerRef::Node(slot)));
+        let slot = obs.slot;
+        if let Some(e) = self.ctx.view.entry_mut(slot) {
+            // Lazy expiry (see `NodeEntry::timer_at`): a timer armed at or
+            // before the new expiry stays and re-arms when it fires.
+            if e.timer_at == 0 || e.timer_at > expires_at_ms {
+                if e.timer_at != 0 {
+                    self.ctx.timers.remove(&(e.timer_at, TimerRef::Node(slot)));
+                }
+                e.timer_at = expires_at_ms;
+                self.ctx
+                    .timers
+                    .insert((expires_at_ms, TimerRef::Node(slot)));
             }
-            self.ctx
-                .timers
-                .insert((expires_at_ms, TimerRef::Node(slot)));
         }
         if obs.was_scheduler != obs.is_scheduler {
             self.schedulers_changed(now_ms);
@@ -303,7 +308,7 @@ impl Scheduler {
             if let Some(slot) = slot {
                 self.ctx
                     .timers
-                    .remove(&(entry.expires_at_ms, TimerRef::Node(slot)));
+                    .remove(&(entry.timer_at, TimerRef::Node(slot)));
             }
             if entry.is_scheduler {
                 self.schedulers_changed(now_ms);
@@ -789,14 +794,16 @@ impl Scheduler {
             self.ctx.timers.pop_first();
             match r {
                 TimerRef::Node(slot) => {
-                    let expired = self
-                        .ctx
-                        .view
-                        .entry(slot)
-                        .filter(|e| e.expires_at_ms == at)
-                        .map(|e| e.id);
-                    if let Some(id) = expired {
+                    let Some(e) = self.ctx.view.entry_mut(slot).filter(|e| e.timer_at == at) else {
+                        continue;
+                    };
+                    if e.expires_at_ms <= at {
+                        let id = e.id;
                         self.forget_node(&id, now_ms);
+                    } else {
+                        // Refreshed since the timer was armed: re-arm at the expiry.
+                        e.timer_at = e.expires_at_ms;
+                        self.ctx.timers.insert((e.timer_at, TimerRef::Node(slot)));
                     }
                 }
                 TimerRef::Task(job, index) => {

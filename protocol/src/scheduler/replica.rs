@@ -1,6 +1,7 @@
 //! Replication to the HRW runner-up and takeover by the replica.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::job::{Cmp, Job, JobCore, Phase, TaskState};
 use super::{
@@ -60,8 +61,9 @@ pub(crate) fn validate_core(spec: &JobSpec, core: &JobCore) -> Result<(), String
     }
     let n = core.tasks.len() as u32;
     let workers = core.workers.len() as u32;
-    let mut seen = std::collections::BTreeSet::new();
-    if !core.workers.iter().all(|w| seen.insert(*w)) {
+    let mut seen: Vec<&NodeId> = core.workers.iter().collect();
+    seen.sort_unstable();
+    if seen.windows(2).any(|w| w[0] == w[1]) {
         return Err("a worker is listed twice".into());
     }
     if core.next_fresh > n {
@@ -315,7 +317,7 @@ impl Scheduler {
             if held.core.owner == self.ctx.me {
                 return Err(ReplicaError::WeOwn(id));
             }
-            if *held.frame != *frame {
+            if !Arc::ptr_eq(&held.frame, &frame) && *held.frame != *frame {
                 return Err(ReplicaError::Conflict(id));
             }
             if held.core.owner == *from && core.revision <= held.core.revision {

@@ -333,8 +333,9 @@ impl Scheduler {
             return Err(invalid("capacity index disagrees with its nodes"));
         }
         let mut timers = BTreeSet::new();
-        for (i, e) in view.slots.iter().enumerate() {
+        for (i, e) in view.slots.iter_mut().enumerate() {
             if let Some(e) = e {
+                e.timer_at = e.expires_at_ms;
                 timers.insert((e.expires_at_ms, TimerRef::Node(i as u32)));
             }
         }

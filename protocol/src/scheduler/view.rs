@@ -11,7 +11,7 @@
 //! swap-remove, O(1) per bucket. `live` counts every live worker per bucket,
 //! busy or not, to explain an empty bucket.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -47,7 +47,7 @@ fn bucket_mask(p: &Profile) -> u32 {
 }
 
 /// One node as this scheduler sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Eq, Serialize, Deserialize)]
 pub(crate) struct NodeEntry {
     pub(crate) id: NodeId,
     pub(crate) profile: Profile,
@@ -55,6 +55,13 @@ pub(crate) struct NodeEntry {
     pub(crate) is_scheduler: bool,
     pub(crate) seq: u64,
     pub(crate) expires_at_ms: u64,
+    /// When this node's expiry timer is armed (0: not armed). Expiry is lazy:
+    /// an advert that moves `expires_at_ms` later leaves the timer where it
+    /// is, and the timer re-arms at the entry's expiry when it fires, so a
+    /// node is forgotten exactly at its expiry with one timer update per
+    /// lifetime rather than two per advert.
+    #[serde(skip)]
+    pub(crate) timer_at: u64,
     /// Changes with every advert applied (global counter).
     pub(crate) generation: u64,
     /// The `generation` when this entry was created: holds taken on an earlier
@@ -72,6 +79,45 @@ pub(crate) struct NodeEntry {
     /// Position in each bucket it is in now (rebuilt on restore).
     #[serde(skip)]
     pub(crate) pos: Vec<(u8, u32)>,
+}
+
+/// Equal as state: every field but `timer_at`, the lazy expiry timer's
+/// bookkeeping (a restored scheduler arms it at the expiry, a running one
+/// may hold it earlier; either forgets the node exactly at its expiry).
+impl PartialEq for NodeEntry {
+    fn eq(&self, o: &Self) -> bool {
+        let NodeEntry {
+            id,
+            profile,
+            region,
+            is_scheduler,
+            seq,
+            expires_at_ms,
+            timer_at: _,
+            generation,
+            incarnation,
+            outstanding,
+            assigned_since,
+            saturated,
+            reputation,
+            mask,
+            pos,
+        } = self;
+        *id == o.id
+            && *profile == o.profile
+            && *region == o.region
+            && *is_scheduler == o.is_scheduler
+            && *seq == o.seq
+            && *expires_at_ms == o.expires_at_ms
+            && *generation == o.generation
+            && *incarnation == o.incarnation
+            && *outstanding == o.outstanding
+            && *assigned_since == o.assigned_since
+            && *saturated == o.saturated
+            && *reputation == o.reputation
+            && *mask == o.mask
+            && *pos == o.pos
+    }
 }
 
 impl NodeEntry {
@@ -92,6 +138,8 @@ impl NodeEntry {
 pub(crate) struct Observed {
     /// The advert was applied (newer than what was held).
     pub(crate) applied: bool,
+    /// The node's slot.
+    pub(crate) slot: u32,
     /// The node's scheduler role before and after.
     pub(crate) was_scheduler: bool,
     pub(crate) is_scheduler: bool,
@@ -122,7 +170,10 @@ pub(crate) enum Hold {
 pub(crate) struct View {
     pub(crate) slots: Vec<Option<NodeEntry>>,
     pub(crate) free_list: Vec<u32>,
-    pub(crate) by_id: BTreeMap<NodeId, u32>,
+    /// Lookups only, never iterated (its order would not replay): a hash
+    /// map, keyed by the standard library's randomly seeded SipHash, which
+    /// hostile node ids cannot collide.
+    pub(crate) by_id: HashMap<NodeId, u32>,
     pub(crate) buckets: Vec<Vec<u32>>,
     pub(crate) live: [u32; BUCKETS],
     pub(crate) schedulers: BTreeSet<NodeId>,
@@ -157,7 +208,7 @@ impl View {
         self.slots.get(slot as usize).and_then(Option::as_ref)
     }
 
-    fn entry_mut(&mut self, slot: u32) -> Option<&mut NodeEntry> {
+    pub(crate) fn entry_mut(&mut self, slot: u32) -> Option<&mut NodeEntry> {
         self.slots.get_mut(slot as usize).and_then(Option::as_mut)
     }
 
@@ -194,6 +245,9 @@ impl View {
         expires_at_ms: u64,
         max_nodes: usize,
     ) -> Option<Observed> {
+        if let Some(obs) = self.observe_same(advert, expires_at_ms) {
+            return Some(obs);
+        }
         let profile = Profile::of(advert);
         let is_scheduler = advert.roles.contains(&Role::Scheduler);
         let region = self.intern(&advert.region);
@@ -211,6 +265,7 @@ impl View {
                     is_scheduler: false,
                     seq: advert.seq,
                     expires_at_ms,
+                    timer_at: 0,
                     generation,
                     incarnation: generation,
                     outstanding: 0,
@@ -255,6 +310,7 @@ impl View {
         if advert.seq <= e.seq {
             return Some(Observed {
                 applied: false,
+                slot,
                 was_scheduler: e.is_scheduler,
                 is_scheduler: e.is_scheduler,
             });
@@ -270,6 +326,49 @@ impl View {
             generation,
             false,
         ))
+    }
+
+    /// The periodic advert of a known node whose content (profile, region,
+    /// roles) equals what the view holds: what [`View::apply`] would do, without
+    /// rebuilding the profile or touching the region, scheduler and bucket
+    /// counts (none of them change). `None` when the slow path must run.
+    fn observe_same(&mut self, advert: &CapacityAdvert, expires_at_ms: u64) -> Option<Observed> {
+        let slot = *self.by_id.get(&advert.node)?;
+        let e = self.entry(slot)?;
+        let is_scheduler = advert.roles.contains(&Role::Scheduler);
+        if advert.seq <= e.seq {
+            return Some(Observed {
+                applied: false,
+                slot,
+                was_scheduler: e.is_scheduler,
+                is_scheduler: e.is_scheduler,
+            });
+        }
+        let same_region = if e.region == NO_REGION {
+            advert.region.is_empty()
+        } else {
+            self.region_names
+                .get(e.region as usize)
+                .is_some_and(|r| *r == advert.region)
+        };
+        if e.is_scheduler != is_scheduler || !same_region || !e.profile.matches(advert) {
+            return None;
+        }
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let e = self.entry_mut(slot)?;
+        e.seq = advert.seq;
+        e.expires_at_ms = expires_at_ms;
+        e.generation = generation;
+        e.assigned_since = 0;
+        e.saturated = false;
+        self.sync(slot);
+        Some(Observed {
+            applied: true,
+            slot,
+            was_scheduler: is_scheduler,
+            is_scheduler,
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -320,6 +419,7 @@ impl View {
         self.sync(slot);
         Observed {
             applied: true,
+            slot,
             was_scheduler,
             is_scheduler,
         }
