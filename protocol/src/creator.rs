@@ -248,6 +248,12 @@ pub enum CompareRefused {
         /// The task's region.
         region: Rect,
     },
+    /// The task holds [`MAX_COMPARISONS`] comparisons of results still held.
+    #[error("task {task}: {MAX_COMPARISONS} comparisons of held results are open already")]
+    TooMany {
+        /// Task index.
+        task: u32,
+    },
     /// No such comparison was asked for.
     #[error("task {task}: no comparison of {reference} and {check} was asked for")]
     NotAsked {
@@ -952,11 +958,33 @@ impl CreatorJob {
                 ..crop
             }
         };
+        let held_attempts: Vec<u32> = usize::try_from(task)
+            .ok()
+            .and_then(|i| self.tasks.get(i))
+            .map(|t| match t {
+                TaskState::Verifying { votes, .. } => {
+                    votes.iter().map(|v| v.offer.attempt).collect()
+                }
+                _ => Vec::new(),
+            })
+            .unwrap_or_default();
         let made = self.comparisons.entry(task).or_default();
         let asked = made
             .iter()
             .any(|c| c.reference == reference_attempt && c.check == check_attempt);
-        if !asked && made.len() < MAX_COMPARISONS {
+        if !asked {
+            if made.len() >= MAX_COMPARISONS {
+                // Comparisons of results no longer held (a caught primary's,
+                // an earlier run's) are done with: forget them first.
+                made.retain(|c| {
+                    held_attempts.contains(&c.reference) && held_attempts.contains(&c.check)
+                });
+            }
+            if made.len() >= MAX_COMPARISONS {
+                // Refused rather than answered unrecorded: `compared` would
+                // then refuse the answer and the scheduler wait for it.
+                return Err(CompareRefused::TooMany { task });
+            }
             made.push(Compared {
                 reference: reference_attempt,
                 check: check_attempt,
@@ -1737,6 +1765,53 @@ mod tests {
                 .compared(3, 7, 8, None, None, CompareResult::Similarity(1)),
             Err(CompareRefused::NotAsked { .. })
         ));
+    }
+
+    /// Re-runs after catches make new comparisons of one task, far more than
+    /// `MAX_COMPARISONS` over the task's life: the stale ones (of results no
+    /// longer held) make room, so every comparison asked for is recorded and
+    /// its answer taken (the sweep saw spot-checks stall on this).
+    #[test]
+    fn comparisons_of_caught_results_make_room_for_new_ones() {
+        let mut w = world_with(
+            VerificationPolicy::SpotCheck {
+                sample_permille: 100,
+                crop_permille: 250,
+                min_similarity_milli: 900,
+            },
+            JobKind::Blender {
+                engine: crate::wire::BlenderEngine::Cycles,
+            },
+        );
+        let crop = Rect {
+            x: 10,
+            y: 4,
+            w: 32,
+            h: 16,
+        };
+        let rounds = u32::try_from(MAX_COMPARISONS).unwrap() + 4;
+        for round in 0..rounds {
+            let (p, c) = (2 * round, 2 * round + 1);
+            let (kp, kc) = (key(30 + 2 * round as u8), key(31 + 2 * round as u8));
+            w.job.vote(signed_by(&w, &kp, 3, p, [1; 32])).unwrap();
+            w.job.vote(signed_by(&w, &kc, 3, c, [2; 32])).unwrap();
+            w.job.compare(3, crop, p, c, false).unwrap();
+            let cmp = w
+                .job
+                .compared(
+                    3,
+                    p,
+                    c,
+                    Some([1; 32]),
+                    Some([2; 32]),
+                    CompareResult::Similarity(100),
+                )
+                .unwrap();
+            assert_eq!(cmp.result, CompareResult::Similarity(100), "round {round}");
+            // The scheduler caught the primary; the check is set aside too.
+            w.job.rejected(3, p);
+            w.job.rejected(3, c);
+        }
     }
 
     #[test]

@@ -41,9 +41,10 @@
 //!
 //! *Quorum*: a sampled task runs on `k` lines (the task itself and `k − 1`
 //! verification lines) on distinct workers. A hash wins when at least
-//! `⌊k/2⌋ + 1` results carry it **and** it has more results than all other
-//! hashes and outstanding lines together, so no later result can overturn
-//! it. When every line has answered and nothing wins, one more line is added,
+//! `⌊k/2⌋ + 1` results carry it **and** it has more results than any other
+//! single hash could reach with every outstanding line, so no later result
+//! can overturn it (plurality: independent liars return distinct hashes and
+//! do not add up; docs/trust.md says why). When every line has answered and nothing wins, one more line is added,
 //! up to [`quorum_max_lines`] (`2k + 1`) lines; then the task is unresolved
 //! and fails (the job is most likely not deterministic).
 //!
@@ -235,7 +236,7 @@ pub enum QuorumTally {
     Wait,
     /// This hash stands: no outstanding result can overturn it.
     Agreed {
-        /// The output hash of the majority.
+        /// The output hash that stands.
         hash: [u8; 32],
     },
     /// Every line answered and nothing stands: add a line.
@@ -258,9 +259,20 @@ pub fn quorum_tally(k: u8, hashes: &[[u8; 32]], pending: usize, lines: usize) ->
             None => counts.push((*h, 1)),
         }
     }
-    for (h, n) in &counts {
-        let others = hashes.len() - n;
-        if *n >= needed && *n > others + pending {
+    // A hash stands when it has `needed` votes and no other hash can reach
+    // it, even with every outstanding line: workers that lie independently
+    // return distinct wrong hashes, so only colluders add up against it.
+    // (Counting every other vote against it, as a strict majority does, let
+    // a few cheap liars with distinct hashes stall every task they touched.)
+    for (i, (h, n)) in counts.iter().enumerate() {
+        let best_other = counts
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, (_, m))| *m)
+            .max()
+            .unwrap_or(0);
+        if *n >= needed && *n > best_other + pending {
             return QuorumTally::Agreed { hash: *h };
         }
     }

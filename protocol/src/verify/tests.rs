@@ -134,11 +134,19 @@ fn quorum_tallies() {
         QuorumTally::Agreed { hash: b }
     );
     assert_eq!(quorum_tally(2, &[a, b, c], 0, 3), QuorumTally::AddLine);
-    assert_eq!(quorum_tally(2, &[a, b, c, a], 0, 4), QuorumTally::AddLine);
+    // Plurality: liars with distinct hashes do not add up against `a`.
     assert_eq!(
-        quorum_tally(2, &[a, b, c, a, a], 0, 5),
+        quorum_tally(2, &[a, b, c, a], 0, 4),
         QuorumTally::Agreed { hash: a }
     );
+    assert_eq!(
+        quorum_tally(2, &[b, a, c, [4; 32], a], 0, 5),
+        QuorumTally::Agreed { hash: a }
+    );
+    // ... but a hash that an outstanding line could still tie waits.
+    assert_eq!(quorum_tally(2, &[a, b, b, a], 1, 5), QuorumTally::Wait);
+    assert_eq!(quorum_tally(3, &[a, a, b], 1, 4), QuorumTally::Wait);
+    assert_eq!(quorum_tally(5, &[a, a, a, b, b], 1, 6), QuorumTally::Wait);
     assert_eq!(
         quorum_tally(2, &[a, b, c, a, b], 0, 5),
         QuorumTally::Unresolved
