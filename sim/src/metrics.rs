@@ -226,6 +226,8 @@ pub struct Metrics {
     pub results_refused_by_creator: u64,
     /// Output fetches given up.
     pub fetches_failed: u64,
+    /// Done tasks run again because the creator could not fetch the output.
+    pub unfetchable_reruns: u64,
     /// `Queued` events (a job's tasks waited for workers).
     pub queued_events: u64,
     /// Nodes that went offline.

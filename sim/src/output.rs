@@ -131,6 +131,8 @@ pub struct Activity {
     pub results_dropped: u64,
     /// Output fetches given up.
     pub fetches_failed: u64,
+    /// Done tasks run again because the creator could not fetch the output.
+    pub unfetchable_reruns: u64,
     /// Nodes that went offline.
     pub departures: u64,
 }
@@ -301,6 +303,7 @@ pub fn summarize(sc: &Scenario, seed: u64, m: &Metrics) -> Summary {
             gossip_lost: m.gossip_lost,
             results_dropped: m.results_dropped,
             fetches_failed: m.fetches_failed,
+            unfetchable_reruns: m.unfetchable_reruns,
             departures: m.departures,
         },
         credits: CreditSummary {

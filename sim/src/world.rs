@@ -202,6 +202,10 @@ enum Body {
     Compared {
         comparison: Comparison,
     },
+    Unfetchable {
+        task: TaskId,
+        attempt: u32,
+    },
     OfferFailed {
         task: TaskId,
         attempt: u32,
@@ -1216,6 +1220,19 @@ impl World {
                 if let Some(s) = self.nodes[to as usize].sched.as_mut() {
                     if s.m.handle_comparison(&creator, &comparison, now).is_err() {
                         self.m.trust.comparisons_refused += 1;
+                    }
+                    self.sched_actions(to, now, None);
+                    self.rewake(to, now);
+                }
+            }
+            Body::Unfetchable { task, attempt } => {
+                let creator = self.nodes[from as usize].id;
+                if let Some(s) = self.nodes[to as usize].sched.as_mut() {
+                    if s.m
+                        .handle_unfetchable(&creator, &task, attempt, now)
+                        .is_ok()
+                    {
+                        self.m.unfetchable_reruns += 1;
                     }
                     self.sched_actions(to, now, None);
                     self.rewake(to, now);
@@ -2434,20 +2451,45 @@ impl World {
                 return;
             }
             self.m.fetches_failed += 1;
-            if let Some(next) = cj.fetch_failed(task, attempt)
-                && let Some(&nw) = self.index.get(&next.offer.worker)
-            {
-                self.send(
-                    c,
-                    nw,
-                    Body::Fetch {
-                        job: j,
-                        task,
-                        attempt: next.offer.attempt,
-                        tries: 0,
-                    },
-                    now,
-                );
+            match cj.fetch_failed(task, attempt) {
+                Some(next) => {
+                    if let Some(&nw) = self.index.get(&next.offer.worker) {
+                        self.send(
+                            c,
+                            nw,
+                            Body::Fetch {
+                                job: j,
+                                task,
+                                attempt: next.offer.attempt,
+                                tries: 0,
+                            },
+                            now,
+                        );
+                    }
+                }
+                None => {
+                    // No source left: the owner runs the task again
+                    // (`Scheduler::handle_unfetchable`), as the node does.
+                    let waiting = matches!(
+                        cj.tasks().get(task as usize),
+                        Some(rendertrust_protocol::creator::TaskState::Waiting)
+                    );
+                    let task_id = cj.spec().id;
+                    if waiting && let Some(owner) = job.owner {
+                        self.send(
+                            c,
+                            owner,
+                            Body::Unfetchable {
+                                task: TaskId {
+                                    job: task_id,
+                                    index: task,
+                                },
+                                attempt,
+                            },
+                            now,
+                        );
+                    }
+                }
             }
             return;
         }
