@@ -209,6 +209,9 @@ pub(crate) struct JobService {
     pub(crate) rpc: RpcClient,
     pub(crate) internal: mpsc::Sender<Internal>,
     pub(crate) capacity: BTreeMap<NodeId, CapacityEntry>,
+    /// Operator groups given to the scheduler (`Scheduler::set_operator`),
+    /// from the addresses this node sees each peer at.
+    pub(crate) operators: BTreeMap<NodeId, u64>,
     // scheduler role
     pub(crate) scheduler: Option<Scheduler>,
     pub(crate) sched_dirty: bool,
@@ -306,6 +309,7 @@ pub fn spawn(parts: ServiceParts) -> Result<tokio::task::JoinHandle<()>, JobsErr
         },
         internal: internal_tx,
         capacity: BTreeMap::new(),
+        operators: BTreeMap::new(),
         scheduler,
         sched_dirty: false,
         sched_saved: Instant::now(),
@@ -461,7 +465,49 @@ impl JobService {
                 }
             }
         }
+        self.operators.retain(|n, _| fresh.contains_key(n));
         self.capacity = fresh;
+        self.refresh_operators().await;
+    }
+
+    /// Gives the scheduler an operator group for each node that has none
+    /// yet: the /24 (IPv4) or /48 (IPv6) of the address this node sees it
+    /// at (`operator_group`), so verification lines prefer workers of
+    /// another group. Nodes not connected (no address known) wait for a
+    /// later refresh.
+    async fn refresh_operators(&mut self) {
+        if self.scheduler.is_none()
+            || self
+                .capacity
+                .keys()
+                .all(|n| *n == self.me || self.operators.contains_key(n))
+        {
+            return;
+        }
+        let Ok(peers) = self.net.peers().await else {
+            return;
+        };
+        let Some(s) = &mut self.scheduler else {
+            return;
+        };
+        for p in peers.iter().filter(|p| p.connected) {
+            let Some(node) = self
+                .capacity
+                .keys()
+                .find(|n| n.to_string() == p.peer_id)
+                .copied()
+            else {
+                continue;
+            };
+            if self.operators.contains_key(&node) {
+                continue;
+            }
+            let group = operator_group(&p.addrs);
+            if group != 0 {
+                s.set_operator(node, group);
+                self.operators.insert(node, group);
+            }
+        }
     }
 
     fn on_tick(&mut self, now_ms: u64) {
@@ -745,5 +791,66 @@ impl JobService {
     /// Where a creator's accepted outputs go.
     pub(crate) fn results_dir(&self, job: &JobId) -> PathBuf {
         self.data_dir.join("results").join(hex::encode(job.0))
+    }
+}
+
+/// The operator group of a peer seen at `addrs` (multiaddrs): a hash of the
+/// /24 of its first IPv4 address, else the /48 of its first IPv6 address; 0
+/// (unknown) when it has neither. Nodes of one operator usually share such a
+/// prefix; a Sybil spread over many networks is not caught by this, only
+/// slowed (docs/trust.md, "Operators").
+pub(crate) fn operator_group(addrs: &[String]) -> u64 {
+    use libp2p::multiaddr::Protocol;
+    let mut v6 = None;
+    for a in addrs {
+        let Ok(m) = a.parse::<libp2p::Multiaddr>() else {
+            continue;
+        };
+        for p in m.iter() {
+            match p {
+                Protocol::Ip4(ip) => {
+                    let o = ip.octets();
+                    return group_hash(&[4, o[0], o[1], o[2]]);
+                }
+                Protocol::Ip6(ip) if v6.is_none() => {
+                    let o = ip.octets();
+                    v6 = Some(group_hash(&[6, o[0], o[1], o[2], o[3], o[4], o[5]]));
+                }
+                _ => {}
+            }
+        }
+    }
+    v6.unwrap_or(0)
+}
+
+fn group_hash(prefix: &[u8]) -> u64 {
+    let h = blake3::hash(prefix);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.as_bytes()[..8]);
+    u64::from_le_bytes(b).max(1)
+}
+
+#[cfg(test)]
+mod operator_tests {
+    use super::operator_group;
+
+    #[test]
+    fn operator_groups_are_network_prefixes() {
+        let g = |a: &[&str]| operator_group(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let a = g(&["/ip4/203.0.113.7/udp/4001/quic-v1"]);
+        assert_ne!(a, 0);
+        assert_eq!(a, g(&["/ip4/203.0.113.200/tcp/4001"]), "same /24");
+        assert_ne!(a, g(&["/ip4/203.0.114.7/tcp/4001"]), "another /24");
+        let v6 = g(&["/ip6/2001:db8:1:2::1/udp/1/quic-v1"]);
+        assert_ne!(v6, 0);
+        assert_eq!(v6, g(&["/ip6/2001:db8:1:ffff::9/tcp/1"]), "same /48");
+        assert_ne!(v6, g(&["/ip6/2001:db8:2::1/tcp/1"]), "another /48");
+        // IPv4 wins over IPv6; nothing usable is unknown.
+        assert_eq!(
+            a,
+            g(&["/ip6/2001:db8:1:2::1/tcp/1", "/ip4/203.0.113.1/tcp/1"])
+        );
+        assert_eq!(g(&["/dns4/example.org/tcp/1", "not an address"]), 0);
+        assert_eq!(g(&[]), 0);
     }
 }
