@@ -65,8 +65,8 @@ impl Default for GuardConfig {
                 per_sec: 100,
             },
             content: Rate {
-                burst: 400,
-                per_sec: 200,
+                burst: 2048,
+                per_sec: 1024,
             },
             ledger: Rate {
                 burst: 50,
