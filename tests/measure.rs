@@ -266,7 +266,7 @@ async fn plain_quic_transfer(size: u64) -> f64 {
 /// content-addressed, as the job service does it (`fetch_content` over the
 /// `content` service, every chunk verified and stored), against a plain
 /// quinn transfer of the same bytes in the same run. `MEASURE_BYTES`
-/// overrides the size.
+/// overrides the size, `MEASURE_IN_FLIGHT` the chunk requests in flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement: run by hand"]
 async fn one_gib_input_over_the_mesh_vs_plain_quic() {
@@ -379,7 +379,13 @@ async fn one_gib_input_over_the_mesh_vs_plain_quic() {
         &store_b,
         sealed.manifest_id,
         &source,
-        &FetchOptions::default(),
+        &FetchOptions {
+            max_in_flight: std::env::var("MEASURE_IN_FLIGHT")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(FetchOptions::default().max_in_flight),
+            ..FetchOptions::default()
+        },
         |_| {},
     )
     .await
