@@ -645,8 +645,8 @@ impl ContentStore {
             .join(hex::encode(&hash.as_bytes()[..1]))
     }
 
-    /// Writes `bytes` to a fresh temp file, synced when `sync`.
-    fn write_temp(&self, bytes: &[u8], sync: bool) -> io::Result<TempFile> {
+    /// Writes `bytes` to a fresh temp file and syncs it.
+    fn write_temp(&self, bytes: &[u8]) -> io::Result<TempFile> {
         loop {
             let n = self.inner.tmp_counter.fetch_add(1, Ordering::Relaxed);
             let path = self
@@ -660,9 +660,7 @@ impl ContentStore {
             };
             let temp = TempFile(Some(path));
             file.write_all(bytes)?;
-            if sync {
-                file.sync_data()?;
-            }
+            file.sync_data()?;
             return Ok(temp);
         }
     }
@@ -700,7 +698,7 @@ impl ContentStore {
         }
         let path = self.manifest_path(&id);
         let written = self
-            .write_temp(&bytes, true)
+            .write_temp(&bytes)
             .and_then(|temp| temp.persist(&path))
             .and_then(|()| sync_dir(path.parent().unwrap_or(&self.inner.manifests_dir)));
         let mut index = self.index();
@@ -802,8 +800,7 @@ impl ContentStore {
 
     /// Writes chunk `hash` (already verified or computed by the caller)
     /// unless it is present. Returns whether it was written. A chunk file
-    /// appears under its final name only complete (and synced, for chunks
-    /// this node sealed itself).
+    /// appears under its final name only complete and synced.
     pub(super) fn write_chunk(
         &self,
         hash: &ContentId,
@@ -833,15 +830,7 @@ impl ContentStore {
                 },
             )?;
         }
-        // **Decision: chunks fetched from a peer are not synced one by one.**
-        // Every read verifies a chunk against its manifest (`get_chunk`), and
-        // a chunk that fails is forgotten and fetched again, so after a crash
-        // a torn cache file costs a re-fetch, never a wrong byte; syncing each
-        // 1 MiB chunk capped a loopback transfer at about a fifth of plain
-        // QUIC. Chunks this node seals itself (`Staged`: a creator's inputs,
-        // a worker's outputs) are the only copy, and are synced.
-        let sync = matches!(owner, ChunkOwner::Staged(_));
-        let written = self.write_temp(bytes, sync);
+        let written = self.write_temp(bytes);
         let mut index = self.index();
         index.bytes_reserved -= needed;
         let temp = written.map_err(|source| WriteChunkError::Io {
