@@ -37,7 +37,7 @@
 //! | limit | value | why |
 //! |---|---|---|
 //! | rpc rate (token bucket per peer) | burst 200, 100/s | a scheduler offering a large job, or a creator's burst of key requests, stays far below; a flood does not |
-//! | content rate | burst 2048, 1024/s | one request per 1 MiB chunk: 1 GiB/s per peer, about what a 10 Gb/s link carries (at 200/s a 1 GiB input over loopback was capped at ~200 MB/s); concurrency is bounded by the inbound cap below, so a flood still costs at most that many disk reads at once |
+//! | content rate | burst 2048, 1024/s | one request per 1 MiB chunk: 1 GiB/s per peer, about what a 10 Gb/s link carries; concurrency is bounded by the inbound cap below, so a flood still costs at most that many disk reads at once |
 //! | ledger rate | burst 50, 20/s | reconciliation pages between ledger peers |
 //! | inbound streams waiting for an answer, per peer (all services) | 64 | besides libp2p's 64 per connection and service: one peer cannot fill the services' queue (256) |
 //! | over a limit | answered at once with the service's refusal (`Error{Busy}`, `Refused`), no service sees it | the peer learns to retry later; no work is done |
