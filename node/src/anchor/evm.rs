@@ -155,7 +155,19 @@ fn provider(url: &Url, signer: PrivateKeySigner) -> Result<DynProvider, AnchorEr
             action: "building the HTTP client",
             message: e.to_string(),
         })?;
+    // **Decision: the nonce is asked of the node for every transaction**
+    // (`SimpleNonceManager`), not cached. The recommended fillers cache it and
+    // fill it concurrently with gas estimation, so an anchor the contract
+    // refuses (estimation reverts: a conflicting root) still used up a
+    // nonce locally; the next anchor then went out with a nonce gap and sat
+    // in the node's queue forever. One `eth_getTransactionCount` per epoch
+    // costs nothing; one sender per key is assumed (the ledger's anchoring
+    // task sends one transaction at a time).
     Ok(ProviderBuilder::new()
+        .disable_recommended_fillers()
+        .with_gas_estimation()
+        .with_simple_nonce_management()
+        .fetch_chain_id()
         .wallet(EthereumWallet::from(signer))
         .connect_reqwest(client, url.clone())
         .erased())
