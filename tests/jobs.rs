@@ -71,30 +71,6 @@ async fn detail(api: &ApiClient, id: &str) -> JobDetail {
     api.get(&format!("/v1/jobs/{id}")).await.unwrap()
 }
 
-/// Waits until the whole mesh sees every node (so placement has them all).
-async fn wait_for_mesh(mesh: &Mesh, n: usize) {
-    for i in mesh.live() {
-        let api = mesh.api(i).clone();
-        eventually(
-            &format!("node {i} to see {n} nodes"),
-            Duration::from_secs(120),
-            Duration::from_millis(500),
-            || {
-                let api = api.clone();
-                async move {
-                    let got = capacity_nodes(&api).await?.len();
-                    if got >= n {
-                        Ok(())
-                    } else {
-                        Err(format!("{got} nodes"))
-                    }
-                }
-            },
-        )
-        .await;
-    }
-}
-
 async fn wait_state(api: &ApiClient, id: &str, timeout: Duration, want: JobState) -> JobDetail {
     let api = api.clone();
     let id = id.to_owned();

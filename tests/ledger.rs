@@ -93,29 +93,6 @@ fn args(base: &[&str], more: &[&str]) -> Vec<String> {
     base.iter().chain(more).map(|s| s.to_string()).collect()
 }
 
-async fn wait_for_mesh(mesh: &Mesh, n: usize) {
-    for i in mesh.live() {
-        let api = mesh.api(i).clone();
-        eventually(
-            &format!("node {i} to see {n} nodes"),
-            Duration::from_secs(120),
-            Duration::from_millis(500),
-            || {
-                let api = api.clone();
-                async move {
-                    let got = capacity_nodes(&api).await?.len();
-                    if got >= n {
-                        Ok(())
-                    } else {
-                        Err(format!("{got} nodes"))
-                    }
-                }
-            },
-        )
-        .await;
-    }
-}
-
 /// Submits a builtin job from the creator, waits for it to finish, and
 /// returns its receipt ids.
 async fn run_job(mesh: &Mesh, frames: &str) -> Vec<String> {

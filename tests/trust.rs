@@ -72,29 +72,6 @@ async fn require_dishonest_hooks() {
     );
 }
 
-async fn wait_for_mesh(mesh: &Mesh, n: usize) {
-    for i in mesh.live() {
-        let api = mesh.api(i).clone();
-        eventually(
-            &format!("node {i} to see {n} nodes"),
-            Duration::from_secs(120),
-            Duration::from_millis(500),
-            || {
-                let api = api.clone();
-                async move {
-                    let got = capacity_nodes(&api).await?.len();
-                    if got >= n {
-                        Ok(())
-                    } else {
-                        Err(format!("{got} nodes"))
-                    }
-                }
-            },
-        )
-        .await;
-    }
-}
-
 async fn standing(api: &ApiClient, node: &str) -> (u16, u64, u64) {
     let v: ReputationView = api.get(&format!("/v1/reputation/{node}")).await.unwrap();
     assert!(v.keeps_book, "a scheduler keeps a reputation book");

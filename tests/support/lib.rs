@@ -183,6 +183,31 @@ pub async fn capacity_nodes(api: &ApiClient) -> Result<Vec<String>, String> {
     Ok(ids)
 }
 
+/// Waits until every live node of `mesh` lists at least `n` nodes in its
+/// capacity table (so placement has them all).
+pub async fn wait_for_mesh(mesh: &Mesh, n: usize) {
+    for i in mesh.live() {
+        let api = mesh.api(i).clone();
+        eventually(
+            &format!("node {i} to see {n} nodes"),
+            Duration::from_secs(120),
+            Duration::from_millis(500),
+            || {
+                let api = api.clone();
+                async move {
+                    let got = capacity_nodes(&api).await?.len();
+                    if got >= n {
+                        Ok(())
+                    } else {
+                        Err(format!("{got} nodes"))
+                    }
+                }
+            },
+        )
+        .await;
+    }
+}
+
 /// A node's peer id.
 pub async fn peer_id(api: &ApiClient) -> String {
     let s: StatusView = api.get("/v1/status").await.unwrap();

@@ -797,7 +797,11 @@ impl JobService {
                     let task = TaskId { job, index: f.task };
                     tracing::warn!(job = %hex::encode(job.0), task = f.task, attempt = f.attempt, %owner, "no source of the result is left; asking the scheduler to run the task again");
                     if owner == self.me {
-                        let _ = self.rpc_unfetchable(self.me, task, f.attempt, now_ms);
+                        if let RpcResponse::Error { message, .. } =
+                            self.rpc_unfetchable(self.me, task, f.attempt, now_ms)
+                        {
+                            tracing::warn!(task = f.task, %message, "this node's scheduler did not reopen the task");
+                        }
                     } else {
                         let request = RpcRequest::Unfetchable {
                             task,
