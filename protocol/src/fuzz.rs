@@ -234,6 +234,10 @@ pub fn rpc_messages(data: &[u8]) {
     let _ = RpcResponse::decode(data);
     let _ = ContentRequest::decode(data);
     let _ = ContentResponse::decode(data);
+    let _ = crate::rpc::ChunkStreamRequest::decode(data);
+    if let Ok(header) = <[u8; crate::rpc::CHUNK_FRAME_HEADER]>::try_from(data) {
+        let _ = crate::rpc::ChunkFrameHeader::from_bytes(header);
+    }
 }
 
 /// The mint authority of the fuzzed ledger: the ledger test kit's (seed 0),
@@ -490,6 +494,23 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             }
         }
     }
+    let stream_request = crate::rpc::ChunkStreamRequest {
+        id: crate::content::ContentId([5; 32]),
+        indices: vec![0, 1, 2, 63],
+    };
+    if let Ok(bytes) = stream_request.encode() {
+        out.push(("rpc_messages", bytes));
+    }
+    out.push((
+        "rpc_messages",
+        crate::rpc::ChunkFrameHeader {
+            index: 3,
+            status: crate::rpc::ChunkStatus::Chunk,
+            len: 4096,
+        }
+        .to_bytes()
+        .to_vec(),
+    ));
     let kit = Kit::new(0);
     for event in kit.sample_events() {
         if let Ok(bytes) = event.encode() {

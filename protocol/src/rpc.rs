@@ -411,6 +411,128 @@ impl ContentResponse {
     }
 }
 
+/// Most chunk indices in one [`ChunkStreamRequest`]: 256 MiB of 1 MiB chunks
+/// per stream; a fetch of more opens further streams.
+pub const MAX_STREAM_CHUNKS: usize = 256;
+/// Largest encoded [`ChunkStreamRequest`] (an id and at most
+/// [`MAX_STREAM_CHUNKS`] varint indices of at most 5 bytes, with slack).
+pub const MAX_STREAM_REQUEST: usize = 2 << 10;
+/// Length of a [`ChunkFrameHeader`] on the wire.
+pub const CHUNK_FRAME_HEADER: usize = 9;
+
+/// The one request on a chunk stream (`/rendertrust/chunks/1`): send these
+/// chunks of manifest `id`, in this order.
+///
+/// The answer is, per index in order, a [`ChunkFrameHeader`] and (for
+/// [`ChunkStatus::Chunk`]) exactly `len` raw sealed bytes, with no encoding
+/// around them: the receiver checks `index` and `len` against its own
+/// manifest before it reads or allocates, then verifies the bytes. One
+/// stream carries many chunks, so a transfer is not one request, one stream
+/// and two copies through the swarm per megabyte.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkStreamRequest {
+    /// Manifest id.
+    pub id: ContentId,
+    /// Chunk indices, 1 to [`MAX_STREAM_CHUNKS`] of them, no repeats.
+    pub indices: Vec<u32>,
+}
+
+impl ChunkStreamRequest {
+    fn validate(&self) -> Result<(), RpcError> {
+        if self.indices.is_empty() {
+            return Err(RpcError::Invalid {
+                field: "indices",
+                reason: "at least one chunk index expected",
+            });
+        }
+        bound("indices", self.indices.len(), MAX_STREAM_CHUNKS)?;
+        let mut seen = self.indices.clone();
+        seen.sort_unstable();
+        if seen.windows(2).any(|w| w[0] == w[1]) {
+            return Err(RpcError::Invalid {
+                field: "indices",
+                reason: "an index is repeated",
+            });
+        }
+        Ok(())
+    }
+
+    /// Encodes a request (checked against the bounds a receiver applies).
+    pub fn encode(&self) -> Result<Vec<u8>, RpcError> {
+        self.validate()?;
+        Ok(codec::encode(self)?)
+    }
+
+    /// Decodes a request from a peer, bounded and validated.
+    pub fn decode(bytes: &[u8]) -> Result<Self, RpcError> {
+        let r: ChunkStreamRequest = codec::decode(bytes, MAX_STREAM_REQUEST)?;
+        r.validate()?;
+        Ok(r)
+    }
+}
+
+/// What follows a [`ChunkFrameHeader`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkStatus {
+    /// `len` bytes of the chunk.
+    Chunk,
+    /// Nothing (`len` is 0): the sender does not hold this chunk.
+    NotFound,
+}
+
+/// The fixed 9-byte header before each answer on a chunk stream:
+/// `index` (u32 big-endian), status (one byte: 0 chunk, 1 not found),
+/// `len` (u32 big-endian).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkFrameHeader {
+    /// Which chunk this answers.
+    pub index: u32,
+    /// Whether bytes follow.
+    pub status: ChunkStatus,
+    /// How many bytes follow (0 unless [`ChunkStatus::Chunk`]).
+    pub len: u32,
+}
+
+impl ChunkFrameHeader {
+    /// The header's wire bytes.
+    pub fn to_bytes(&self) -> [u8; CHUNK_FRAME_HEADER] {
+        let mut out = [0u8; CHUNK_FRAME_HEADER];
+        out[..4].copy_from_slice(&self.index.to_be_bytes());
+        out[4] = match self.status {
+            ChunkStatus::Chunk => 0,
+            ChunkStatus::NotFound => 1,
+        };
+        out[5..].copy_from_slice(&self.len.to_be_bytes());
+        out
+    }
+
+    /// Parses a header from a peer: an unknown status, or a "not found"
+    /// with bytes, is refused. `len` is checked by the caller against the
+    /// manifest before anything is read.
+    pub fn from_bytes(bytes: [u8; CHUNK_FRAME_HEADER]) -> Result<Self, RpcError> {
+        let [i0, i1, i2, i3, status, l0, l1, l2, l3] = bytes;
+        let index = u32::from_be_bytes([i0, i1, i2, i3]);
+        let len = u32::from_be_bytes([l0, l1, l2, l3]);
+        let status = match status {
+            0 => ChunkStatus::Chunk,
+            1 if len == 0 => ChunkStatus::NotFound,
+            1 => {
+                return Err(RpcError::Invalid {
+                    field: "len",
+                    reason: "a not-found answer carries no bytes",
+                });
+            }
+            _ => {
+                return Err(RpcError::Invalid {
+                    field: "status",
+                    reason: "expected 0 (chunk) or 1 (not found)",
+                });
+            }
+        };
+        Ok(Self { index, status, len })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -526,7 +648,111 @@ mod tests {
             let _ = RpcResponse::decode(&bytes);
             let _ = ContentRequest::decode(&bytes);
             let _ = ContentResponse::decode(&bytes);
+            let _ = ChunkStreamRequest::decode(&bytes);
         }
+
+        #[test]
+        fn chunk_stream_requests_round_trip(
+            id in any::<[u8; 32]>(),
+            set in proptest::collection::btree_set(any::<u32>(), 1..=MAX_STREAM_CHUNKS),
+        ) {
+            let r = ChunkStreamRequest {
+                id: ContentId(id),
+                indices: set.into_iter().rev().collect(),
+            };
+            let bytes = r.encode().unwrap();
+            prop_assert!(bytes.len() <= MAX_STREAM_REQUEST);
+            prop_assert_eq!(ChunkStreamRequest::decode(&bytes).unwrap(), r);
+        }
+
+        #[test]
+        fn chunk_frame_headers_round_trip(index in any::<u32>(), len in any::<u32>(), found in any::<bool>()) {
+            let h = if found {
+                ChunkFrameHeader { index, status: ChunkStatus::Chunk, len }
+            } else {
+                ChunkFrameHeader { index, status: ChunkStatus::NotFound, len: 0 }
+            };
+            prop_assert_eq!(ChunkFrameHeader::from_bytes(h.to_bytes()).unwrap(), h);
+        }
+
+        #[test]
+        fn chunk_frame_headers_never_panic(bytes in any::<[u8; CHUNK_FRAME_HEADER]>()) {
+            if let Ok(h) = ChunkFrameHeader::from_bytes(bytes) {
+                prop_assert_eq!(h.to_bytes(), bytes);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_chunk_stream_requests_are_refused() {
+        let id = ContentId([3; 32]);
+        let empty = ChunkStreamRequest {
+            id,
+            indices: vec![],
+        };
+        assert!(matches!(
+            empty.encode(),
+            Err(RpcError::Invalid {
+                field: "indices",
+                ..
+            })
+        ));
+        let bytes = codec::encode(&empty).unwrap();
+        assert!(matches!(
+            ChunkStreamRequest::decode(&bytes),
+            Err(RpcError::Invalid {
+                field: "indices",
+                ..
+            })
+        ));
+        let twice = ChunkStreamRequest {
+            id,
+            indices: vec![4, 9, 4],
+        };
+        let bytes = codec::encode(&twice).unwrap();
+        assert!(matches!(
+            ChunkStreamRequest::decode(&bytes),
+            Err(RpcError::Invalid {
+                field: "indices",
+                ..
+            })
+        ));
+        let many = ChunkStreamRequest {
+            id,
+            indices: (0..=MAX_STREAM_CHUNKS as u32).collect(),
+        };
+        let bytes = codec::encode(&many).unwrap();
+        assert!(matches!(
+            ChunkStreamRequest::decode(&bytes),
+            Err(RpcError::TooLong {
+                field: "indices",
+                ..
+            })
+        ));
+        let huge = ChunkStreamRequest {
+            id,
+            indices: (0..1000u32).map(|i| u32::MAX - i).collect(),
+        };
+        assert!(ChunkStreamRequest::decode(&codec::encode(&huge).unwrap()).is_err());
+        let mut h = ChunkFrameHeader {
+            index: 1,
+            status: ChunkStatus::NotFound,
+            len: 0,
+        }
+        .to_bytes();
+        h[8] = 1;
+        assert!(matches!(
+            ChunkFrameHeader::from_bytes(h),
+            Err(RpcError::Invalid { field: "len", .. })
+        ));
+        h[4] = 2;
+        assert!(matches!(
+            ChunkFrameHeader::from_bytes(h),
+            Err(RpcError::Invalid {
+                field: "status",
+                ..
+            })
+        ));
     }
 
     #[test]

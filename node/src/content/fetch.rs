@@ -19,10 +19,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use futures::stream::FuturesUnordered;
+use futures::stream::{BoxStream, FuturesUnordered, SelectAll};
 use rendertrust_protocol::content::{CHUNK_SIZE, ContentError, ContentId, Manifest};
 
 use super::store::{ContentStore, PutChunk, PutChunkError, PutManifestError};
+
+/// Answers of [`ChunkSource::get_chunks`]: (chunk index, its bytes or why
+/// not), in the order asked.
+pub type ChunkAnswers<'a, E> = BoxStream<'a, (u32, Result<Vec<u8>, E>)>;
 
 /// A peer (or set of peers) that serves content by manifest id.
 ///
@@ -46,6 +50,23 @@ pub trait ChunkSource: Sync {
         id: ContentId,
         index: u32,
     ) -> impl Future<Output = Result<Vec<u8>, Self::Error>> + Send;
+
+    /// How many chunks one [`get_chunks`](Self::get_chunks) call should
+    /// carry: 1 (the default) for sources that answer chunk by chunk.
+    fn batch_size(&self) -> usize {
+        1
+    }
+
+    /// Chunks of manifest `id`, each given as (index, length by the
+    /// manifest), answered in order as a stream: one answer per chunk asked
+    /// for, an error for each chunk the source could not deliver. A source
+    /// must not accept more bytes for a chunk than its length. The default
+    /// asks [`get_chunk`](Self::get_chunk) for one after the other.
+    fn get_chunks(&self, id: ContentId, chunks: Vec<(u32, u32)>) -> ChunkAnswers<'_, Self::Error> {
+        futures::stream::iter(chunks)
+            .then(move |(index, _)| async move { (index, self.get_chunk(id, index).await) })
+            .boxed()
+    }
 }
 
 /// Limits of one fetch.
@@ -295,20 +316,41 @@ where
         retries: 0,
     };
 
-    let mut requests: FuturesUnordered<BoxFuture<'_, Answer<S::Error>>> = FuturesUnordered::new();
+    // Chunks are asked for in batches of the source's size (one chunk
+    // stream each for a peer); a batched source gets `max_in_flight` chunks'
+    // worth of batches at once, and at least two so that the next batch's
+    // request overlaps the end of the current one.
+    let batch_size = source.batch_size().max(1);
+    let max_batches = if batch_size == 1 {
+        max_in_flight
+    } else {
+        max_in_flight.div_ceil(batch_size).max(2)
+    };
+    let mut requests: SelectAll<BoxStream<'_, Answer<S::Error>>> = SelectAll::new();
     let mut writes: FuturesUnordered<BoxFuture<'static, Written>> = FuturesUnordered::new();
     let outcome = loop {
-        while requests.len() < max_in_flight && writes.len() < max_in_flight {
+        while requests.len() < max_batches && writes.len() < max_in_flight {
             let Some((index, attempt)) = queue.pop_front() else {
                 break;
             };
+            // One batch: this chunk and the queued ones on the same attempt.
+            let mut batch = vec![(index, manifest.chunk_len(index).unwrap_or(0))];
+            while batch.len() < batch_size
+                && let Some(&(next, a)) = queue.front()
+                && a == attempt
+            {
+                queue.pop_front();
+                batch.push((next, manifest.chunk_len(next).unwrap_or(0)));
+            }
             let delay = options.retry_delay * attempt;
-            requests.push(Box::pin(async move {
+            let answers = futures::stream::once(async move {
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
-                (index, attempt, source.get_chunk(id, index).await)
-            }));
+            })
+            .flat_map(move |()| source.get_chunks(id, batch.clone()))
+            .map(move |(index, result)| (index, attempt, result));
+            requests.push(answers.boxed());
         }
         if requests.is_empty() && writes.is_empty() {
             break Ok(());
@@ -340,7 +382,9 @@ where
                     Err(source) => break Err(FetchError::StoreChunk { id, index, source }),
                 }
             }
-            Some((index, attempt, result)) = requests.next(), if !requests.is_empty() => {
+            Some((index, attempt, result)) = requests.next(),
+                if !requests.is_empty() && writes.len() < max_in_flight =>
+            {
                 match result {
                     Ok(bytes) => {
                         let store = store.clone();

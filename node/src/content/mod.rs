@@ -94,7 +94,8 @@ mod pipeline;
 mod store;
 
 pub use fetch::{
-    ChunkSource, FetchError, FetchOptions, FetchProgress, FetchReport, Rejection, fetch_content,
+    ChunkAnswers, ChunkSource, FetchError, FetchOptions, FetchProgress, FetchReport, Rejection,
+    fetch_content,
 };
 pub use pipeline::{
     OpenFileError, OpenedFile, PipelineOptions, SealFileError, SealedFile, open_from_store,

@@ -323,6 +323,16 @@ pub fn spawn(parts: ServiceParts) -> Result<tokio::task::JoinHandle<()>, JobsErr
         updates: BTreeMap::new(),
         reputation,
     };
+    match service.net.accept_chunk_streams() {
+        Ok(incoming) => {
+            tokio::spawn(super::transfer::serve_chunk_streams(
+                service.content.clone(),
+                service.net.clone(),
+                incoming,
+            ));
+        }
+        Err(e) => tracing::warn!(error = %e, "chunk streams will not be served"),
+    }
     let mut inbound = parts.inbound;
     let mut commands = parts.commands;
     let mut capacity_version = parts.capacity_version;

@@ -471,6 +471,7 @@ impl EventLoop {
                 self.on_reqres(Service::Ledger, e, now_ms)
             }
             SwarmEvent::Behaviour(NodeBehaviourEvent::Blocked(e)) => match e {},
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Streams(())) => {}
             SwarmEvent::Behaviour(NodeBehaviourEvent::Autonat(e)) => {
                 tracing::debug!(event = ?e, "autonat")
             }

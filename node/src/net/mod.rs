@@ -136,6 +136,9 @@ pub enum NetError {
     /// Too many outbound requests in flight.
     #[error("too many requests in flight (max {MAX_PENDING_REQUESTS}); retry later")]
     RequestsBusy,
+    /// A raw stream could not be opened or accepted.
+    #[error("chunk stream: {0}")]
+    Stream(String),
     /// Publishing on a gossipsub topic failed.
     #[error("publishing on {topic}: {reason}")]
     Publish {
@@ -314,10 +317,27 @@ enum Command {
     Shutdown(oneshot::Sender<()>),
 }
 
+/// How long one try to open a raw stream may take ([`NetHandle::open_chunk_stream`]).
+pub const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Tries to open a raw stream before giving up.
+pub const STREAM_OPEN_TRIES: u32 = 3;
+
 /// The rest of the node's handle on the network driver. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct NetHandle {
     commands: mpsc::Sender<Command>,
+    streams: StreamControl,
+}
+
+/// Opens and accepts raw streams ([`reqres::CHUNK_STREAM_PROTOCOL`]) without
+/// a round trip through the event loop.
+#[derive(Clone)]
+struct StreamControl(libp2p_stream::Control);
+
+impl std::fmt::Debug for StreamControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StreamControl")
+    }
 }
 
 impl NetHandle {
@@ -331,6 +351,44 @@ impl NetHandle {
             .await
             .map_err(|_| NetError::Stopped)?;
         rx.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Opens a chunk stream ([`reqres::CHUNK_STREAM_PROTOCOL`]) to `peer`,
+    /// dialling it if not connected.
+    ///
+    /// Each try is bounded by [`STREAM_OPEN_TIMEOUT`], and a try that times
+    /// out is made again (up to [`STREAM_OPEN_TRIES`] in all):
+    /// libp2p-stream 0.5.0-alpha can park a request forever when it comes
+    /// in the instant a connection to the peer is being established (the
+    /// connection is not in its table yet, so it queues the request for a
+    /// dial the swarm then skips as already connected); seen as rare hangs
+    /// of the first stream to a freshly bootstrapped peer. The next try
+    /// finds the connection.
+    pub async fn open_chunk_stream(&self, peer: NodeId) -> Result<libp2p::Stream, NetError> {
+        let peer_id = peer
+            .to_peer_id()
+            .map_err(|e| NetError::Stream(format!("peer {peer}: {e}")))?;
+        for _ in 0..STREAM_OPEN_TRIES {
+            let mut control = self.streams.0.clone();
+            let open = control.open_stream(peer_id, reqres::CHUNK_STREAM_PROTOCOL);
+            match tokio::time::timeout(STREAM_OPEN_TIMEOUT, open).await {
+                Ok(opened) => return opened.map_err(|e| NetError::Stream(e.to_string())),
+                Err(_) => tracing::debug!(%peer, "opening a chunk stream timed out; trying again"),
+            }
+        }
+        Err(NetError::Stream(format!(
+            "no stream to {peer} after {STREAM_OPEN_TRIES} tries of {} s",
+            STREAM_OPEN_TIMEOUT.as_secs()
+        )))
+    }
+
+    /// The chunk streams peers open to this node. Only one consumer may
+    /// take them: a second call fails.
+    pub fn accept_chunk_streams(&self) -> Result<libp2p_stream::IncomingStreams, NetError> {
+        let mut control = self.streams.0.clone();
+        control
+            .accept(reqres::CHUNK_STREAM_PROTOCOL)
+            .map_err(|e| NetError::Stream(e.to_string()))
     }
 
     /// Our identity, addresses and connection count.
@@ -483,6 +541,7 @@ pub async fn spawn(
         NodeBehaviour::new(key, relay, provider_ttl, kad_server)
     })?;
     swarm::subscribe_live_topics(&mut swarm.behaviour_mut().gossipsub)?;
+    let streams = StreamControl(swarm.behaviour().streams.new_control());
     swarm::listen_all(&mut swarm, &config.listen).await?;
 
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
@@ -505,7 +564,10 @@ pub async fn spawn(
     let event_loop = event_loop::EventLoop::new(parts, unix_now_ms());
     let task = tokio::spawn(event_loop.run());
     Ok(Spawned {
-        handle: NetHandle { commands: tx },
+        handle: NetHandle {
+            commands: tx,
+            streams,
+        },
         task,
         inbound,
         capacity_version,

@@ -87,6 +87,9 @@ pub struct NodeBehaviour {
     pub content: request_response::Behaviour<reqres::BytesCodec>,
     /// Rollup reconciliation between ledger peers ([`reqres::Service::Ledger`]).
     pub ledger: request_response::Behaviour<reqres::BytesCodec>,
+    /// Raw streams: bulk chunk transfer ([`reqres::CHUNK_STREAM_PROTOCOL`],
+    /// served by `jobs::transfer`).
+    pub streams: libp2p_stream::Behaviour,
 }
 
 impl NodeBehaviour {
@@ -110,6 +113,7 @@ impl NodeBehaviour {
             rpc: reqres::behaviour(reqres::Service::Rpc),
             content: reqres::behaviour(reqres::Service::Content),
             ledger: reqres::behaviour(reqres::Service::Ledger),
+            streams: libp2p_stream::Behaviour::new(),
         })
     }
 }

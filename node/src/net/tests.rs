@@ -658,3 +658,300 @@ async fn a_ban_survives_a_restart_and_expires() {
         node.stop().await;
     }
 }
+
+// ---- chunk streams (`jobs::transfer`): real swarms, real stores ----
+
+mod chunk_streams {
+    use futures::{AsyncReadExt as _, AsyncWriteExt as _};
+    use rendertrust_protocol::content::{Manifest, ManifestBuilder};
+    use rendertrust_protocol::rpc::{
+        CHUNK_FRAME_HEADER, ChunkFrameHeader, ChunkStatus, ChunkStreamRequest, MAX_STREAM_REQUEST,
+    };
+
+    use super::*;
+    use crate::content::{ContentConfig, ContentStore, FetchError, FetchOptions, fetch_content};
+    use crate::jobs::transfer::{self, PeerSource};
+
+    const CHUNK: usize = 4096;
+
+    /// `n` incompressible 4 KiB chunks (the last one short) and their manifest.
+    fn content(n: usize, seed: u8) -> (Manifest, Vec<Vec<u8>>) {
+        let mut x = u32::from(seed).wrapping_mul(2_654_435_761) | 1;
+        let len = n * CHUNK - 100;
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        let mut b = ManifestBuilder::new(CHUNK as u32).unwrap();
+        b.update(&bytes);
+        (
+            b.finish(),
+            bytes.chunks(CHUNK).map(<[u8]>::to_vec).collect(),
+        )
+    }
+
+    fn store(dir: &tempfile::TempDir, name: &str) -> ContentStore {
+        ContentStore::open(&dir.path().join(name), ContentConfig::default()).unwrap()
+    }
+
+    /// Holds `manifest` and the chunks whose index passes `keep`.
+    fn hold(store: &ContentStore, m: &Manifest, chunks: &[Vec<u8>], keep: impl Fn(u32) -> bool) {
+        let id = store.put_manifest(m).unwrap();
+        for (i, c) in chunks.iter().enumerate() {
+            let i = i as u32;
+            if keep(i) {
+                store.put_chunk(&id, i, c).unwrap();
+            }
+        }
+    }
+
+    /// Answers `node`'s content requests (manifests) from `store`.
+    fn serve_requests(node: &mut TestNode, store: ContentStore) {
+        let mut inbound = std::mem::replace(&mut node.inbound, tokio::sync::mpsc::channel(1).1);
+        let net = node.net.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = inbound.recv().await {
+                if let Inbound::Request(r) = msg {
+                    tokio::spawn(transfer::serve(store.clone(), net.clone(), r));
+                }
+            }
+        });
+    }
+
+    async fn pair(seed: u8) -> (TestNode, TestNode) {
+        let a = TestNode::start(seed, &[Role::Worker], vec![]).await;
+        let mut addr = a.first_addr().await;
+        addr.push(libp2p::multiaddr::Protocol::P2p(a.id.to_peer_id().unwrap()));
+        let b = TestNode::start(seed + 1, &[Role::Worker], vec![addr]).await;
+        (a, b)
+    }
+
+    fn quick() -> FetchOptions {
+        FetchOptions {
+            max_attempts: 3,
+            retry_delay: Duration::from_millis(10),
+            ..FetchOptions::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fetch_spans_several_streams_and_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, b) = pair(61).await;
+        let (m, chunks) = content(150, 1);
+        let (store_a, store_b) = (store(&dir, "a"), store(&dir, "b"));
+        hold(&store_a, &m, &chunks, |_| true);
+        // B already holds the first ten: only the rest travel.
+        hold(&store_b, &m, &chunks, |i| i < 10);
+        serve_requests(&mut a, store_a.clone());
+        tokio::spawn(transfer::serve_chunk_streams(
+            store_a,
+            a.net.clone(),
+            a.net.accept_chunk_streams().unwrap(),
+        ));
+        assert!(
+            a.net.accept_chunk_streams().is_err(),
+            "one consumer of chunk streams"
+        );
+        let source = PeerSource {
+            net: b.net.clone(),
+            peer: a.id,
+        };
+        let report = fetch_content(&store_b, m.id(), &source, &quick(), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(report.chunks_fetched, 140, "{report:?}");
+        assert_eq!(report.chunks_cached, 10);
+        assert_eq!(report.retries, 0);
+        assert!(store_b.has_complete(&m.id()));
+        for (i, c) in chunks.iter().enumerate() {
+            assert_eq!(
+                &store_b.get_chunk(&m.id(), i as u32).unwrap(),
+                c,
+                "chunk {i}"
+            );
+        }
+        a.stop().await;
+        b.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chunks_the_holder_lacks_fail_the_fetch_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, b) = pair(63).await;
+        let (m, chunks) = content(70, 2);
+        let (store_a, store_b) = (store(&dir, "a"), store(&dir, "b"));
+        hold(&store_a, &m, &chunks, |i| i != 65);
+        serve_requests(&mut a, store_a.clone());
+        tokio::spawn(transfer::serve_chunk_streams(
+            store_a,
+            a.net.clone(),
+            a.net.accept_chunk_streams().unwrap(),
+        ));
+        let source = PeerSource {
+            net: b.net.clone(),
+            peer: a.id,
+        };
+        let err = fetch_content(&store_b, m.id(), &source, &quick(), |_| {})
+            .await
+            .unwrap_err();
+        match &err {
+            FetchError::Chunk {
+                index, attempts, ..
+            } => assert_eq!((*index, *attempts), (65, 3), "{err}"),
+            other => panic!("expected the missing chunk named, got {other}"),
+        }
+        assert!(err.to_string().contains("does not hold chunk 65"), "{err}");
+        // Chunks stored before the failure stay (a later fetch resumes);
+        // the one the holder lacks is not among them.
+        let missing = store_b.missing_chunks(&m.id()).unwrap();
+        assert!(missing.contains(&65), "{missing:?}");
+        assert!(missing.len() < 70, "{missing:?}");
+        a.stop().await;
+        b.stop().await;
+    }
+
+    /// A holder that lies on its chunk streams, a different way per stream.
+    async fn lie(mut incoming: libp2p_stream::IncomingStreams, m: Manifest, chunks: Vec<Vec<u8>>) {
+        let mut n = 0usize;
+        while let Some((_, mut stream)) = incoming.next().await {
+            let mut len = [0u8; 4];
+            stream.read_exact(&mut len).await.unwrap();
+            let mut req = vec![0u8; u32::from_be_bytes(len) as usize];
+            stream.read_exact(&mut req).await.unwrap();
+            let req = ChunkStreamRequest::decode(&req).unwrap();
+            let first = req.indices[0];
+            let mut bytes = chunks[first as usize].clone();
+            let expected = m.chunk_len(first).unwrap();
+            let header = match n % 3 {
+                // Another chunk than the one due.
+                0 => ChunkFrameHeader {
+                    index: first + 1,
+                    status: ChunkStatus::Chunk,
+                    len: expected,
+                },
+                // More bytes than the manifest allows.
+                1 => {
+                    bytes.push(0);
+                    ChunkFrameHeader {
+                        index: first,
+                        status: ChunkStatus::Chunk,
+                        len: expected + 1,
+                    }
+                }
+                // The right length, wrong bytes.
+                _ => {
+                    bytes[7] ^= 1;
+                    ChunkFrameHeader {
+                        index: first,
+                        status: ChunkStatus::Chunk,
+                        len: expected,
+                    }
+                }
+            };
+            n += 1;
+            let _ = stream.write_all(&header.to_bytes()).await;
+            let _ = stream.write_all(&bytes).await;
+            let _ = stream.close().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lies_on_a_chunk_stream_are_refused_and_nothing_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, b) = pair(65).await;
+        let (m, chunks) = content(5, 3);
+        let (store_a, store_b) = (store(&dir, "a"), store(&dir, "b"));
+        // A holds the manifest (served honestly) and lies about the chunks.
+        store_a.put_manifest(&m).unwrap();
+        serve_requests(&mut a, store_a);
+        tokio::spawn(lie(
+            a.net.accept_chunk_streams().unwrap(),
+            m.clone(),
+            chunks,
+        ));
+        let source = PeerSource {
+            net: b.net.clone(),
+            peer: a.id,
+        };
+        let err = fetch_content(&store_b, m.id(), &source, &quick(), |_| {})
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, FetchError::Chunk { attempts: 3, .. }),
+            "{err}"
+        );
+        assert_eq!(
+            store_b.missing_chunks(&m.id()).unwrap(),
+            vec![0, 1, 2, 3, 4],
+            "nothing a liar sent is stored"
+        );
+        a.stop().await;
+        b.stop().await;
+    }
+
+    /// Opens a chunk stream from `b` to `a`, sends `bytes`, and returns what
+    /// comes back before the stream ends.
+    async fn exchange(b: &TestNode, a: NodeId, bytes: &[u8]) -> Vec<u8> {
+        let mut s = tokio::time::timeout(WAIT, b.net.open_chunk_stream(a))
+            .await
+            .expect("a chunk stream opens")
+            .unwrap();
+        tokio::time::timeout(WAIT, async {
+            s.write_all(bytes).await.unwrap();
+            s.flush().await.unwrap();
+        })
+        .await
+        .expect("the request is sent");
+        let mut back = Vec::new();
+        let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut back))
+            .await
+            .expect("the holder ends the stream");
+        back
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn malformed_chunk_requests_end_the_stream_unanswered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = pair(67).await;
+        let (m, chunks) = content(3, 4);
+        let store_a = store(&dir, "a");
+        hold(&store_a, &m, &chunks, |_| true);
+        tokio::spawn(transfer::serve_chunk_streams(
+            store_a,
+            a.net.clone(),
+            a.net.accept_chunk_streams().unwrap(),
+        ));
+        // Too long a request: refused before it is read.
+        let huge = u32::try_from(MAX_STREAM_REQUEST + 1).unwrap().to_be_bytes();
+        assert!(exchange(&b, a.id, &huge).await.is_empty());
+        // A request that does not decode.
+        let mut junk = 5u32.to_be_bytes().to_vec();
+        junk.extend_from_slice(&[0xff; 5]);
+        assert!(exchange(&b, a.id, &junk).await.is_empty());
+        // A good request is answered: header and bytes of chunk 2, then the
+        // "not found" header of an index past the end.
+        let req = ChunkStreamRequest {
+            id: m.id(),
+            indices: vec![2, 9],
+        }
+        .encode()
+        .unwrap();
+        let mut framed = (req.len() as u32).to_be_bytes().to_vec();
+        framed.extend_from_slice(&req);
+        let back = exchange(&b, a.id, &framed).await;
+        let (head, rest) = back.split_at(CHUNK_FRAME_HEADER);
+        let h = ChunkFrameHeader::from_bytes(head.try_into().unwrap()).unwrap();
+        assert_eq!((h.index, h.status), (2, ChunkStatus::Chunk));
+        let (body, rest) = rest.split_at(h.len as usize);
+        assert_eq!(body, &chunks[2][..]);
+        let h = ChunkFrameHeader::from_bytes(rest.try_into().unwrap()).unwrap();
+        assert_eq!((h.index, h.status, h.len), (9, ChunkStatus::NotFound, 0));
+        a.stop().await;
+        b.stop().await;
+    }
+}
