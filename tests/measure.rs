@@ -220,8 +220,10 @@ async fn submit_to_first_assignment_20_nodes() {
 
 /// Moves `size` bytes from one in-process node to another over a plain quinn
 /// connection on loopback (TLS 1.3, the same crypto backend as libp2p-quic):
-/// the baseline of the mesh transfer. Returns bytes per second.
-async fn plain_quic_transfer(size: u64) -> f64 {
+/// the baseline of the mesh transfer. With `into`, the receiver lands the
+/// bytes as synced 1 MiB files under that directory (the content store's
+/// disk work without its hashing). Returns bytes per second.
+async fn plain_quic_transfer(size: u64, into: Option<std::path::PathBuf>) -> f64 {
     use std::sync::Arc;
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let der = cert.cert.der().clone();
@@ -239,8 +241,48 @@ async fn plain_quic_transfer(size: u64) -> f64 {
         let mut stream = conn.accept_uni().await.unwrap();
         let mut buf = vec![0u8; 1 << 20];
         let mut got = 0u64;
-        while let Some(n) = stream.read(&mut buf).await.unwrap() {
-            got += n as u64;
+        let Some(dir) = into else {
+            while let Some(n) = stream.read(&mut buf).await.unwrap() {
+                got += n as u64;
+            }
+            return got;
+        };
+        // Into files as the content store lands chunks: one synced file per
+        // MiB, written on the blocking pool (up to 8 at once).
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut writes = futures::stream::FuturesUnordered::new();
+        let mut i = 0u64;
+        loop {
+            let mut piece = vec![0u8; 1 << 20];
+            let mut filled = 0;
+            while filled < piece.len() {
+                match stream.read(&mut piece[filled..]).await.unwrap() {
+                    Some(n) => filled += n,
+                    None => break,
+                }
+            }
+            if filled == 0 {
+                break;
+            }
+            piece.truncate(filled);
+            got += filled as u64;
+            let path = dir.join(format!("piece-{i}"));
+            i += 1;
+            writes.push(tokio::task::spawn_blocking(move || {
+                use std::io::Write;
+                let mut f = std::fs::File::create(path).unwrap();
+                f.write_all(&piece).unwrap();
+                f.sync_all().unwrap();
+            }));
+            while writes.len() >= 8 {
+                futures::StreamExt::next(&mut writes)
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+        }
+        while let Some(w) = futures::StreamExt::next(&mut writes).await {
+            w.unwrap();
         }
         got
     });
@@ -266,7 +308,9 @@ async fn plain_quic_transfer(size: u64) -> f64 {
 /// content-addressed, as the job service does it (`fetch_content` over the
 /// `content` service for the manifest and chunk streams for the chunks,
 /// every chunk verified and stored), against a plain
-/// quinn transfer of the same bytes in the same run. `MEASURE_BYTES`
+/// quinn transfer of the same bytes in the same run (memory to memory, and
+/// into synced 1 MiB files as the store lands chunks: the same disk work).
+/// Also the CPU time of each (this process, user + system). `MEASURE_BYTES`
 /// overrides the size, `MEASURE_IN_FLIGHT` the chunk requests in flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement: run by hand"]
@@ -383,7 +427,8 @@ async fn one_gib_input_over_the_mesh_vs_plain_quic() {
         net: b.handle.clone(),
         peer: a_id,
     };
-    let t = std::time::Instant::now();
+    let cpu = || proc_stat(std::process::id()).1 as f64 / 100.0;
+    let (t, c) = (std::time::Instant::now(), cpu());
     let report = fetch_content(
         &store_b,
         sealed.manifest_id,
@@ -399,20 +444,30 @@ async fn one_gib_input_over_the_mesh_vs_plain_quic() {
     )
     .await
     .unwrap();
-    let mesh_secs = t.elapsed().as_secs_f64();
+    let (mesh_secs, mesh_cpu) = (t.elapsed().as_secs_f64(), cpu() - c);
     let sealed_bytes = sealed.manifest.total_size;
+    let gib = sealed_bytes as f64 / f64::from(1u32 << 30);
     let mesh_rate = sealed_bytes as f64 / mesh_secs;
-    let quic_rate = plain_quic_transfer(sealed_bytes).await;
+    let c = cpu();
+    let quic_rate = plain_quic_transfer(sealed_bytes, None).await;
+    let quic_cpu = cpu() - c;
+    let c = cpu();
+    let files_rate = plain_quic_transfer(sealed_bytes, Some(dir.path().join("plain"))).await;
+    let files_cpu = cpu() - c;
     eprintln!(
-        "MEASURE {:.2} GiB sealed input, {} chunks: sealing {:.1} s ({:.0} MB/s); mesh transfer {:.1} s = {:.0} MB/s; plain quinn {:.0} MB/s; ratio {:.2}",
-        sealed_bytes as f64 / f64::from(1u32 << 30),
+        "MEASURE {gib:.2} GiB sealed input, {} chunks: sealing {:.1} s ({:.0} MB/s); mesh transfer {:.1} s = {:.0} MB/s ({:.1} CPU s/GiB); plain quinn {:.0} MB/s ({:.1} CPU s/GiB): ratio {:.2}; plain quinn into synced 1 MiB files {:.0} MB/s ({:.1} CPU s/GiB): ratio {:.2}",
         report.chunks_fetched,
         seal_secs,
         size as f64 / seal_secs / 1e6,
         mesh_secs,
         mesh_rate / 1e6,
+        mesh_cpu / gib,
         quic_rate / 1e6,
-        mesh_rate / quic_rate
+        quic_cpu / gib,
+        mesh_rate / quic_rate,
+        files_rate / 1e6,
+        files_cpu / gib,
+        mesh_rate / files_rate,
     );
     let _ = a.handle.shutdown().await;
     let _ = b.handle.shutdown().await;
