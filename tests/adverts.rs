@@ -37,6 +37,7 @@ fn advert(node: NodeId, seq: u64) -> CapacityAdvert {
         node,
         seq,
         issued_at_ms: unix_now_ms(),
+        refresh_ms: 10_000,
         wrap_key: [7; 32],
         roles: vec![Role::Worker],
         cpu_cores: 2,
