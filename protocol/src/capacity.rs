@@ -292,6 +292,19 @@ impl CapacityTable {
             self.stats.accepted += 1;
             return Ok(AdvertApplied::Updated(advert.node));
         }
+        if let Some(held) = self.entries.get_mut(&advert.node)
+            && held.expires_at_ms > now_ms
+            && advert.seq > held.advert.seq
+        {
+            // Newer content for a live entry (`apply_checked`'s update),
+            // copied field by field: what did not change keeps its
+            // allocation (usually only `running_tasks` moved).
+            assign(&mut held.advert, advert);
+            held.received_at_ms = now_ms;
+            held.expires_at_ms = expires_at_ms;
+            self.stats.accepted += 1;
+            return Ok(AdvertApplied::Updated(advert.node));
+        }
         self.apply_checked(advert.clone(), now_ms)
     }
 
@@ -503,6 +516,53 @@ pub struct Publication {
     pub refresh_ms: u32,
 }
 
+/// Makes `dst` equal to `src`, cloning only the fields that differ (a field
+/// added to [`CapacityAdvert`] must be added here: the destructuring does not
+/// compile otherwise).
+fn assign(dst: &mut CapacityAdvert, src: &CapacityAdvert) {
+    fn set<T: Clone + PartialEq>(d: &mut T, s: &T) {
+        if d != s {
+            d.clone_from(s);
+        }
+    }
+    let CapacityAdvert {
+        node,
+        seq,
+        issued_at_ms,
+        refresh_ms,
+        wrap_key,
+        roles,
+        cpu_cores,
+        cpu_model,
+        ram_bytes,
+        disk_free_bytes,
+        gpus,
+        runtimes,
+        bench_mfpm,
+        running_tasks,
+        max_tasks,
+        price_per_task,
+        region,
+    } = dst;
+    *node = src.node;
+    *seq = src.seq;
+    *issued_at_ms = src.issued_at_ms;
+    *refresh_ms = src.refresh_ms;
+    *wrap_key = src.wrap_key;
+    set(roles, &src.roles);
+    *cpu_cores = src.cpu_cores;
+    set(cpu_model, &src.cpu_model);
+    *ram_bytes = src.ram_bytes;
+    *disk_free_bytes = src.disk_free_bytes;
+    set(gpus, &src.gpus);
+    set(runtimes, &src.runtimes);
+    *bench_mfpm = src.bench_mfpm;
+    *running_tasks = src.running_tasks;
+    *max_tasks = src.max_tasks;
+    *price_per_task = src.price_per_task;
+    set(region, &src.region);
+}
+
 /// Decides when the local node publishes its capacity advert: at start, on
 /// content change, and every refresh period ([`RefreshPolicy`] of the nodes
 /// it knows, [`AdvertSchedule::set_known_nodes`]). The period that counts
@@ -634,6 +694,11 @@ mod tests {
             a.running_tasks += 1; // changed content
             steps.push((a.clone(), T0 + 12));
             a.seq = 4;
+            a.region.push_str("-2"); // changed text and lists
+            a.gpus.clear();
+            a.refresh_ms += 1;
+            steps.push((a.clone(), T0 + 12));
+            a.seq = 5;
             a.issued_at_ms = T0 + 60_000; // from the future
             steps.push((a.clone(), T0 + 13));
             a.issued_at_ms = T0;
