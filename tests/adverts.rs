@@ -37,6 +37,7 @@ fn advert(node: NodeId, seq: u64) -> CapacityAdvert {
         node,
         seq,
         issued_at_ms: unix_now_ms(),
+        refresh_ms: 10_000,
         wrap_key: [7; 32],
         roles: vec![Role::Worker],
         cpu_cores: 2,
@@ -135,7 +136,7 @@ async fn hostile_adverts_are_rejected_counted_and_charged() {
     // Signed by the attacker, but describing another node.
     let payload = codec::encode_payload(
         MessageKind::CapacityAdvert as u8,
-        1,
+        <CapacityAdvert as rendertrust_e2e::protocol::wire::WireMessage>::VERSION,
         &advert(other.node_id(), 2),
     )
     .unwrap();

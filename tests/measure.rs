@@ -355,6 +355,7 @@ async fn one_gib_input_over_the_mesh_vs_plain_quic() {
             node: key.node_id(),
             seq: 0,
             issued_at_ms: 0,
+            refresh_ms: 10_000,
             wrap_key: [seed; 32],
             roles: vec![rendertrust_protocol::wire::Role::Worker],
             cpu_cores: 2,

@@ -278,6 +278,7 @@ mod tests {
             node,
             seq: 0,
             issued_at_ms: 0,
+            refresh_ms: 10_000,
             wrap_key: [1; 32],
             roles: roles.to_vec(),
             cpu_cores: 4,

@@ -218,6 +218,7 @@ impl Hardware {
             node,
             seq: 0,
             issued_at_ms: 0,
+            refresh_ms: 10_000,
             wrap_key,
             roles,
             cpu_cores: self.cpu_cores,

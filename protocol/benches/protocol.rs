@@ -285,6 +285,7 @@ fn fleet_advert(i: u64, rng: &mut ChaCha20Rng, now: u64) -> CapacityAdvert {
         node: NodeId::from_bytes(*blake3::hash(&i.to_le_bytes()).as_bytes()),
         seq: 1,
         issued_at_ms: now,
+        refresh_ms: 10_000,
         wrap_key: [0; 32],
         roles: vec![Role::Worker],
         cpu_cores: 16,

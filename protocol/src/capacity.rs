@@ -14,25 +14,98 @@
 //! * its `issued_at_ms` must be within `max_skew_ms` of our clock in the future
 //!   and within `ttl_ms` in the past (a replayed old advert cannot revive a
 //!   node that left);
-//! * an entry expires `ttl_ms` after we *received* its newest advert (our
-//!   clock, not the signer's);
+//! * an entry expires after we *received* its newest advert (our clock, not
+//!   the signer's), by the longer of `ttl_ms` and [`TTL_FACTOR`] times the
+//!   refresh period the advert announces (`refresh_ms`, clamped to
+//!   `max_refresh_ms`: a peer cannot make its entry outlive
+//!   `TTL_FACTOR × max_refresh_ms`; 0, or more than an hour, is malformed
+//!   and rejected with the signature checks);
 //! * the table holds at most `max_entries` nodes; a new node arriving when it is
 //!   full is rejected (and counted), existing nodes still update.
 //!
 //! [`AdvertSchedule`] decides when the local node publishes its own advert: at
-//! start, when its content changes, and every `interval_ms`.
+//! start, when its content changes, and every refresh period, which
+//! [`RefreshPolicy`] scales with the number of nodes the node knows (its
+//! table's size), so that the whole mesh's periodic gossip stays near
+//! `mesh_rate_per_s` adverts a second however large the mesh grows. Each
+//! advert announces the period until the next one (`refresh_ms`), so every
+//! receiver expires it the same way whatever the size of its own table.
 
 use std::collections::{BTreeSet, HashMap};
 
 use crate::identity::NodeId;
 use crate::signed::{Signed, SignedError};
-use crate::wire::CapacityAdvert;
+use crate::wire::{CapacityAdvert, MAX_ADVERT_REFRESH_MS};
+
+/// A receiver keeps an entry this many announced refresh periods (at least
+/// its own `ttl_ms`): two periodic adverts in a row may be lost before a
+/// live node is dropped.
+pub const TTL_FACTOR: u64 = 3;
+
+/// How often a node re-advertises capacity that did not change.
+///
+/// `interval_ms(n) = clamp(n × 1000 / mesh_rate_per_s, base_ms, max_ms)`,
+/// where `n` is the number of nodes the node knows (the entries of its
+/// capacity table). If every one of `n` nodes follows it, the mesh carries
+/// about `mesh_rate_per_s` periodic adverts a second once `n` exceeds
+/// `base_ms × mesh_rate_per_s / 1000` nodes (10 000 with the defaults;
+/// smaller meshes keep `base_ms`); at 100 000 nodes the period is 100 s.
+/// Adverts whose content changed are published at once, whatever the period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefreshPolicy {
+    /// The shortest period (small meshes), ms.
+    pub base_ms: u64,
+    /// The longest period, ms (receivers clamp announced periods to their
+    /// [`CapacityConfig::max_refresh_ms`], default the same 300 s).
+    pub max_ms: u64,
+    /// The periodic adverts a second the whole mesh aims at.
+    pub mesh_rate_per_s: u64,
+}
+
+impl Default for RefreshPolicy {
+    fn default() -> Self {
+        RefreshPolicy {
+            base_ms: 10_000,
+            max_ms: 300_000,
+            mesh_rate_per_s: 1_000,
+        }
+    }
+}
+
+impl RefreshPolicy {
+    /// A period that does not scale: `interval_ms` whatever the mesh's size.
+    pub fn fixed(interval_ms: u64) -> Self {
+        RefreshPolicy {
+            base_ms: interval_ms,
+            max_ms: interval_ms,
+            mesh_rate_per_s: 1_000,
+        }
+    }
+
+    /// The refresh period for a node that knows `known_nodes` nodes, ms:
+    /// at least 1, at least `base_ms`, at most `max_ms` (a `max_ms` below
+    /// `base_ms` counts as `base_ms`) and at most
+    /// [`MAX_ADVERT_REFRESH_MS`] (what an advert can announce). A
+    /// `mesh_rate_per_s` of 0 counts as 1.
+    pub fn interval_ms(&self, known_nodes: usize) -> u64 {
+        let n = u64::try_from(known_nodes).unwrap_or(u64::MAX);
+        let scaled = n.saturating_mul(1000) / self.mesh_rate_per_s.max(1);
+        let base = self.base_ms.clamp(1, u64::from(MAX_ADVERT_REFRESH_MS));
+        let max = self.max_ms.clamp(base, u64::from(MAX_ADVERT_REFRESH_MS));
+        scaled.clamp(base, max)
+    }
+}
 
 /// Settings of a [`CapacityTable`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CapacityConfig {
-    /// An entry lives this long after its newest advert was received.
+    /// An entry lives at least this long after its newest advert was
+    /// received (longer when the advert announces a long refresh period);
+    /// adverts issued longer ago are refused.
     pub ttl_ms: u64,
+    /// Announced refresh periods above this count as this much, so an
+    /// entry lives at most `TTL_FACTOR × max_refresh_ms` past its advert.
+    pub max_refresh_ms: u64,
     /// Accepted clock skew of a signer ahead of us.
     pub max_skew_ms: u64,
     /// Most nodes held.
@@ -43,6 +116,7 @@ impl Default for CapacityConfig {
     fn default() -> Self {
         CapacityConfig {
             ttl_ms: 30_000,
+            max_refresh_ms: 300_000,
             max_skew_ms: 10_000,
             max_entries: 100_000,
         }
@@ -204,7 +278,7 @@ impl CapacityTable {
         now_ms: u64,
     ) -> Result<AdvertApplied, AdvertRejected> {
         self.check_time(advert, now_ms)?;
-        let expires_at_ms = now_ms.saturating_add(self.config.ttl_ms);
+        let expires_at_ms = now_ms.saturating_add(self.lifetime_ms(advert));
         if let Some(held) = self.entries.get_mut(&advert.node)
             && held.expires_at_ms > now_ms
             && advert.seq > held.advert.seq
@@ -212,12 +286,34 @@ impl CapacityTable {
         {
             held.advert.seq = advert.seq;
             held.advert.issued_at_ms = advert.issued_at_ms;
+            held.advert.refresh_ms = advert.refresh_ms;
+            held.received_at_ms = now_ms;
+            held.expires_at_ms = expires_at_ms;
+            self.stats.accepted += 1;
+            return Ok(AdvertApplied::Updated(advert.node));
+        }
+        if let Some(held) = self.entries.get_mut(&advert.node)
+            && held.expires_at_ms > now_ms
+            && advert.seq > held.advert.seq
+        {
+            // Newer content for a live entry (`apply_checked`'s update),
+            // copied field by field: what did not change keeps its
+            // allocation (usually only `running_tasks` moved).
+            assign(&mut held.advert, advert);
             held.received_at_ms = now_ms;
             held.expires_at_ms = expires_at_ms;
             self.stats.accepted += 1;
             return Ok(AdvertApplied::Updated(advert.node));
         }
         self.apply_checked(advert.clone(), now_ms)
+    }
+
+    /// How long an entry made from `advert` lives past its reception: the
+    /// longer of `ttl_ms` and [`TTL_FACTOR`] × the announced refresh period,
+    /// clamped to `max_refresh_ms`.
+    pub fn lifetime_ms(&self, advert: &CapacityAdvert) -> u64 {
+        let refresh = u64::from(advert.refresh_ms).min(self.config.max_refresh_ms);
+        self.config.ttl_ms.max(TTL_FACTOR.saturating_mul(refresh))
     }
 
     fn check_time(&mut self, advert: &CapacityAdvert, now_ms: u64) -> Result<(), AdvertRejected> {
@@ -259,7 +355,7 @@ impl CapacityTable {
         now_ms: u64,
     ) -> Result<AdvertApplied, AdvertRejected> {
         let node = advert.node;
-        let expires_at_ms = now_ms.saturating_add(self.config.ttl_ms);
+        let expires_at_ms = now_ms.saturating_add(self.lifetime_ms(&advert));
         match self.entries.get_mut(&node) {
             Some(held) if held.expires_at_ms > now_ms => {
                 if advert.seq <= held.advert.seq {
@@ -368,14 +464,18 @@ impl CapacityTable {
     }
 }
 
-/// Whether two adverts say the same thing: every field but `seq` and
-/// `issued_at_ms` equal (a field added to [`CapacityAdvert`] must be added
-/// here: the destructuring does not compile otherwise).
+/// Whether two adverts say the same thing: every field but `seq`,
+/// `issued_at_ms` and `refresh_ms` equal (a field added to
+/// [`CapacityAdvert`] must be added here: the destructuring does not compile
+/// otherwise). The refresh period says when the node speaks next, not what
+/// it offers: a change of period alone is no change of content (the table
+/// still takes the new period for the entry's expiry).
 pub fn same_content(a: &CapacityAdvert, b: &CapacityAdvert) -> bool {
     let CapacityAdvert {
         node,
         seq: _,
         issued_at_ms: _,
+        refresh_ms: _,
         wrap_key,
         roles,
         cpu_cores,
@@ -406,36 +506,120 @@ pub fn same_content(a: &CapacityAdvert, b: &CapacityAdvert) -> bool {
         && *region == b.region
 }
 
-/// Decides when the local node publishes its capacity advert.
+/// A publication [`AdvertSchedule::poll`] asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Publication {
+    /// The sequence number to sign.
+    pub seq: u64,
+    /// The refresh period to announce (`CapacityAdvert::refresh_ms`): the
+    /// next periodic advert comes at most this long after this one.
+    pub refresh_ms: u32,
+}
+
+/// Makes `dst` equal to `src`, cloning only the fields that differ (a field
+/// added to [`CapacityAdvert`] must be added here: the destructuring does not
+/// compile otherwise).
+fn assign(dst: &mut CapacityAdvert, src: &CapacityAdvert) {
+    fn set<T: Clone + PartialEq>(d: &mut T, s: &T) {
+        if d != s {
+            d.clone_from(s);
+        }
+    }
+    let CapacityAdvert {
+        node,
+        seq,
+        issued_at_ms,
+        refresh_ms,
+        wrap_key,
+        roles,
+        cpu_cores,
+        cpu_model,
+        ram_bytes,
+        disk_free_bytes,
+        gpus,
+        runtimes,
+        bench_mfpm,
+        running_tasks,
+        max_tasks,
+        price_per_task,
+        region,
+    } = dst;
+    *node = src.node;
+    *seq = src.seq;
+    *issued_at_ms = src.issued_at_ms;
+    *refresh_ms = src.refresh_ms;
+    *wrap_key = src.wrap_key;
+    set(roles, &src.roles);
+    *cpu_cores = src.cpu_cores;
+    set(cpu_model, &src.cpu_model);
+    *ram_bytes = src.ram_bytes;
+    *disk_free_bytes = src.disk_free_bytes;
+    set(gpus, &src.gpus);
+    set(runtimes, &src.runtimes);
+    *bench_mfpm = src.bench_mfpm;
+    *running_tasks = src.running_tasks;
+    *max_tasks = src.max_tasks;
+    *price_per_task = src.price_per_task;
+    set(region, &src.region);
+}
+
+/// Decides when the local node publishes its capacity advert: at start, on
+/// content change, and every refresh period ([`RefreshPolicy`] of the nodes
+/// it knows, [`AdvertSchedule::set_known_nodes`]). The period that counts
+/// for the next periodic advert is the one the last advert announced: a
+/// growing mesh lengthens the period one advert later, so receivers never
+/// expire an entry whose node kept its word.
 #[derive(Debug, Clone)]
 pub struct AdvertSchedule {
-    interval_ms: u64,
+    policy: RefreshPolicy,
+    known_nodes: usize,
+    /// The period announced with the last publication.
+    promised_ms: u64,
     last_published_ms: Option<u64>,
     last_content: Option<[u8; 32]>,
     next_seq: u64,
 }
 
 impl AdvertSchedule {
-    /// Publishes every `interval_ms` at least. `first_seq` must exceed every
+    /// Publishes every `interval_ms` (at least 1 ms), whatever the mesh's
+    /// size ([`RefreshPolicy::fixed`]). `first_seq` must exceed every
     /// sequence number this node used before (drivers persist it, or start
     /// from the wall clock in ms, which only grows).
     pub fn new(interval_ms: u64, first_seq: u64) -> Self {
+        Self::with_policy(RefreshPolicy::fixed(interval_ms), first_seq)
+    }
+
+    /// Publishes unchanged content every `policy.interval_ms(known nodes)`.
+    pub fn with_policy(policy: RefreshPolicy, first_seq: u64) -> Self {
         AdvertSchedule {
-            interval_ms: interval_ms.max(1),
+            policy,
+            known_nodes: 0,
+            promised_ms: policy.interval_ms(0),
             last_published_ms: None,
             last_content: None,
             next_seq: first_seq,
         }
     }
 
-    /// Given the advert's current content (a hash of everything but `seq` and
-    /// `issued_at_ms`), returns the sequence number to publish with now, or
+    /// The number of nodes the node knows now (its capacity table's size):
+    /// the period announced with the next advert follows it.
+    pub fn set_known_nodes(&mut self, known_nodes: usize) {
+        self.known_nodes = known_nodes;
+    }
+
+    /// The period the next advert would announce.
+    pub fn interval_ms(&self) -> u64 {
+        self.policy.interval_ms(self.known_nodes)
+    }
+
+    /// Given the advert's current content (a hash of everything but `seq`,
+    /// `issued_at_ms` and `refresh_ms`), returns what to publish now, or
     /// `None` when nothing is due.
-    pub fn poll(&mut self, content: [u8; 32], now_ms: u64) -> Option<u64> {
+    pub fn poll(&mut self, content: [u8; 32], now_ms: u64) -> Option<Publication> {
         let due = match (self.last_published_ms, self.last_content) {
             (None, _) | (_, None) => true,
             (Some(at), Some(prev)) => {
-                prev != content || now_ms >= at.saturating_add(self.interval_ms)
+                prev != content || now_ms >= at.saturating_add(self.promised_ms)
             }
         };
         if !due {
@@ -443,15 +627,18 @@ impl AdvertSchedule {
         }
         self.last_published_ms = Some(now_ms);
         self.last_content = Some(content);
+        // `interval_ms` is at most MAX_ADVERT_REFRESH_MS, a u32.
+        let refresh_ms = u32::try_from(self.interval_ms()).unwrap_or(MAX_ADVERT_REFRESH_MS);
+        self.promised_ms = u64::from(refresh_ms);
         let seq = self.next_seq;
         self.next_seq = self.next_seq.saturating_add(1);
-        Some(seq)
+        Some(Publication { seq, refresh_ms })
     }
 
     /// When the next periodic publication is due.
     pub fn next_deadline(&self) -> Option<u64> {
         self.last_published_ms
-            .map(|at| at.saturating_add(self.interval_ms))
+            .map(|at| at.saturating_add(self.promised_ms))
     }
 }
 
@@ -480,6 +667,7 @@ mod tests {
     fn table() -> CapacityTable {
         CapacityTable::new(CapacityConfig {
             ttl_ms: 30_000,
+            max_refresh_ms: 300_000,
             max_skew_ms: 5_000,
             max_entries: 3,
         })
@@ -506,6 +694,11 @@ mod tests {
             a.running_tasks += 1; // changed content
             steps.push((a.clone(), T0 + 12));
             a.seq = 4;
+            a.region.push_str("-2"); // changed text and lists
+            a.gpus.clear();
+            a.refresh_ms += 1;
+            steps.push((a.clone(), T0 + 12));
+            a.seq = 5;
             a.issued_at_ms = T0 + 60_000; // from the future
             steps.push((a.clone(), T0 + 13));
             a.issued_at_ms = T0;
@@ -586,9 +779,12 @@ mod tests {
         let mut adv = samples::capacity(b.node_id());
         adv.issued_at_ms = T0;
         // Signed::sign refuses; build the frame by hand as an attacker would.
-        let payload =
-            crate::codec::encode_payload(crate::wire::MessageKind::CapacityAdvert as u8, 1, &adv)
-                .unwrap();
+        let payload = crate::codec::encode_payload(
+            crate::wire::MessageKind::CapacityAdvert as u8,
+            <CapacityAdvert as crate::wire::WireMessage>::VERSION,
+            &adv,
+        )
+        .unwrap();
         let frame =
             crate::codec::assemble_frame(a.node_id().as_bytes(), &a.sign_raw(&payload), &payload);
         let mut t = table();
@@ -649,12 +845,215 @@ mod tests {
     #[test]
     fn schedule_publishes_at_start_on_change_and_interval() {
         let mut s = AdvertSchedule::new(10_000, 100);
-        assert_eq!(s.poll([1; 32], T0), Some(100));
+        let seq = |p: Option<Publication>| p.map(|p| p.seq);
+        assert_eq!(seq(s.poll([1; 32], T0)), Some(100));
         assert_eq!(s.poll([1; 32], T0 + 1), None);
-        assert_eq!(s.poll([2; 32], T0 + 2), Some(101));
+        assert_eq!(seq(s.poll([2; 32], T0 + 2)), Some(101));
         assert_eq!(s.next_deadline(), Some(T0 + 10_002));
         assert_eq!(s.poll([2; 32], T0 + 10_001), None);
-        assert_eq!(s.poll([2; 32], T0 + 10_002), Some(102));
+        assert_eq!(
+            s.poll([2; 32], T0 + 10_002),
+            Some(Publication {
+                seq: 102,
+                refresh_ms: 10_000
+            })
+        );
+        // A fixed schedule ignores the mesh's size.
+        s.set_known_nodes(1_000_000);
+        assert_eq!(s.interval_ms(), 10_000);
+    }
+
+    #[test]
+    fn refresh_policy_scales_with_the_mesh() {
+        let p = RefreshPolicy::default();
+        assert_eq!(p.interval_ms(0), 10_000);
+        assert_eq!(p.interval_ms(1_000), 10_000);
+        assert_eq!(p.interval_ms(10_000), 10_000);
+        assert_eq!(p.interval_ms(10_001), 10_001);
+        assert_eq!(p.interval_ms(100_000), 100_000);
+        assert_eq!(p.interval_ms(300_000), 300_000);
+        assert_eq!(p.interval_ms(usize::MAX), 300_000);
+        let fast = RefreshPolicy {
+            mesh_rate_per_s: 2_000,
+            ..p
+        };
+        assert_eq!(fast.interval_ms(100_000), 50_000);
+        // Degenerate settings stay usable: rate 0 counts as 1, max below
+        // base as base, base 0 as 1 ms, nothing beyond what an advert can say.
+        let zero = RefreshPolicy {
+            mesh_rate_per_s: 0,
+            ..p
+        };
+        assert_eq!(zero.interval_ms(20), 20_000);
+        assert_eq!(
+            RefreshPolicy { max_ms: 5, ..p }.interval_ms(1 << 30),
+            10_000
+        );
+        assert_eq!(RefreshPolicy::fixed(0).interval_ms(7), 1);
+        let huge = RefreshPolicy {
+            max_ms: u64::MAX,
+            ..p
+        };
+        assert_eq!(
+            huge.interval_ms(usize::MAX),
+            u64::from(MAX_ADVERT_REFRESH_MS)
+        );
+    }
+
+    /// A growing mesh lengthens the period one advert later: the advert
+    /// that announced 10 s is followed 10 s later, by one announcing the
+    /// new period.
+    #[test]
+    fn schedule_keeps_the_announced_period() {
+        let mut s = AdvertSchedule::with_policy(RefreshPolicy::default(), 1);
+        s.set_known_nodes(50);
+        let first = s.poll([1; 32], T0).unwrap();
+        assert_eq!(first.refresh_ms, 10_000);
+        s.set_known_nodes(100_000);
+        assert_eq!(s.next_deadline(), Some(T0 + 10_000));
+        assert_eq!(s.poll([1; 32], T0 + 9_999), None);
+        let second = s.poll([1; 32], T0 + 10_000).unwrap();
+        assert_eq!(second.refresh_ms, 100_000);
+        assert_eq!(s.next_deadline(), Some(T0 + 110_000));
+        assert_eq!(s.poll([1; 32], T0 + 109_999), None);
+        // A content change is published at once, whatever the period.
+        assert_eq!(s.poll([2; 32], T0 + 20_000).map(|p| p.seq), Some(3));
+        // The mesh shrinks: the next periodic advert still comes after the
+        // announced 100 s, and announces 10 s.
+        s.set_known_nodes(10);
+        assert_eq!(s.next_deadline(), Some(T0 + 120_000));
+        let p = s.poll([2; 32], T0 + 120_000).unwrap();
+        assert_eq!(p.refresh_ms, 10_000);
+        assert_eq!(s.next_deadline(), Some(T0 + 130_000));
+    }
+
+    /// An announced period makes the entry live `TTL_FACTOR` periods (at
+    /// least the ttl), clamped to `max_refresh_ms`; a same-content advert
+    /// with a new period moves the expiry too.
+    #[test]
+    fn lifetime_follows_the_announced_period() {
+        let k = key(1);
+        let mut t = table();
+        let mut a = samples::capacity(k.node_id());
+        a.seq = 1;
+        a.issued_at_ms = T0;
+        a.refresh_ms = 100_000;
+        t.apply_verified_ref(&a, T0).unwrap();
+        assert_eq!(t.get(&k.node_id(), T0).unwrap().expires_at_ms, T0 + 300_000);
+        // A short period: the ttl still holds.
+        a.seq = 2;
+        a.refresh_ms = 1;
+        t.apply_verified_ref(&a, T0 + 1).unwrap();
+        assert_eq!(t.get(&k.node_id(), T0).unwrap().expires_at_ms, T0 + 30_001);
+        assert_eq!(t.get(&k.node_id(), T0).unwrap().advert.refresh_ms, 1);
+        // A hostile period is clamped: at most 3 × max_refresh_ms.
+        a.seq = 3;
+        a.refresh_ms = MAX_ADVERT_REFRESH_MS;
+        t.apply_verified(a.clone(), T0 + 2).unwrap();
+        assert_eq!(t.get(&k.node_id(), T0).unwrap().expires_at_ms, T0 + 900_002);
+        assert!(t.expire(T0 + 900_001).is_empty());
+        assert_eq!(t.expire(T0 + 900_002), vec![k.node_id()]);
+    }
+
+    /// A refresh period of 0 or above an hour is malformed: rejected with
+    /// the signature checks, counted, and held against the sender.
+    #[test]
+    fn rejects_bad_refresh_period() {
+        let k = key(1);
+        for bad in [0, MAX_ADVERT_REFRESH_MS + 1, u32::MAX] {
+            let mut adv = samples::capacity(k.node_id());
+            adv.issued_at_ms = T0;
+            adv.refresh_ms = bad;
+            let payload = crate::codec::encode_payload(
+                crate::wire::MessageKind::CapacityAdvert as u8,
+                <CapacityAdvert as crate::wire::WireMessage>::VERSION,
+                &adv,
+            )
+            .unwrap();
+            let frame = crate::codec::assemble_frame(
+                k.node_id().as_bytes(),
+                &k.sign_raw(&payload),
+                &payload,
+            );
+            let mut t = table();
+            let err = t.handle_frame(&frame, T0).unwrap_err();
+            assert!(err.is_misbehaviour(), "{bad}: {err}");
+            assert!(err.to_string().contains("refresh_ms"), "{err}");
+            assert!(t.is_empty());
+            assert_eq!(t.stats().invalid, 1);
+        }
+    }
+
+    /// Version 1 adverts (no refresh period) are refused, never guessed.
+    #[test]
+    fn rejects_version_1_adverts() {
+        let k = key(1);
+        let adv = samples::capacity(k.node_id());
+        let payload =
+            crate::codec::encode_payload(crate::wire::MessageKind::CapacityAdvert as u8, 1, &adv)
+                .unwrap();
+        let frame =
+            crate::codec::assemble_frame(k.node_id().as_bytes(), &k.sign_raw(&payload), &payload);
+        let mut t = table();
+        assert!(matches!(
+            t.handle_frame(&frame, T0),
+            Err(AdvertRejected::Invalid(_))
+        ));
+    }
+
+    proptest! {
+        /// The period lies within its bounds and never shrinks as the mesh
+        /// grows.
+        #[test]
+        fn prop_refresh_bounded_and_monotone(
+            base in 0u64..1_000_000,
+            max in 0u64..5_000_000,
+            rate in 0u64..100_000,
+            n in 0usize..10_000_000,
+            more in 0usize..10_000_000,
+        ) {
+            let p = RefreshPolicy { base_ms: base, max_ms: max, mesh_rate_per_s: rate };
+            let i = p.interval_ms(n);
+            let lo = base.clamp(1, u64::from(MAX_ADVERT_REFRESH_MS));
+            prop_assert!(i >= lo);
+            prop_assert!(i <= max.max(lo).min(u64::from(MAX_ADVERT_REFRESH_MS)));
+            prop_assert!(p.interval_ms(n + more) >= i);
+        }
+
+        /// However the known node count moves between adverts, a node that
+        /// publishes when its schedule says so is never expired by a
+        /// receiver between two of its periodic adverts (gossip delay below
+        /// one base period): each gap is the period the earlier advert
+        /// announced, and the receiver keeps TTL_FACTOR of those.
+        #[test]
+        fn prop_schedule_keeps_its_word(
+            sizes in proptest::collection::vec(0usize..1_000_000, 1..30),
+            delay in 0u64..10_000,
+        ) {
+            let mut s = AdvertSchedule::with_policy(RefreshPolicy::default(), 1);
+            let k = key(1);
+            let mut t = CapacityTable::new(CapacityConfig::default());
+            let mut now = T0;
+            let mut last: Option<(u64, u32)> = None;
+            for n in sizes {
+                s.set_known_nodes(n);
+                let p = s.poll([1; 32], now).expect("due at its deadline");
+                if let Some((at, refresh)) = last {
+                    prop_assert_eq!(now - at, u64::from(refresh));
+                }
+                // The receiver still holds the previous advert when this one lands.
+                if last.is_some() {
+                    prop_assert!(t.get(&k.node_id(), now + delay).is_some());
+                }
+                let mut a = samples::capacity(k.node_id());
+                a.seq = p.seq;
+                a.issued_at_ms = now;
+                a.refresh_ms = p.refresh_ms;
+                t.apply_verified_ref(&a, now + delay).unwrap();
+                last = Some((now, p.refresh_ms));
+                now = s.next_deadline().unwrap();
+            }
+        }
     }
 
     proptest! {

@@ -353,6 +353,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         node: id,
         seq: 1,
         issued_at_ms: NOW_MS,
+        refresh_ms: 10_000,
         wrap_key: fuzz_wrap_secret().public(),
         roles: vec![crate::wire::Role::Worker],
         cpu_cores: 8,

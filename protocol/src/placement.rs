@@ -454,12 +454,18 @@ impl Profile {
     /// building it (no allocation: the scheduler's path for the periodic
     /// advert whose content did not change).
     pub fn matches(&self, advert: &CapacityAdvert) -> bool {
+        self.running_tasks == advert.running_tasks && self.matches_but_load(advert)
+    }
+
+    /// [`Profile::matches`] but for `running_tasks`: whether the profile of
+    /// `advert` is this one with the advertised load replaced (the advert of
+    /// a node that started or finished a task).
+    pub fn matches_but_load(&self, advert: &CapacityAdvert) -> bool {
         self.is_worker == advert.roles.contains(&Role::Worker)
             && self.ram_bytes == advert.ram_bytes
             && self.price == advert.price_per_task
             && self.bench_mfpm == advert.bench_mfpm
             && self.max_tasks == advert.max_tasks
-            && self.running_tasks == advert.running_tasks
             && self.runtimes.len() == advert.runtimes.len()
             && self
                 .runtimes
@@ -647,6 +653,14 @@ mod tests {
             let mut a = base.clone();
             m(&mut a);
             assert_eq!(p.matches(&a), Profile::of(&a) == p, "mutation {i}");
+            // The same question with the load taken from the advert.
+            let mut load = p.clone();
+            load.running_tasks = a.running_tasks;
+            assert_eq!(
+                p.matches_but_load(&a),
+                Profile::of(&a) == load,
+                "mutation {i}"
+            );
         }
         let mut a = base.clone();
         a.running_tasks += 1;

@@ -441,7 +441,7 @@ mod tests {
     fn wrong_domain_kind_never_verifies() {
         // A capacity advert and a receipt are signed by the same key; the
         // advert's frame is refused as a receipt before any signature check,
-        // and re-labelling its kind byte breaks the signature.
+        // and re-labelling its kind (and version) byte breaks the signature.
         let k = key(4);
         let advert = Signed::sign(&k, &samples::capacity(k.node_id())).unwrap();
         let err = Signed::<Receipt>::from_bytes(advert.as_bytes().to_vec()).unwrap_err();
@@ -452,6 +452,8 @@ mod tests {
 
         let mut bytes = advert.into_bytes();
         bytes[codec::PAYLOAD_OFFSET + codec::DOMAIN.len()] = Receipt::KIND as u8;
+        // The version byte too, so the frame reaches the signature check.
+        bytes[codec::PAYLOAD_OFFSET + codec::DOMAIN.len() + 1] = Receipt::VERSION;
         let relabelled = Signed::<Receipt>::from_bytes(bytes).unwrap();
         assert!(matches!(
             relabelled.verify(),

@@ -253,6 +253,12 @@ pub struct CapacityAdvert {
     pub seq: u64,
     /// When the node issued it (signer's clock, Unix ms).
     pub issued_at_ms: u64,
+    /// How long until the node's next periodic advert, ms (its refresh
+    /// period, [`crate::capacity::RefreshPolicy`]): receivers keep the entry
+    /// [`crate::capacity::TTL_FACTOR`] periods (at least their own ttl).
+    /// `1..=`[`MAX_ADVERT_REFRESH_MS`]; receivers clamp it further
+    /// ([`crate::capacity::CapacityConfig::max_refresh_ms`]).
+    pub refresh_ms: u32,
     /// The X25519 public key job keys are wrapped to (see [`crate::seal`]).
     pub wrap_key: [u8; 32],
     /// Roles the node takes.
@@ -281,9 +287,15 @@ pub struct CapacityAdvert {
     pub region: String,
 }
 
+/// Largest refresh period an advert may announce (one hour): beyond it the
+/// advert is malformed. Receivers clamp accepted values to their own, lower
+/// bound ([`crate::capacity::CapacityConfig::max_refresh_ms`]).
+pub const MAX_ADVERT_REFRESH_MS: u32 = 3_600_000;
+
 impl WireMessage for CapacityAdvert {
     const KIND: MessageKind = MessageKind::CapacityAdvert;
-    const VERSION: u8 = 1;
+    /// 2: `refresh_ms` added.
+    const VERSION: u8 = 2;
     const MAX_BODY: usize = 16 * 1024;
 
     fn signer(&self) -> Option<&NodeId> {
@@ -296,6 +308,15 @@ impl WireMessage for CapacityAdvert {
         check_len("gpus", self.gpus.len(), 16)?;
         check_len("runtimes", self.runtimes.len(), 8)?;
         check_len("region", self.region.len(), 64)?;
+        if self.refresh_ms == 0 || self.refresh_ms > MAX_ADVERT_REFRESH_MS {
+            return Err(ValidationError::Invalid {
+                field: "refresh_ms",
+                reason: format!(
+                    "must be 1..={MAX_ADVERT_REFRESH_MS} ms, found {}",
+                    self.refresh_ms
+                ),
+            });
+        }
         for g in &self.gpus {
             check_len("gpus.model", g.model.len(), MAX_TEXT)?;
         }
@@ -845,6 +866,7 @@ pub(crate) mod samples {
             node,
             seq: 7,
             issued_at_ms: 1_780_000_000_000,
+            refresh_ms: 10_000,
             wrap_key: [3; 32],
             roles: vec![Role::Worker, Role::Scheduler],
             cpu_cores: 16,
@@ -961,12 +983,14 @@ pub(crate) mod strategies {
                 any::<u16>(),
                 any::<u64>(),
                 text(20),
+                1..=MAX_ADVERT_REFRESH_MS,
             ),
         )
             .prop_map(|(a, b, gpus, runtimes, c)| CapacityAdvert {
                 node: a.0,
                 seq: a.1,
                 issued_at_ms: a.2,
+                refresh_ms: c.5,
                 wrap_key: a.3,
                 roles: a.4,
                 cpu_cores: b.0,
@@ -1334,6 +1358,30 @@ mod tests {
             spec.validate(),
             Err(ValidationError::Invalid { field: "id", .. })
         ));
+    }
+
+    /// A refresh period of 0 (an entry that never knows when to expire) or
+    /// beyond an hour is malformed; the bounds themselves are accepted.
+    #[test]
+    fn advert_refresh_bounds() {
+        let mut a = samples::capacity(NodeId::from_bytes([1; 32]));
+        for ok in [1, 10_000, MAX_ADVERT_REFRESH_MS] {
+            a.refresh_ms = ok;
+            assert!(a.validate().is_ok(), "{ok}");
+        }
+        for bad in [0, MAX_ADVERT_REFRESH_MS + 1, u32::MAX] {
+            a.refresh_ms = bad;
+            assert!(
+                matches!(
+                    a.validate(),
+                    Err(ValidationError::Invalid {
+                        field: "refresh_ms",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

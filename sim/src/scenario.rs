@@ -139,8 +139,17 @@ impl Trust {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Mesh {
-    /// Capacity advert period (node default 10 s).
+    /// Capacity advert period of meshes up to `advert_interval_s ×
+    /// advert_mesh_rate` nodes (node default 10 s): `RefreshPolicy::base_ms`.
     pub advert_interval_s: u64,
+    /// Longest capacity advert period, however large the mesh (default
+    /// 300 s): `RefreshPolicy::max_ms`.
+    pub advert_max_interval_s: u64,
+    /// Periodic adverts a second the whole mesh aims at (default 1 000): a
+    /// node re-advertises unchanged capacity every
+    /// `clamp(known nodes × 1000 / rate, interval, max interval)` ms
+    /// (`RefreshPolicy::mesh_rate_per_s`).
+    pub advert_mesh_rate: u64,
     /// Capacity entry lifetime (node default 30 s).
     pub capacity_ttl_s: u64,
     /// Worker heartbeat period (`WorkerConfig`, default 10 s).
@@ -174,10 +183,23 @@ pub struct Mesh {
     pub capacity_debounce_ms: u64,
 }
 
+impl Mesh {
+    /// The nodes' advert refresh policy.
+    pub fn refresh_policy(&self) -> rendertrust_protocol::capacity::RefreshPolicy {
+        rendertrust_protocol::capacity::RefreshPolicy {
+            base_ms: self.advert_interval_s.saturating_mul(1000),
+            max_ms: self.advert_max_interval_s.saturating_mul(1000),
+            mesh_rate_per_s: self.advert_mesh_rate,
+        }
+    }
+}
+
 impl Default for Mesh {
     fn default() -> Self {
         Mesh {
             advert_interval_s: 10,
+            advert_max_interval_s: 300,
+            advert_mesh_rate: 1_000,
             capacity_ttl_s: 30,
             heartbeat_interval_s: 10,
             heartbeat_timeout_s: 30,
@@ -715,6 +737,22 @@ impl Scenario {
                 "mesh.capacity_ttl_s ({}) must exceed mesh.advert_interval_s ({}) > 0",
                 m.capacity_ttl_s,
                 m.advert_interval_s
+            );
+        }
+        if m.advert_max_interval_s < m.advert_interval_s || m.advert_mesh_rate == 0 {
+            bail!(
+                "mesh.advert_max_interval_s ({}) must be at least mesh.advert_interval_s ({}), and mesh.advert_mesh_rate > 0",
+                m.advert_max_interval_s,
+                m.advert_interval_s
+            );
+        }
+        if m.advert_max_interval_s
+            > u64::from(rendertrust_protocol::wire::MAX_ADVERT_REFRESH_MS) / 1000
+        {
+            bail!(
+                "mesh.advert_max_interval_s ({}) exceeds what an advert can announce ({} s)",
+                m.advert_max_interval_s,
+                rendertrust_protocol::wire::MAX_ADVERT_REFRESH_MS / 1000
             );
         }
         if m.heartbeat_interval_s == 0 || m.heartbeat_timeout_s <= m.heartbeat_interval_s {

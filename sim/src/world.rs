@@ -38,7 +38,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use rendertrust_protocol::capacity::{AdvertSchedule, CapacityConfig, CapacityTable};
+use rendertrust_protocol::capacity::{AdvertSchedule, CapacityConfig, CapacityTable, Publication};
 use rendertrust_protocol::content::ContentId;
 use rendertrust_protocol::creator::{
     CheckedResult, CreatorJob, Decision, ResultFrames, VoteDecision,
@@ -300,6 +300,8 @@ enum Ev {
         to: u32,
         from: u32,
         running: u16,
+        /// The refresh period it announces.
+        refresh: u32,
         seq: u64,
         issued: u64,
     },
@@ -370,6 +372,9 @@ pub struct World {
     /// their order (one QUIC connection), whatever the jitter.
     links: HashMap<(u32, u32), u64>,
     jobs_open: usize,
+    /// Nodes online: the size of the capacity table a node without one
+    /// (a worker or creator) would hold, for its advert refresh period.
+    online_nodes: usize,
     on_progress: Option<Box<dyn FnMut(u64, u64)>>,
 }
 
@@ -486,7 +491,7 @@ impl World {
                     next_token: 0,
                     rng: SimRng::stream(seed, "node", i as u64),
                     net_rng: SimRng::stream(seed, "net", i as u64),
-                    adv: AdvertSchedule::new(sc.mesh.advert_interval_s * 1000, 1),
+                    adv: AdvertSchedule::with_policy(sc.mesh.refresh_policy(), 1),
                     behaviour,
                     down_mbps: down,
                     up_mbps: up,
@@ -559,6 +564,7 @@ impl World {
             ledger: None,
             links: HashMap::new(),
             jobs_open: 0,
+            online_nodes: 0,
             on_progress: None,
             sc,
         };
@@ -737,9 +743,10 @@ impl World {
                 to,
                 from,
                 running,
+                refresh,
                 seq,
                 issued,
-            } => self.deliver_advert(to, from, running, seq, issued, now),
+            } => self.deliver_advert(to, from, running, refresh, seq, issued, now),
             Ev::Msg(msg) => self.deliver(*msg, now),
             Ev::Resubmit(job) => self.submit(job, 0, now),
             Ev::TraceJob => self.new_job(now),
@@ -756,7 +763,7 @@ impl World {
     fn up(&mut self, n: u32, now: u64) {
         let cfg = self.sched_config.clone();
         let ttl = self.sc.mesh.capacity_ttl_s * 1000;
-        let interval = self.sc.mesh.advert_interval_s * 1000;
+        let refresh = self.sc.mesh.refresh_policy();
         let hb = self.worker_config_hb;
         let max_entries = self.nodes.len() + 16;
         let is_sched = self.schedulers.binary_search(&n).is_ok();
@@ -767,12 +774,13 @@ impl World {
             return;
         }
         node.online = true;
+        self.online_nodes += 1;
         node.inc += 1;
         node.online_since = now;
         node.wake_at = u64::MAX;
         node.stats.sessions += 1;
         // A restarted node's sequence numbers start from its clock, as the node's do.
-        node.adv = AdvertSchedule::new(interval, now);
+        node.adv = AdvertSchedule::with_policy(refresh, now);
         if let Some(w) = &mut node.worker {
             w.m = Worker::new(
                 node.id,
@@ -799,6 +807,8 @@ impl World {
             node.sched = Some(Box::new(SchedPart {
                 table: CapacityTable::new(CapacityConfig {
                     ttl_ms: ttl,
+                    // Every node runs the same settings.
+                    max_refresh_ms: refresh.max_ms,
                     max_skew_ms: 10_000,
                     max_entries,
                 }),
@@ -838,6 +848,7 @@ impl World {
             return;
         }
         node.online = false;
+        self.online_nodes -= 1;
         node.stats.online_ms += now.saturating_sub(node.online_since);
         // The job service writes its snapshot at most every 2 s; the state
         // at the crash stands for the last one written.
@@ -1007,7 +1018,14 @@ impl World {
         let mut content = [0u8; 32];
         content[..4].copy_from_slice(&node.template.to_le_bytes());
         content[4..6].copy_from_slice(&running.to_le_bytes());
-        let Some(seq) = node.adv.poll(content, now) else {
+        // The refresh period follows the size of the node's capacity table:
+        // a scheduler's own; the others', modelled, every node online.
+        let known = node
+            .sched
+            .as_ref()
+            .map_or(self.online_nodes, |s| s.table.len());
+        node.adv.set_known_nodes(known);
+        let Some(Publication { seq, refresh_ms }) = node.adv.poll(content, now) else {
             return;
         };
         self.m.adverts += 1;
@@ -1016,7 +1034,7 @@ impl World {
             let s = self.schedulers[si];
             if s == n {
                 // Our own advert goes into our own table at once.
-                self.deliver_advert(s, n, running, seq, now, now);
+                self.deliver_advert(s, n, running, refresh_ms, seq, now, now);
                 continue;
             }
             let node = &mut self.nodes[n as usize];
@@ -1035,6 +1053,7 @@ impl World {
                     to: s,
                     from: n,
                     running,
+                    refresh: refresh_ms,
                     seq,
                     issued: now,
                 },
@@ -1052,11 +1071,13 @@ impl World {
         a
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn deliver_advert(
         &mut self,
         to: u32,
         from: u32,
         running: u16,
+        refresh: u32,
         seq: u64,
         issued: u64,
         now: u64,
@@ -1072,6 +1093,7 @@ impl World {
         a.node = id;
         a.seq = seq;
         a.issued_at_ms = issued;
+        a.refresh_ms = refresh;
         a.running_tasks = running;
         let debounce = self.sc.mesh.capacity_debounce_ms;
         let Some(s) = self.nodes[to as usize].sched.as_mut() else {
@@ -2688,6 +2710,7 @@ fn template_advert(
         node: NodeId::from_bytes([0; 32]),
         seq: 0,
         issued_at_ms: 0,
+        refresh_ms: 10_000,
         wrap_key: [0; 32],
         roles,
         cpu_cores: 16,

@@ -226,6 +226,42 @@ fn no_churn_and_ample_capacity_completes_every_job() {
     assert_ne!(direct.events, s.events);
 }
 
+/// The advert refresh period follows `protocol::capacity::RefreshPolicy`:
+/// with a mesh rate of 1 advert a second, 65 nodes re-advertise every 65 s
+/// instead of 10 s, the adverts announce it, and no scheduler drops a live
+/// node between two of them (every job finishes, nothing is re-dispatched).
+#[test]
+fn a_slower_refresh_sends_fewer_adverts_and_loses_no_node() {
+    let text = small(60, "[arrivals]\nload = 0.2");
+    let base = run(&text, 5, None);
+    let sc = Scenario::parse(&text, &[("mesh.advert_mesh_rate".into(), "1".into())]).unwrap();
+    println!("seed 5, advert_mesh_rate = 1");
+    let slow = rendertrust_sim::run(&sc, 5, None, None).unwrap().summary;
+    for (s, what) in [(&base, "10 s refresh"), (&slow, "65 s refresh")] {
+        assert_conserved(s, what);
+        assert!(s.jobs.submitted >= 5, "{what}: {:?}", s.jobs);
+        assert_eq!(s.jobs.finished, s.jobs.submitted, "{what}: {:?}", s.jobs);
+        assert_eq!(s.activity.redispatches, 0, "{what}");
+        assert_eq!(s.activity.takeovers, 0, "{what}");
+    }
+    assert!(
+        slow.activity.adverts * 2 < base.activity.adverts,
+        "adverts: {} with the slow refresh, {} at 10 s",
+        slow.activity.adverts,
+        base.activity.adverts
+    );
+    // A bound below the base period is refused, as is a rate of 0.
+    for (k, v) in [
+        ("mesh.advert_max_interval_s", "5"),
+        ("mesh.advert_mesh_rate", "0"),
+    ] {
+        assert!(
+            Scenario::parse(&text, &[(k.into(), v.into())]).is_err(),
+            "{k}={v}"
+        );
+    }
+}
+
 #[test]
 fn more_work_than_capacity_shows_queueing() {
     let ample = run(&small(60, "[arrivals]\nload = 0.2"), 4, None);

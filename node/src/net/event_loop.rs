@@ -16,7 +16,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, identify, ping};
-use rendertrust_protocol::capacity::{AdvertSchedule, CapacityTable};
+use rendertrust_protocol::capacity::{AdvertSchedule, CapacityTable, RefreshPolicy};
 use rendertrust_protocol::codec;
 use rendertrust_protocol::identity::{NodeId, NodeKey};
 use rendertrust_protocol::signed::Signed;
@@ -167,12 +167,14 @@ fn push_bounded(list: &mut Vec<Multiaddr>, addr: Multiaddr) {
 }
 
 /// Hash of an advert template with the fields the loop fills (seq, issue
-/// time) zeroed: it changes exactly when the content the node announces does.
+/// time, refresh period) zeroed: it changes exactly when the content the
+/// node announces does.
 fn content_hash(template: &CapacityAdvert, node: NodeId) -> Result<[u8; 32], codec::CodecError> {
     let mut t = template.clone();
     t.node = node;
     t.seq = 0;
     t.issued_at_ms = 0;
+    t.refresh_ms = 0;
     Ok(*blake3::hash(&codec::encode(&t)?).as_bytes())
 }
 
@@ -193,8 +195,17 @@ impl EventLoop {
             key: parts.key,
             node_id,
             table: parts.table,
-            // The first seq is the wall clock in ms: it only grows across restarts.
-            schedule: AdvertSchedule::new(advert_interval_ms, now_ms),
+            // The first seq is the wall clock in ms: it only grows across
+            // restarts. The configured interval is the refresh period of
+            // meshes up to 10 000 nodes; larger ones stretch it
+            // (`RefreshPolicy`'s default bound and mesh rate).
+            schedule: AdvertSchedule::with_policy(
+                RefreshPolicy {
+                    base_ms: advert_interval_ms,
+                    ..RefreshPolicy::default()
+                },
+                now_ms,
+            ),
             advert_interval_ms,
             advert: parts.advert,
             advert_open: true,
@@ -348,13 +359,17 @@ impl EventLoop {
                 return;
             }
         };
-        let Some(seq) = self.schedule.poll(content, now_ms) else {
+        // The refresh period follows the number of nodes we know.
+        self.schedule.set_known_nodes(self.table.len());
+        let Some(publication) = self.schedule.poll(content, now_ms) else {
             return;
         };
+        let seq = publication.seq;
         let mut advert = template;
         advert.node = self.node_id;
         advert.seq = seq;
         advert.issued_at_ms = now_ms;
+        advert.refresh_ms = publication.refresh_ms;
         let signed = match Signed::sign(&self.key, &advert) {
             Ok(s) => s,
             Err(e) => {

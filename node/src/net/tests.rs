@@ -29,6 +29,7 @@ fn template(node: NodeId, roles: &[Role]) -> CapacityAdvert {
         node,
         seq: 0,
         issued_at_ms: 0,
+        refresh_ms: 10_000,
         wrap_key: [7; 32],
         roles: roles.to_vec(),
         cpu_cores: 8,

@@ -39,7 +39,8 @@ impl Topic {
     /// The topic's name on the wire.
     pub const fn name(self) -> &'static str {
         match self {
-            Topic::Capacity => "rendertrust/capacity/1",
+            // 2: `CapacityAdvert` version 2 (`refresh_ms`).
+            Topic::Capacity => "rendertrust/capacity/2",
             Topic::Receipts => "rendertrust/receipts/1",
             Topic::Rollups => "rendertrust/rollups/1",
             Topic::Reputation => "rendertrust/reputation/1",
@@ -76,7 +77,16 @@ mod tests {
     fn names_round_trip_through_hashes() {
         for t in Topic::ALL {
             assert_eq!(Topic::from_hash(&t.hash()), Some(t));
-            assert!(t.name().starts_with("rendertrust/") && t.name().ends_with("/1"));
+            assert!(t.name().starts_with("rendertrust/"));
+            // The version suffix is the version of the messages on the topic.
+            let want = match t {
+                Topic::Capacity => format!(
+                    "/{}",
+                    <rendertrust_protocol::wire::CapacityAdvert as rendertrust_protocol::wire::WireMessage>::VERSION
+                ),
+                _ => "/1".to_owned(),
+            };
+            assert!(t.name().ends_with(&want), "{t}");
         }
         assert_eq!(Topic::from_hash(&TopicHash::from_raw("other")), None);
     }

@@ -34,6 +34,7 @@ pub(super) fn worker_advert(
         node: id,
         seq,
         issued_at_ms: T0,
+        refresh_ms: 10_000,
         wrap_key: [0; 32],
         roles: vec![Role::Worker],
         cpu_cores: 8,

@@ -185,6 +185,9 @@ pub(crate) struct View {
     /// Operator groups as the driver set them (absent or 0: unknown).
     pub(crate) operators: BTreeMap<NodeId, u64>,
     pub(crate) next_generation: u64,
+    /// Tests: never take [`View::observe_same`]'s shortcut.
+    #[cfg(test)]
+    pub(crate) slow_only: bool,
 }
 
 impl View {
@@ -328,10 +331,12 @@ impl View {
         ))
     }
 
-    /// The periodic advert of a known node whose content (profile, region,
-    /// roles) equals what the view holds: what [`View::apply`] would do, without
-    /// rebuilding the profile or touching the region, scheduler and bucket
-    /// counts (none of them change). `None` when the slow path must run.
+    /// The advert of a known node whose content (profile, region, roles)
+    /// equals what the view holds but for the advertised load
+    /// (`running_tasks`: the periodic advert, or one sent as a task started
+    /// or ended): what [`View::apply`] would do, without rebuilding the
+    /// profile or touching the region, scheduler and bucket counts (none of
+    /// them depends on the load). `None` when the slow path must run.
     fn observe_same(&mut self, advert: &CapacityAdvert, expires_at_ms: u64) -> Option<Observed> {
         let slot = *self.by_id.get(&advert.node)?;
         let e = self.entry(slot)?;
@@ -351,12 +356,17 @@ impl View {
                 .get(e.region as usize)
                 .is_some_and(|r| *r == advert.region)
         };
-        if e.is_scheduler != is_scheduler || !same_region || !e.profile.matches(advert) {
+        if e.is_scheduler != is_scheduler || !same_region || !e.profile.matches_but_load(advert) {
+            return None;
+        }
+        #[cfg(test)]
+        if self.slow_only {
             return None;
         }
         let generation = self.next_generation;
         self.next_generation += 1;
         let e = self.entry_mut(slot)?;
+        e.profile.running_tasks = advert.running_tasks;
         e.seq = advert.seq;
         e.expires_at_ms = expires_at_ms;
         e.generation = generation;
@@ -658,5 +668,60 @@ impl View {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::samples;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The shortcut for adverts that change nothing or only the load
+        /// leaves the view exactly as the full update does: entries, bucket
+        /// positions and counts, schedulers.
+        #[test]
+        fn prop_shortcut_agrees_with_the_full_update(
+            steps in proptest::collection::vec(
+                (0u8..3, 0u16..5, 0u8..8, any::<bool>()), 1..60),
+        ) {
+            let mut fast = View::new();
+            let mut slow = View::new();
+            slow.slow_only = true;
+            let mut seq = [0u64; 3];
+            for (i, (n, running, change, sched)) in steps.into_iter().enumerate() {
+                let mut a = samples::capacity(NodeId::from_bytes([n + 1; 32]));
+                seq[n as usize] += 1;
+                a.seq = seq[n as usize];
+                a.running_tasks = running;
+                match change {
+                    0 => a.max_tasks = 2,
+                    1 => a.region = "us-east".into(),
+                    2 => a.gpus.clear(),
+                    _ => {}
+                }
+                if sched {
+                    a.roles = vec![Role::Scheduler];
+                }
+                let at = 1_000 + i as u64;
+                let f = fast.observe(&a, at, 16);
+                let s = slow.observe(&a, at, 16);
+                prop_assert_eq!(f, s);
+                // Offers and assignments counted in between, as the
+                // scheduler does, must be reset alike.
+                for v in [&mut fast, &mut slow] {
+                    if let Some(e) = v.slots.get_mut(0).and_then(Option::as_mut) {
+                        e.assigned_since += 1;
+                    }
+                    v.sync(0);
+                }
+                prop_assert!(fast.check().is_ok());
+                prop_assert_eq!(&fast.slots, &slow.slots);
+                prop_assert_eq!(&fast.buckets, &slow.buckets);
+                prop_assert_eq!(fast.live, slow.live);
+                prop_assert_eq!(&fast.schedulers, &slow.schedulers);
+            }
+        }
     }
 }
