@@ -24,7 +24,11 @@
 //!   heartbeat, so a loopback mesh forms within a second ([`swarm`]).
 //! * **Own advert**: the caller's `watch` template, completed with node id,
 //!   sequence number and issue time, signed and published at start, on
-//!   change and every `advert_interval` ([`AdvertSchedule`]; the first
+//!   change and periodically: every `advert_interval` in meshes of up to
+//!   10 000 known nodes, longer in larger ones (`capacity::RefreshPolicy`:
+//!   about 1 000 adverts a second mesh-wide, at most every 5 min; the period
+//!   travels in the advert so receivers keep the entry long enough)
+//!   ([`AdvertSchedule`]; the first
 //!   sequence number is the Unix time in ms, so it only grows across
 //!   restarts). It is also applied to the local table, so a node lists itself.
 //!   A publish that finds no subscribed peer is retried every second until
