@@ -803,6 +803,11 @@ impl World {
                 .saved
                 .take()
                 .and_then(|snap| Scheduler::restore(cfg.clone(), *snap).ok())
+                .map(|mut m| {
+                    // Down since the snapshot (`Scheduler::resumed`).
+                    m.resumed(now);
+                    m
+                })
                 .unwrap_or_else(|| Scheduler::new(node.id, cfg));
             node.sched = Some(Box::new(SchedPart {
                 table: CapacityTable::new(CapacityConfig {

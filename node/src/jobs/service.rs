@@ -254,7 +254,10 @@ pub fn spawn(parts: ServiceParts) -> Result<tokio::task::JoinHandle<()>, JobsErr
                     Scheduler::restore(parts.config.scheduler.clone(), snap)
                         .map_err(|e| e.to_string())
                 }) {
-                Ok(s) => {
+                Ok(mut s) => {
+                    // It was down since the snapshot: hold the capacity
+                    // view's clock still over that time (`Scheduler::resumed`).
+                    s.resumed(unix_now_ms());
                     tracing::info!(jobs = s.jobs().count(), "scheduler state restored");
                     Some(s)
                 }

@@ -186,6 +186,10 @@ pub(crate) struct Ctx {
     pub(crate) stats: SchedulerStats,
     /// Attempts (offered or accepted) held on each worker, over owned jobs.
     pub(crate) held: BTreeMap<NodeId, u32>,
+    /// The latest time seen by `observe_advert` or `handle_timeout`: the
+    /// capacity view's clock, kept in snapshots so that
+    /// [`Scheduler::resumed`] knows how long the scheduler was away.
+    pub(crate) clock_ms: u64,
 }
 
 /// The scheduler state machine. See the module docs.
@@ -214,9 +218,32 @@ impl Scheduler {
                 actions: VecDeque::new(),
                 stats: SchedulerStats::default(),
                 held: BTreeMap::new(),
+                clock_ms: 0,
             },
             jobs: BTreeMap::new(),
         }
+    }
+
+    /// Tells a scheduler just [restored](Self::restore) after a restart that
+    /// it is `now_ms`: the capacity view's clock is held still over the time
+    /// it was away (from the latest time it had seen when the snapshot was
+    /// taken), so every node it knew keeps the rest of its lifetime from now
+    /// on. A node is then judged gone only if it stays silent after the
+    /// restart, not because this scheduler was down; without this a
+    /// restarted scheduler finds every entry expired at its first timer pass,
+    /// sees every other scheduler leave at once and takes over the jobs it
+    /// replicates for them while their owners are alive. Call it once,
+    /// before any other call; a scheduler that never stopped must not.
+    pub fn resumed(&mut self, now_ms: u64) {
+        let away = now_ms.saturating_sub(self.ctx.clock_ms);
+        if away > 0 {
+            // Lazy expiry timers stay where they are and re-arm at the moved
+            // expiry when they fire (see `NodeEntry::timer_at`).
+            for e in self.ctx.view.slots.iter_mut().flatten() {
+                e.expires_at_ms = e.expires_at_ms.saturating_add(away);
+            }
+        }
+        self.ctx.clock_ms = self.ctx.clock_ms.max(now_ms);
     }
 
     /// The node running this scheduler.
@@ -271,6 +298,7 @@ impl Scheduler {
     /// Applies an advert the driver's capacity table accepted; the node is
     /// live until `expires_at_ms` unless a newer advert comes.
     pub fn observe_advert(&mut self, advert: &CapacityAdvert, expires_at_ms: u64, now_ms: u64) {
+        self.ctx.clock_ms = self.ctx.clock_ms.max(now_ms);
         let max = self.ctx.config.max_nodes;
         let Some(obs) = self.ctx.view.observe(advert, expires_at_ms, max) else {
             self.ctx.stats.view_full += 1;
@@ -787,6 +815,7 @@ impl Scheduler {
     /// Runs timers due at `now_ms`, then placement if due. The only call that
     /// places tasks, hence the only one taking randomness.
     pub fn handle_timeout<G: rand_core::Rng + ?Sized>(&mut self, now_ms: u64, rng: &mut G) {
+        self.ctx.clock_ms = self.ctx.clock_ms.max(now_ms);
         while let Some(&(at, r)) = self.ctx.timers.first() {
             if at > now_ms {
                 break;

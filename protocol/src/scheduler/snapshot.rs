@@ -16,7 +16,7 @@ use crate::signed::Signed;
 use crate::wire::{JobId, JobSpec};
 
 /// Version of [`SchedulerSnapshot`]'s layout.
-pub const SNAPSHOT_VERSION: u8 = 2;
+pub const SNAPSHOT_VERSION: u8 = 3;
 
 /// The whole scheduler state, to resume after a restart (and to checkpoint a
 /// simulation): restoring it and feeding the same inputs gives the same
@@ -54,6 +54,8 @@ pub struct CoreSnapshot {
     pub(crate) place_due: Option<u64>,
     pub(crate) cursor: Option<JobId>,
     pub(crate) stats: SchedulerStats,
+    /// The capacity view's clock (see `Scheduler::resumed`); since version 3.
+    pub(crate) clock_ms: u64,
 }
 
 /// One node of a [`SchedulerSnapshot`] (opaque).
@@ -263,6 +265,7 @@ impl Scheduler {
                 place_due: self.ctx.place_due,
                 cursor: self.ctx.cursor,
                 stats: self.ctx.stats,
+                clock_ms: self.ctx.clock_ms,
             },
             nodes: v
                 .slots
@@ -355,6 +358,7 @@ impl Scheduler {
                 actions: VecDeque::new(),
                 stats: c.stats,
                 held: BTreeMap::new(),
+                clock_ms: c.clock_ms,
             },
             jobs: BTreeMap::new(),
         };

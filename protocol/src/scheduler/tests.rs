@@ -1068,6 +1068,60 @@ fn replica_refusals() {
     ));
 }
 
+/// A scheduler restored after a long stop, told so with `resumed`, keeps the
+/// schedulers it knew for the rest of their lifetime (no takeover of a
+/// replicated job whose owner is alive); one that is not told sees them all
+/// expired at once and takes over. A real silence after the restart still
+/// leads to the takeover.
+#[test]
+fn a_restarted_scheduler_judges_owners_on_their_silence_after_the_restart() {
+    let (ka, kb) = (key(10), key(11));
+    let (a_id, b_id) = (ka.node_id(), kb.node_id());
+    let mut a = Scheduler::new(a_id, config());
+    a.observe_advert(&scheduler_advert(b_id, 1), T0 + TTL, T0);
+    let (spec, frame) = builtin_job(&key(1), 1, 2);
+    a.submit(spec, frame, T0).unwrap();
+    let mut r = rng(1);
+    let snap = pump(&mut a, T0 + 1, &mut r)
+        .into_iter()
+        .find_map(|x| match x {
+            SchedulerAction::Replicate { snapshot, .. } => Some(*snapshot),
+            _ => None,
+        })
+        .unwrap();
+    let mut b = Scheduler::new(b_id, config());
+    b.observe_advert(&scheduler_advert(a_id, 1), T0 + 2 + TTL, T0 + 2);
+    b.handle_replica(&a_id, snap, T0 + 2).unwrap();
+    let saved = b.snapshot();
+    let back = T0 + 2 + 10 * TTL;
+
+    let mut told = Scheduler::restore(config(), saved.clone()).unwrap();
+    told.resumed(back);
+    pump(&mut told, back + 1, &mut r);
+    assert_eq!(told.stats().takeovers, 0, "the owner is not judged yet");
+    told.check_invariants().unwrap();
+    // The owner advertises after the restart: no takeover while it lives,
+    // though the lifetime it had left at the snapshot is over.
+    told.observe_advert(&scheduler_advert(a_id, 2), back + 5 + TTL, back + 5);
+    pump(&mut told, back + TTL + 4, &mut r);
+    assert_eq!(told.stats().takeovers, 0);
+    // Silent for a whole lifetime after that: gone, the replica takes over.
+    pump(&mut told, back + 5 + TTL, &mut r);
+    assert_eq!(told.stats().takeovers, 1);
+
+    let mut untold = Scheduler::restore(config(), saved.clone()).unwrap();
+    pump(&mut untold, back + 1, &mut r);
+    assert_eq!(untold.stats().takeovers, 1, "every entry had expired");
+
+    // Silent from the restart on: gone once its remaining lifetime is over.
+    let mut silent = Scheduler::restore(config(), saved).unwrap();
+    silent.resumed(back);
+    pump(&mut silent, back + TTL - 1, &mut r);
+    assert_eq!(silent.stats().takeovers, 0);
+    pump(&mut silent, back + TTL + 1, &mut r);
+    assert_eq!(silent.stats().takeovers, 1);
+}
+
 #[test]
 fn snapshot_round_trips_through_the_codec() {
     let (mut s, w, mut r) = setup(3, 2);
