@@ -43,14 +43,20 @@ use crate::net::{InboundRequest, NetHandle, Service};
 /// costs little to redo.
 pub const CHUNK_BATCH: usize = 64;
 /// Chunk streams served at once, all peers together.
-pub const MAX_SERVED_STREAMS: usize = 32;
+pub const MAX_SERVED_STREAMS: usize = 64;
 /// Chunk streams served at once to one peer.
-pub const MAX_STREAMS_PER_PEER: usize = 4;
+/// A fetch keeps two open, so a worker can fetch four inputs of one
+/// creator at once before it has to wait.
+pub const MAX_STREAMS_PER_PEER: usize = 8;
 /// Times a stream the holder dropped before answering is opened again
-/// (see `PeerSource::stream_chunks_inner`), pausing `n ×` [`REFUSAL_PAUSE`].
+/// (see `PeerSource::stream_chunks_inner`), pausing [`REFUSAL_PAUSE`]
+/// doubled after each refusal, at most [`MAX_REFUSAL_PAUSE`]: about 7 s in
+/// all, time for a busy holder's batches to end even on a slow link.
 const MAX_REFUSALS: u32 = 8;
 /// See [`MAX_REFUSALS`].
-const REFUSAL_PAUSE: Duration = Duration::from_millis(25);
+const REFUSAL_PAUSE: Duration = Duration::from_millis(50);
+/// See [`MAX_REFUSALS`].
+const MAX_REFUSAL_PAUSE: Duration = Duration::from_secs(2);
 
 /// Whether an I/O error on a fresh chunk stream is the holder dropping it
 /// unanswered (reset, stopped, or ended before the first header).
@@ -166,7 +172,8 @@ impl PeerSource {
                 Err(e) if refusals < MAX_REFUSALS && refused(&e) => {
                     refusals += 1;
                     tracing::debug!(peer = %self.peer, refusals, error = %e, "chunk stream refused, opening another");
-                    tokio::time::sleep(REFUSAL_PAUSE * refusals).await;
+                    let pause = REFUSAL_PAUSE.saturating_mul(1 << (refusals - 1).min(8));
+                    tokio::time::sleep(pause.min(MAX_REFUSAL_PAUSE)).await;
                 }
                 Err(e) => return Err(net_err("chunk stream", e)),
             }
