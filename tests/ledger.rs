@@ -764,28 +764,11 @@ async fn a_killed_ledger_loses_nothing_and_journal_tampering_is_detected() {
     // Job A; then SIGKILL ledger node 2 while its epoch is still open.
     let victim = 2;
     let first = run_job(&mesh, "1-3").await;
-    let api = mesh.api(victim).clone();
-    let first_clone = first.clone();
-    eventually(
+    wait_receipts_settled(
         "node 2 to hold job A's receipts",
+        mesh.api(victim),
+        &first,
         Duration::from_secs(60),
-        Duration::from_millis(200),
-        || {
-            let api = api.clone();
-            let ids = first_clone.clone();
-            async move {
-                for r in &ids {
-                    let v: ReceiptView = api
-                        .get(&format!("/v1/receipts/{r}"))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    if v.status != "settled" {
-                        return Err(format!("{}: {}", &r[..12], v.status));
-                    }
-                }
-                Ok(())
-            }
-        },
     )
     .await;
     let held_before_kill = status(mesh.api(victim)).await.unwrap();

@@ -38,7 +38,7 @@ use rendertrust_node::devnet::{GENESIS_CREDITS, LedgerPlan, prepare_ledger};
 use rendertrust_node::jobs::reputation::ReputationView;
 use rendertrust_node::jobs::submit::{KindRequest, SubmitRequest, VerifyRequest};
 use rendertrust_node::jobs::view::{JobDetail, JobState, ResultsView, SubmitView};
-use rendertrust_node::ledger::view::{BalanceView, ReceiptView};
+use rendertrust_node::ledger::view::BalanceView;
 use rendertrust_node::runtime::builtin;
 use rendertrust_protocol::task::Rect;
 
@@ -216,26 +216,11 @@ async fn cheaters_are_caught_unpaid_and_ranked_below_honest_workers() {
         .collect();
     assert_eq!(receipts.len(), FRAMES as usize);
     let ledger = mesh.api(LEDGER).clone();
-    eventually(
+    wait_receipts_settled(
         "every receipt of the job to settle",
+        &ledger,
+        &receipts,
         Duration::from_secs(120),
-        Duration::from_millis(700),
-        || {
-            let api = ledger.clone();
-            let receipts = receipts.clone();
-            async move {
-                for r in &receipts {
-                    let v: ReceiptView = api
-                        .get(&format!("/v1/receipts/{r}"))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    if v.status != "settled" {
-                        return Err(format!("{}: {}", &r[..12], v.status));
-                    }
-                }
-                Ok(())
-            }
-        },
     )
     .await;
     let mut earned = 0u64;

@@ -940,13 +940,7 @@ impl CreatorJob {
         let region = task_geometry(&self.spec.split, self.spec.width, self.spec.height, task)
             .map(|g| g.region)
             .unwrap_or(Rect::full(0, 0));
-        let inside = crop.w > 0
-            && crop.h > 0
-            && crop.x >= region.x
-            && crop.y >= region.y
-            && u64::from(crop.x) + u64::from(crop.w) <= u64::from(region.x) + u64::from(region.w)
-            && u64::from(crop.y) + u64::from(crop.h) <= u64::from(region.y) + u64::from(region.h);
-        if !inside {
+        if !crop.within(&region) {
             return Err(CompareRefused::BadCrop { task, crop, region });
         }
         let reference_pixels = if cross {

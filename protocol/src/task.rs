@@ -95,6 +95,18 @@ impl Rect {
             && u64::from(self.x) + u64::from(self.w) <= u64::from(width)
             && u64::from(self.y) + u64::from(self.h) <= u64::from(height)
     }
+
+    /// Whether the rectangle is not empty and lies inside `outer` (e.g. a
+    /// spot-check crop inside its task's region: the rule both the worker
+    /// taking a crop offer and the creator comparing crops apply).
+    pub fn within(&self, outer: &Rect) -> bool {
+        self.w > 0
+            && self.h > 0
+            && self.x >= outer.x
+            && self.y >= outer.y
+            && u64::from(self.x) + u64::from(self.w) <= u64::from(outer.x) + u64::from(outer.w)
+            && u64::from(self.y) + u64::from(self.h) <= u64::from(outer.y) + u64::from(outer.h)
+    }
 }
 
 /// What one task renders.
@@ -183,7 +195,88 @@ mod tests {
         assert!(task_geometry(&s, 5, 4, 0).is_some());
     }
 
+    #[test]
+    fn a_crop_is_within_a_region_only_whole_and_not_empty() {
+        let region = Rect {
+            x: 10,
+            y: 20,
+            w: 30,
+            h: 40,
+        };
+        assert!(region.within(&region));
+        assert!(
+            Rect {
+                x: 39,
+                y: 59,
+                w: 1,
+                h: 1
+            }
+            .within(&region)
+        );
+        for bad in [
+            Rect {
+                x: 9,
+                y: 20,
+                w: 5,
+                h: 5,
+            },
+            Rect {
+                x: 10,
+                y: 19,
+                w: 5,
+                h: 5,
+            },
+            Rect {
+                x: 36,
+                y: 20,
+                w: 5,
+                h: 5,
+            },
+            Rect {
+                x: 10,
+                y: 56,
+                w: 5,
+                h: 5,
+            },
+            Rect {
+                x: 12,
+                y: 22,
+                w: 0,
+                h: 5,
+            },
+            Rect {
+                x: 12,
+                y: 22,
+                w: 5,
+                h: 0,
+            },
+            Rect {
+                x: u32::MAX,
+                y: 22,
+                w: u32::MAX,
+                h: 5,
+            },
+        ] {
+            assert!(!bad.within(&region), "{bad:?}");
+        }
+    }
+
     proptest! {
+        /// `within` agrees with pixel membership: every pixel of a crop
+        /// within a region is in the region, and a crop not within it has a
+        /// pixel outside (or no pixel at all).
+        #[test]
+        fn within_means_every_pixel_is_inside(
+            (ox, oy, ow, oh) in (0u32..20, 0u32..20, 1u32..20, 1u32..20),
+            (x, y, w, h) in (0u32..45, 0u32..45, 0u32..20, 0u32..20),
+        ) {
+            let outer = Rect { x: ox, y: oy, w: ow, h: oh };
+            let crop = Rect { x, y, w, h };
+            let inside = |px: u32, py: u32| px >= ox && px < ox + ow && py >= oy && py < oy + oh;
+            let all = (x..x + w).all(|px| (y..y + h).all(|py| inside(px, py)));
+            prop_assert_eq!(crop.within(&outer), w > 0 && h > 0 && all);
+        }
+
         #[test]
         fn tiles_cover_the_frame_exactly_once(w in 1u32..300, h in 1u32..300, cols in 1u16..12, rows in 1u16..12) {
             prop_assume!(u32::from(cols) <= w && u32::from(rows) <= h);

@@ -175,6 +175,33 @@ where
     }
 }
 
+/// Waits until the ledger peer behind `api` reports every receipt of
+/// `receipts` (hex ids) as settled, polling every 700 ms for at most
+/// `timeout`; the failure names the first receipt that is not.
+pub async fn wait_receipts_settled(
+    what: &str,
+    api: &ApiClient,
+    receipts: &[String],
+    timeout: Duration,
+) {
+    eventually(what, timeout, Duration::from_millis(700), || {
+        let (api, receipts) = (api.clone(), receipts.to_vec());
+        async move {
+            for r in &receipts {
+                let v: rendertrust_node::ledger::view::ReceiptView = api
+                    .get(&format!("/v1/receipts/{r}"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if v.status != "settled" {
+                    return Err(format!("{}: {}", r.get(..12).unwrap_or(r), v.status));
+                }
+            }
+            Ok(())
+        }
+    })
+    .await;
+}
+
 /// The node ids a node's capacity table lists.
 pub async fn capacity_nodes(api: &ApiClient) -> Result<Vec<String>, String> {
     let c: CapacityResponse = api.get("/v1/capacity").await.map_err(|e| e.to_string())?;

@@ -74,7 +74,7 @@ fn refused(e: &std::io::Error) -> bool {
 pub const STREAM_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a content request to a peer failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum TransferError {
     /// The request did not get through.
@@ -116,14 +116,7 @@ impl PeerSource {
         };
         tracing::debug!(peer = %self.peer, %id, error = %failure, "chunk stream failed");
         for (index, _) in chunks.iter().skip(done) {
-            let e = match &failure {
-                TransferError::Net(m) => TransferError::Net(m.clone()),
-                TransferError::Answer { peer, reason } => TransferError::Answer {
-                    peer: *peer,
-                    reason: reason.clone(),
-                },
-            };
-            if tx.send((*index, Err(e))).await.is_err() {
+            if tx.send((*index, Err(failure.clone()))).await.is_err() {
                 return;
             }
         }

@@ -414,13 +414,7 @@ fn check_crop(spec: &JobSpec, index: u32, crop: Rect) -> Result<(), String> {
     let region = task_geometry(&spec.split, spec.width, spec.height, index)
         .ok_or_else(|| format!("task {index} is not part of the job"))?
         .region;
-    let inside = crop.w > 0
-        && crop.h > 0
-        && crop.x >= region.x
-        && crop.y >= region.y
-        && u64::from(crop.x) + u64::from(crop.w) <= u64::from(region.x) + u64::from(region.w)
-        && u64::from(crop.y) + u64::from(crop.h) <= u64::from(region.y) + u64::from(region.h);
-    if inside {
+    if crop.within(&region) {
         Ok(())
     } else {
         Err(format!(

@@ -723,6 +723,26 @@ mod chunk_streams {
         });
     }
 
+    /// Serves `store` from `node`: manifests on the content service, chunks
+    /// on chunk streams.
+    fn serve(node: &mut TestNode, store: ContentStore) {
+        serve_requests(node, store.clone());
+        let incoming = node.net.accept_chunk_streams().unwrap();
+        tokio::spawn(transfer::serve_chunk_streams(
+            store,
+            node.net.clone(),
+            incoming,
+        ));
+    }
+
+    /// `holder` as a chunk source, seen from `fetcher`.
+    fn source(fetcher: &TestNode, holder: &TestNode) -> PeerSource {
+        PeerSource {
+            net: fetcher.net.clone(),
+            peer: holder.id,
+        }
+    }
+
     async fn pair(seed: u8) -> (TestNode, TestNode) {
         let a = TestNode::start(seed, &[Role::Worker], vec![]).await;
         let mut addr = a.first_addr().await;
@@ -748,20 +768,12 @@ mod chunk_streams {
         hold(&store_a, &m, &chunks, |_| true);
         // B already holds the first ten: only the rest travel.
         hold(&store_b, &m, &chunks, |i| i < 10);
-        serve_requests(&mut a, store_a.clone());
-        tokio::spawn(transfer::serve_chunk_streams(
-            store_a,
-            a.net.clone(),
-            a.net.accept_chunk_streams().unwrap(),
-        ));
+        serve(&mut a, store_a);
         assert!(
             a.net.accept_chunk_streams().is_err(),
             "one consumer of chunk streams"
         );
-        let source = PeerSource {
-            net: b.net.clone(),
-            peer: a.id,
-        };
+        let source = source(&b, &a);
         let report = fetch_content(&store_b, m.id(), &source, &quick(), |_| {})
             .await
             .unwrap();
@@ -787,16 +799,8 @@ mod chunk_streams {
         let (m, chunks) = content(70, 2);
         let (store_a, store_b) = (store(&dir, "a"), store(&dir, "b"));
         hold(&store_a, &m, &chunks, |i| i != 65);
-        serve_requests(&mut a, store_a.clone());
-        tokio::spawn(transfer::serve_chunk_streams(
-            store_a,
-            a.net.clone(),
-            a.net.accept_chunk_streams().unwrap(),
-        ));
-        let source = PeerSource {
-            net: b.net.clone(),
-            peer: a.id,
-        };
+        serve(&mut a, store_a);
+        let source = source(&b, &a);
         let err = fetch_content(&store_b, m.id(), &source, &quick(), |_| {})
             .await
             .unwrap_err();
@@ -875,10 +879,7 @@ mod chunk_streams {
             m.clone(),
             chunks,
         ));
-        let source = PeerSource {
-            net: b.net.clone(),
-            peer: a.id,
-        };
+        let source = source(&b, &a);
         let err = fetch_content(&store_b, m.id(), &source, &quick(), |_| {})
             .await
             .unwrap_err();

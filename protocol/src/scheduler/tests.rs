@@ -996,23 +996,28 @@ fn replica_takes_over_when_the_owner_leaves() {
     b.check_invariants().unwrap();
 }
 
-#[test]
-fn replica_refusals() {
-    let (ka, kb) = (key(10), key(11));
-    let (a_id, b_id) = (ka.node_id(), kb.node_id());
+/// Scheduler `a` (key 10) owns a 2-task job and knows scheduler `b` (key
+/// 11): the job, and the snapshot `a` replicates to `b` at `T0 + 1`.
+fn replicated_job(r: &mut ChaCha20Rng) -> (JobSpec, JobSnapshot) {
+    let (a_id, b_id) = (key(10).node_id(), key(11).node_id());
     let mut a = Scheduler::new(a_id, config());
     a.observe_advert(&scheduler_advert(b_id, 1), T0 + TTL, T0);
-    let c = key(1);
-    let (spec, frame) = builtin_job(&c, 1, 2);
+    let (spec, frame) = builtin_job(&key(1), 1, 2);
     a.submit(spec.clone(), frame, T0).unwrap();
-    let mut r = rng(1);
-    let snap = pump(&mut a, T0 + 1, &mut r)
+    let snap = pump(&mut a, T0 + 1, r)
         .into_iter()
         .find_map(|x| match x {
             SchedulerAction::Replicate { snapshot, .. } => Some(*snapshot),
             _ => None,
         })
         .unwrap();
+    (spec, snap)
+}
+
+#[test]
+fn replica_refusals() {
+    let (a_id, b_id) = (key(10).node_id(), key(11).node_id());
+    let (spec, snap) = replicated_job(&mut rng(1));
     let mut b = Scheduler::new(b_id, config());
     // Not (yet) a live scheduler in b's view.
     assert_eq!(
@@ -1075,20 +1080,9 @@ fn replica_refusals() {
 /// leads to the takeover.
 #[test]
 fn a_restarted_scheduler_judges_owners_on_their_silence_after_the_restart() {
-    let (ka, kb) = (key(10), key(11));
-    let (a_id, b_id) = (ka.node_id(), kb.node_id());
-    let mut a = Scheduler::new(a_id, config());
-    a.observe_advert(&scheduler_advert(b_id, 1), T0 + TTL, T0);
-    let (spec, frame) = builtin_job(&key(1), 1, 2);
-    a.submit(spec, frame, T0).unwrap();
+    let (a_id, b_id) = (key(10).node_id(), key(11).node_id());
     let mut r = rng(1);
-    let snap = pump(&mut a, T0 + 1, &mut r)
-        .into_iter()
-        .find_map(|x| match x {
-            SchedulerAction::Replicate { snapshot, .. } => Some(*snapshot),
-            _ => None,
-        })
-        .unwrap();
+    let (_, snap) = replicated_job(&mut r);
     let mut b = Scheduler::new(b_id, config());
     b.observe_advert(&scheduler_advert(a_id, 1), T0 + 2 + TTL, T0 + 2);
     b.handle_replica(&a_id, snap, T0 + 2).unwrap();
