@@ -25,7 +25,9 @@
 #   --help    this text
 #
 # Environment: CARGO_TARGET_DIR and RUST_LOG are honoured. CI runs this script
-# from .ci/run on a fresh clone.
+# from .ci/run on a fresh clone. CARGO_INCREMENTAL defaults to 0 here: a
+# one-shot build gains nothing from incremental state and it doubles the size
+# of target/ (set CARGO_INCREMENTAL=1 for a local edit-test loop).
 set -eu
 
 usage() { sed -n '2,/^set -eu/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
@@ -40,6 +42,7 @@ for arg in "$@"; do
 done
 
 cd "$(dirname "$0")/.."
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 # Test-only dishonest workers (node/src/jobs/dishonest.rs), debug builds only.
 features="--features rendertrust-node/dishonest-test-hooks"
 step() { printf '\n==> %s\n' "$*"; }
