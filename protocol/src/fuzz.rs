@@ -199,6 +199,101 @@ fn fuzz_creator_job() -> crate::creator::CreatorJob {
     crate::creator::CreatorJob::new(spec, NodeKey::from_secret_bytes(&[7; 32]).node_id())
 }
 
+/// The scheduler that sends replicas in the fuzz target, and the one that
+/// receives them.
+const FUZZ_PEER_SCHEDULER: [u8; 32] = [11; 32];
+const FUZZ_SCHEDULER: [u8; 32] = [12; 32];
+
+/// The job the fuzz schedulers know: a signed 8-frame builtin job.
+fn fuzz_signed_job() -> Option<(JobSpec, std::sync::Arc<[u8]>)> {
+    let creator = NodeKey::from_secret_bytes(&[5; 32]);
+    let spec = JobSpec {
+        id: crate::wire::JobId::derive(&creator.node_id(), 1),
+        creator: creator.node_id(),
+        ..fuzz_creator_job().spec().clone()
+    };
+    let frame = Signed::sign(&creator, &spec).ok()?.into_bytes();
+    Some((spec, std::sync::Arc::from(frame)))
+}
+
+/// A scheduler that sees both fuzz schedulers as live.
+fn fuzz_scheduler(me: NodeId) -> crate::scheduler::Scheduler {
+    let mut s = crate::scheduler::Scheduler::new(me, crate::scheduler::SchedulerConfig::default());
+    for id in [FUZZ_SCHEDULER, FUZZ_PEER_SCHEDULER].map(NodeId::from_bytes) {
+        let advert = CapacityAdvert {
+            node: id,
+            seq: 1,
+            issued_at_ms: NOW_MS,
+            refresh_ms: 10_000,
+            wrap_key: [0; 32],
+            roles: vec![crate::wire::Role::Scheduler],
+            cpu_cores: 1,
+            cpu_model: String::new(),
+            ram_bytes: 0,
+            disk_free_bytes: 0,
+            gpus: vec![],
+            runtimes: vec![],
+            bench_mfpm: 0,
+            running_tasks: 0,
+            max_tasks: 0,
+            price_per_task: 0,
+            region: String::new(),
+        };
+        s.observe_advert(&advert, NOW_MS + 60_000, NOW_MS);
+    }
+    s
+}
+
+/// Replication parts from the peer scheduler, assembled and handed to a
+/// scheduler that holds nothing and to one that owns the fuzz job (the
+/// two-owner path: refuse and answer, or yield).
+fn replica_parts(parts: Vec<crate::scheduler::SnapshotPart>) {
+    let peer = NodeId::from_bytes(FUZZ_PEER_SCHEDULER);
+    let mut assembler = crate::scheduler::SnapshotAssembler::new(4);
+    let mut done = None;
+    for part in parts.into_iter().take(crate::scheduler::MAX_PARTS as usize) {
+        match assembler.add(peer, part) {
+            Some(Ok(snapshot)) => {
+                done = Some(snapshot);
+                break;
+            }
+            Some(Err(_)) => return,
+            None => {}
+        }
+    }
+    let Some(snapshot) = done else {
+        return;
+    };
+    let me = NodeId::from_bytes(FUZZ_SCHEDULER);
+    let mut fresh = fuzz_scheduler(me);
+    let _ = fresh.handle_replica(&peer, snapshot.clone(), NOW_MS);
+    let mut owner = fuzz_scheduler(me);
+    if let Some((spec, frame)) = fuzz_signed_job() {
+        let _ = owner.submit(spec, frame, NOW_MS);
+    }
+    let mut rng = SeedRng(1);
+    owner.handle_timeout(NOW_MS, &mut rng);
+    let _ = owner.handle_replica(&peer, snapshot, NOW_MS + 1);
+    owner.handle_timeout(NOW_MS + 10_000, &mut rng);
+    while owner.poll_action().is_some() {}
+}
+
+/// A replication of the fuzz job by the peer scheduler, taken over once
+/// (epoch 1, so a scheduler owning the job yields to it), as parts.
+fn fuzz_replica_seed() -> Option<Vec<crate::scheduler::SnapshotPart>> {
+    let peer = NodeId::from_bytes(FUZZ_PEER_SCHEDULER);
+    let mut s = fuzz_scheduler(peer);
+    let (spec, frame) = fuzz_signed_job()?;
+    s.submit(spec, frame, NOW_MS).ok()?;
+    s.handle_timeout(NOW_MS + 5_000, &mut SeedRng(2));
+    let mut snapshot = std::iter::from_fn(|| s.poll_action()).find_map(|a| match a {
+        crate::scheduler::SchedulerAction::Replicate { snapshot, .. } => Some(*snapshot),
+        _ => None,
+    })?;
+    snapshot.core.epoch = 1;
+    Some(snapshot.to_parts())
+}
+
 /// Rpc and content envelopes, and what the creator's machine does with the
 /// peer-supplied parts (result bundles, key requests).
 pub fn rpc_messages(data: &[u8]) {
@@ -228,8 +323,19 @@ pub fn rpc_messages(data: &[u8]) {
             RpcRequest::Key { offer } => {
                 let _ = job.authorize_key(&offer, NodeId::from_bytes([7; 32]), NOW_MS);
             }
+            RpcRequest::Replicate { snapshot, .. } => {
+                if let Ok(part) = codec::decode(&snapshot, crate::rpc::MAX_RPC) {
+                    replica_parts(vec![part]);
+                }
+            }
             _ => {}
         }
+    }
+    // Several parts at once (what a replica assembles over several requests).
+    if let Ok(parts) =
+        codec::decode::<Vec<crate::scheduler::SnapshotPart>>(data, crate::rpc::MAX_RPC)
+    {
+        replica_parts(parts);
     }
     let _ = RpcResponse::decode(data);
     let _ = ContentRequest::decode(data);
@@ -495,6 +601,22 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             }
         }
     }
+    if let Some(parts) = fuzz_replica_seed() {
+        if let Ok(bytes) = codec::encode(&parts) {
+            out.push(("rpc_messages", bytes));
+        }
+        for part in &parts {
+            if let Ok(snapshot) = codec::encode(part)
+                && let Ok(bytes) = (crate::rpc::RpcRequest::Replicate {
+                    job: part.job,
+                    snapshot,
+                })
+                .encode()
+            {
+                out.push(("rpc_messages", bytes));
+            }
+        }
+    }
     let stream_request = crate::rpc::ChunkStreamRequest {
         id: crate::content::ContentId([5; 32]),
         indices: vec![0, 1, 2, 63],
@@ -697,5 +819,32 @@ mod tests {
             super::Kit::new(0).authority.node_id().to_hex(),
             super::NodeId::from_bytes(super::FUZZ_AUTHORITY).to_hex()
         );
+    }
+
+    /// The replication seed assembles, is taken as a replica by a scheduler
+    /// holding nothing, and makes the scheduler owning the job yield: the
+    /// fuzzer starts on the two-owner path.
+    #[test]
+    fn the_replica_seed_reaches_the_yield() {
+        use super::*;
+        let parts = fuzz_replica_seed().expect("seed");
+        let peer = NodeId::from_bytes(FUZZ_PEER_SCHEDULER);
+        let mut assembler = crate::scheduler::SnapshotAssembler::new(4);
+        let snapshot = parts
+            .into_iter()
+            .find_map(|p| assembler.add(peer, p))
+            .expect("complete")
+            .expect("valid");
+        let me = NodeId::from_bytes(FUZZ_SCHEDULER);
+        fuzz_scheduler(me)
+            .handle_replica(&peer, snapshot.clone(), NOW_MS)
+            .expect("taken as a replica");
+        let mut owner = fuzz_scheduler(me);
+        let (spec, frame) = fuzz_signed_job().expect("job");
+        owner.submit(spec, frame, NOW_MS).expect("submitted");
+        owner
+            .handle_replica(&peer, snapshot, NOW_MS + 1)
+            .expect("yields");
+        assert_eq!(owner.stats().yields, 1);
     }
 }

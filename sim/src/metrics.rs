@@ -218,6 +218,8 @@ pub struct Metrics {
     pub replicas_applied: u64,
     /// Jobs taken over.
     pub takeovers: u64,
+    /// Owned jobs given up to a newer owner (after a takeover).
+    pub yields: u64,
     /// Results given up after retries.
     pub results_dropped: u64,
     /// Results refused by a scheduler.

@@ -115,6 +115,9 @@ pub struct Activity {
     pub replicas_applied: u64,
     /// Takeovers.
     pub takeovers: u64,
+    /// Owned jobs a scheduler gave up to a newer owner (it came back after a
+    /// replica took them over).
+    pub yields: u64,
     /// `Queued` events.
     pub queued_events: u64,
     /// Adverts published.
@@ -295,6 +298,7 @@ pub fn summarize(sc: &Scenario, seed: u64, m: &Metrics) -> Summary {
             replications: m.replications,
             replicas_applied: m.replicas_applied,
             takeovers: m.takeovers,
+            yields: m.yields,
             queued_events: m.queued_events,
             adverts: m.adverts,
             advert_deliveries: m.advert_deliveries,

@@ -170,6 +170,9 @@ pub struct Mesh {
     pub max_replicas: usize,
     /// Scheduler: finished jobs kept this long (default 600 s).
     pub finished_retention_s: u64,
+    /// Scheduler: finished jobs that were taken over kept this long, if
+    /// longer (default 3600 s), so a former owner coming back yields.
+    pub takeover_retention_s: u64,
     /// Scheduler: retry period of a job whose tasks found nobody (default 1 s).
     pub retry_s: u64,
     /// Scheduler: least time between replications of a job (default 2 s).
@@ -210,6 +213,7 @@ impl Default for Mesh {
             max_jobs: 1024,
             max_replicas: 1024,
             finished_retention_s: 600,
+            takeover_retention_s: 3600,
             retry_s: 1,
             replicate_interval_s: 2,
             table_sweep_s: 5,

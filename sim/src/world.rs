@@ -530,6 +530,7 @@ impl World {
             retry_ms: mesh.retry_s.max(1) * 1000,
             replicate_interval_ms: mesh.replicate_interval_s * 1000,
             finished_retention_ms: mesh.finished_retention_s * 1000,
+            takeover_retention_ms: mesh.takeover_retention_s * 1000,
             // With a reputation book new nodes start on probation (as the
             // node does with one); without, the node turns probation off.
             new_nodes_on_probation: sc.trust.reputation,
@@ -1404,9 +1405,11 @@ impl World {
             Body::Replicate { snapshot } => {
                 let from_id = self.nodes[from as usize].id;
                 if let Some(s) = self.nodes[to as usize].sched.as_mut() {
+                    let yields = s.m.stats().yields;
                     if s.m.handle_replica(&from_id, *snapshot, now).is_ok() {
                         self.m.replicas_applied += 1;
                     }
+                    self.m.yields += s.m.stats().yields - yields;
                     self.sched_actions(to, now, None);
                     self.rewake(to, now);
                 }

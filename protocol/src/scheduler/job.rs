@@ -210,6 +210,14 @@ pub(crate) struct Live {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct JobCore {
     pub(crate) owner: NodeId,
+    /// Takeovers so far (0 at submission, +1 at each takeover): of two
+    /// schedulers that both claim the job, the higher epoch owns it (ties go
+    /// to the HRW-preferred one); see `Scheduler::handle_replica`.
+    pub(crate) epoch: u32,
+    /// Attempts (task, attempt) escrowed since the last replication: only
+    /// this owner knows them, so only it refunds them if it yields. Never
+    /// taken from a peer (cleared on receipt and at takeover).
+    pub(crate) escrowed_since_rep: Vec<(u32, u32)>,
     pub(crate) replica: Option<NodeId>,
     /// Increases with every replication.
     pub(crate) revision: u64,

@@ -103,6 +103,19 @@
 //!   none the old owner used is reused, gives running workers a fresh
 //!   heartbeat window, tells the creator (`TakenOver`) and picks its own
 //!   replica.
+//! * **Two owners**: a takeover raises the job's `epoch`. An owner that comes
+//!   back (restart, healed partition) still claims its jobs, so two
+//!   schedulers may own one. **Decision:** the claim with the higher epoch
+//!   wins, ties to the HRW-preferred claimant; both sides decide the same.
+//!   A claim meets the other when one owner replicates to the other (a
+//!   resumed scheduler replicates every owned job at once, and the HRW
+//!   winner is the runner-up's replica). The winner refuses the loser's
+//!   state (`WeOwn`) and sends its own back; the loser yields: it calls off
+//!   and refunds (`CloseReason::Yielded`) the attempts the winner's state
+//!   does not list and keeps the winner's state as a replica. A replica
+//!   holder refuses state from an older claim (`OlderClaim`). What the loser
+//!   completed that the winner does not know runs again under the winner
+//!   (the creator keeps the first result of a task).
 //! * **Bounds**: `max_jobs` owned and `max_replicas` replicated jobs,
 //!   `max_tasks` tasks held, `max_in_flight` attempts offered or assigned,
 //!   `max_nodes` nodes in the view, `decisions_per_pass` per call. Finished
@@ -244,6 +257,30 @@ impl Scheduler {
             }
         }
         self.ctx.clock_ms = self.ctx.clock_ms.max(now_ms);
+        // A replica may have taken our jobs over while we were away: show
+        // each owned job's state to its replica now, so a newer claim is
+        // answered (and we yield, see `handle_replica`) at once. Not a
+        // replication: the replica may refuse it, so the attempts made since
+        // the last one stay counted as ours (`offers_since_rep`).
+        let me = self.ctx.me;
+        for job in self.jobs.values() {
+            // Finished ones too: a replica that took over may be running
+            // one of them again.
+            if job.core.owner != me {
+                continue;
+            }
+            if let Some(to) = self.ctx.pick_replica(job) {
+                self.ctx.stats.replications += 1;
+                self.ctx.actions.push_back(SchedulerAction::Replicate {
+                    to,
+                    snapshot: Box::new(JobSnapshot {
+                        job: job.spec.id,
+                        frame: job.frame.clone(),
+                        core: job.core.clone(),
+                    }),
+                });
+            }
+        }
     }
 
     /// The node running this scheduler.
@@ -411,6 +448,8 @@ impl Scheduler {
             frame,
             core: JobCore {
                 owner: self.ctx.me,
+                epoch: 0,
+                escrowed_since_rep: Vec::new(),
                 replica: None,
                 revision: 0,
                 submitted_at_ms: now_ms,

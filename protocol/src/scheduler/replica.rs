@@ -33,6 +33,7 @@ impl Ctx {
         let Some(to) = job.core.replica else {
             return;
         };
+        job.core.escrowed_since_rep.clear();
         job.core.revision += 1;
         for t in &mut job.core.tasks {
             t.offers_since_rep = 0;
@@ -65,6 +66,12 @@ pub(crate) fn validate_core(spec: &JobSpec, core: &JobCore) -> Result<(), String
     seen.sort_unstable();
     if seen.windows(2).any(|w| w[0] == w[1]) {
         return Err("a worker is listed twice".into());
+    }
+    let lines = u64::from(n) + u64::from(core.next_line);
+    if core.escrowed_since_rep.len() as u64 > lines.saturating_mul(256)
+        || core.escrowed_since_rep.iter().any(|(t, _)| *t >= n)
+    {
+        return Err("escrows since the last replication out of range".into());
     }
     if core.next_fresh > n {
         return Err(format!("next_fresh {} > {n} tasks", core.next_fresh));
@@ -168,6 +175,46 @@ pub(crate) fn validate_core(spec: &JobSpec, core: &JobCore) -> Result<(), String
     Ok(())
 }
 
+/// Whether claim `a` (epoch, claimant) to own job `id` beats claim `b`: the
+/// higher epoch (more takeovers behind it) wins; at equal epochs the
+/// claimant HRW ranks higher for the job. Both sides compute the same answer.
+pub(crate) fn claim_beats(id: &JobId, a: (u32, NodeId), b: (u32, NodeId)) -> bool {
+    a.0 > b.0
+        || (a.0 == b.0 && a.1 != b.1 && hrw::owner(hrw::job_key(id), [&a.1, &b.1]) == Some(a.1))
+}
+
+/// Every attempt a job state lists, as (task, attempt, worker): current
+/// attempts of offered, assigned, voted and done lines, and past ones.
+pub(crate) fn attempts_listed(job: &Job) -> std::collections::BTreeSet<(u32, u32, NodeId)> {
+    let mut out = std::collections::BTreeSet::new();
+    for line in all_lines(job) {
+        let Some(t) = job.task(line) else {
+            continue;
+        };
+        let task = job.task_of(line);
+        if matches!(
+            t.phase,
+            Phase::Offered | Phase::Assigned | Phase::Voted | Phase::Done
+        ) && let Some(w) = job.worker_id(t.worker)
+        {
+            out.insert((task, t.attempt, w));
+        }
+        for p in &t.past {
+            if let Some(w) = job.worker_id(p.worker) {
+                out.insert((task, p.attempt, w));
+            }
+        }
+    }
+    out
+}
+
+/// Every line of a job: its tasks, then its verification lines.
+fn all_lines(job: &Job) -> Vec<u32> {
+    (0..job.n_tasks())
+        .chain(job.line_task.keys().copied())
+        .collect()
+}
+
 /// Builds a held job from its spec and state.
 pub(crate) fn job_from(spec: JobSpec, frame: std::sync::Arc<[u8]>, core: JobCore) -> Job {
     let worker_ref: BTreeMap<NodeId, u32> = core
@@ -260,6 +307,8 @@ impl Scheduler {
         self.ctx.owned += 1;
         self.ctx.stats.takeovers += 1;
         job.core.owner = me;
+        job.core.epoch = job.core.epoch.saturating_add(1);
+        job.core.escrowed_since_rep.clear();
         for t in job.core.tasks.iter_mut().filter(|t| !t.is_terminal()) {
             t.next_attempt = t.next_attempt.saturating_add(ATTEMPT_GAP);
             t.offers_since_rep = 0;
@@ -289,6 +338,83 @@ impl Scheduler {
         self.ctx.rearm_job(job);
     }
 
+    /// Gives an owned job up to a newer claim (`core`, from the scheduler
+    /// that took it over while this one was away) and keeps the winner's
+    /// state as its replica.
+    ///
+    /// **Decision: what the loser settles.** The winner's state descends from
+    /// the last one this scheduler replicated, so whatever that state held is
+    /// the winner's to settle (it may have settled it already, so the
+    /// winner's current state is no guide to it). What happened since, only
+    /// this scheduler knows: attempts offered since (the last
+    /// `offers_since_rep` attempt numbers of each task) are called off
+    /// (`CancelTask`) unless the winner's state lists them, and attempts
+    /// escrowed since (`escrowed_since_rep`) are refunded (`Closed`:
+    /// `Yielded` for a current attempt, its own reason for a past one).
+    fn yield_job(&mut self, id: &JobId, frame: Arc<[u8]>, mut core: JobCore, now_ms: u64) {
+        let Some(mut job) = self.jobs.remove(id) else {
+            return;
+        };
+        core.timer_at = None;
+        let winner = job_from(job.spec.clone(), frame, core);
+        let known = attempts_listed(&winner);
+        let escrowed: std::collections::BTreeSet<(u32, u32)> =
+            job.core.escrowed_since_rep.iter().copied().collect();
+        let offered_since = |job: &Job, task: u32, attempt: u32| {
+            job.task(task).is_some_and(|t| {
+                attempt >= t.next_attempt.saturating_sub(u32::from(t.offers_since_rep))
+            })
+        };
+        let lines: Vec<u32> = job.core.live.keys().copied().collect();
+        for line in lines {
+            let Some(ended) = self.ctx.end_live(&mut job, line, now_ms) else {
+                continue;
+            };
+            let Some(worker) = job.worker_id(ended.worker) else {
+                continue;
+            };
+            let task = job.task_of(line);
+            let ours_escrow = escrowed.contains(&(task, ended.attempt));
+            if (ours_escrow || offered_since(&job, task, ended.attempt))
+                && !known.contains(&(task, ended.attempt, worker))
+            {
+                self.ctx.cancel_action(&job, line, &ended);
+            }
+            if ours_escrow && ended.phase == Phase::Assigned {
+                self.ctx.actions.push_back(SchedulerAction::Closed {
+                    task: job.task_id(line),
+                    attempt: ended.attempt,
+                    worker,
+                    reason: super::CloseReason::Yielded,
+                });
+            }
+        }
+        for line in all_lines(&job) {
+            let past = job.task(line).map(|t| t.past.clone()).unwrap_or_default();
+            for p in past {
+                let Some(worker) = job.worker_id(p.worker) else {
+                    continue;
+                };
+                if escrowed.contains(&(job.task_of(line), p.attempt)) {
+                    self.ctx.actions.push_back(SchedulerAction::Closed {
+                        task: job.task_id(line),
+                        attempt: p.attempt,
+                        worker,
+                        reason: p.kind.close_reason(),
+                    });
+                }
+            }
+        }
+        // Out of the owner's books (timers, queue, counts), into a replica's.
+        self.ctx.forget_job(&job);
+        self.ctx.tasks_held += u64::from(winner.n_tasks());
+        self.ctx.replicas += 1;
+        self.ctx.stats.yields += 1;
+        let mut held = winner;
+        self.ctx.rearm_job(&mut held);
+        self.jobs.insert(*id, held);
+    }
+
     /// A job's state from its owner, to keep as a replica.
     pub fn handle_replica(
         &mut self,
@@ -296,7 +422,6 @@ impl Scheduler {
         snapshot: JobSnapshot,
         now_ms: u64,
     ) -> Result<(), ReplicaError> {
-        let _ = now_ms;
         let JobSnapshot {
             job: id,
             frame,
@@ -311,14 +436,41 @@ impl Scheduler {
         if !self.ctx.view.schedulers.contains(from) {
             return Err(ReplicaError::NotAScheduler(*from));
         }
-        // Our timers, not the owner's.
+        // Our timers, not the owner's; its own escrow list is its own.
         core.timer_at = None;
+        core.escrowed_since_rep.clear();
         if let Some(held) = self.jobs.get_mut(&id) {
-            if held.core.owner == self.ctx.me {
-                return Err(ReplicaError::WeOwn(id));
-            }
             if !Arc::ptr_eq(&held.frame, &frame) && *held.frame != *frame {
                 return Err(ReplicaError::Conflict(id));
+            }
+            let me = self.ctx.me;
+            if held.core.owner == me {
+                // Two claims to own the job: the newer one wins.
+                if claim_beats(&id, (core.epoch, *from), (held.core.epoch, me)) {
+                    validate_core(&held.spec, &core).map_err(ReplicaError::Invalid)?;
+                    self.yield_job(&id, frame, core, now_ms);
+                    return Ok(());
+                }
+                // Ours stands: send it at once, so the sender yields now
+                // rather than when its turn as our replica comes.
+                self.ctx.stats.replications += 1;
+                self.ctx.actions.push_back(SchedulerAction::Replicate {
+                    to: *from,
+                    snapshot: Box::new(JobSnapshot {
+                        job: id,
+                        frame: held.frame.clone(),
+                        core: held.core.clone(),
+                    }),
+                });
+                return Err(ReplicaError::WeOwn(id));
+            }
+            if held.core.owner != *from
+                && claim_beats(&id, (held.core.epoch, held.core.owner), (core.epoch, *from))
+            {
+                return Err(ReplicaError::OlderClaim {
+                    held: held.core.epoch,
+                    got: core.epoch,
+                });
             }
             if held.core.owner == *from && core.revision <= held.core.revision {
                 return Err(ReplicaError::Stale {

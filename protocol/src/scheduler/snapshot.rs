@@ -16,7 +16,7 @@ use crate::signed::Signed;
 use crate::wire::{JobId, JobSpec};
 
 /// Version of [`SchedulerSnapshot`]'s layout.
-pub const SNAPSHOT_VERSION: u8 = 3;
+pub const SNAPSHOT_VERSION: u8 = 4;
 
 /// The whole scheduler state, to resume after a restart (and to checkpoint a
 /// simulation): restoring it and feeding the same inputs gives the same

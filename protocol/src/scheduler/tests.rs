@@ -1,5 +1,6 @@
 //! Unit tests of the scheduler machine, and helpers shared with `props`.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use rand_chacha::ChaCha20Rng;
@@ -996,6 +997,172 @@ fn replica_takes_over_when_the_owner_leaves() {
     b.check_invariants().unwrap();
 }
 
+/// The owner `a` goes down right after offering a task it never replicated;
+/// `b` takes the job over (epoch 1). `a` comes back from its snapshot, shows
+/// its claim to `b` (`resumed`), `b` refuses it and answers with its own, and
+/// `a` yields: it calls off and refunds only the attempt `b` never knew, and
+/// keeps `b`'s state as a replica.
+#[test]
+fn a_returning_owner_yields_to_the_takeover_and_settles_only_its_own_attempts() {
+    let (ka, kb) = (key(10), key(11));
+    let (a_id, b_id) = (ka.node_id(), kb.node_id());
+    let mut a = Scheduler::new(a_id, config());
+    let mut b = Scheduler::new(b_id, config());
+    let workers: Vec<NodeId> = (1..=4).map(|i| NodeId::from_bytes([i; 32])).collect();
+    for s in [&mut a, &mut b] {
+        s.observe_advert(&scheduler_advert(a_id, 1), T0 + TTL, T0);
+        s.observe_advert(&scheduler_advert(b_id, 1), T0 + TTL, T0);
+        for w in &workers {
+            s.observe_advert(&builtin_worker(*w, 1, 1), T0 + 1_000_000, T0);
+        }
+    }
+    let (spec, frame) = builtin_job(&key(1), 1, 3);
+    let id = spec.id;
+    a.submit(spec, frame, T0).unwrap();
+    let mut r = rng(1);
+    let first = offers(&pump(&mut a, T0, &mut r));
+    assert_eq!(first.len(), 3);
+    a.handle_accept(&answer(&first[0], true), T0 + 1).unwrap();
+    a.handle_accept(&answer(&first[1], true), T0 + 1).unwrap();
+    let snap = pump(&mut a, T0 + 1_500, &mut r)
+        .into_iter()
+        .find_map(|x| match x {
+            SchedulerAction::Replicate { snapshot, .. } => Some(*snapshot),
+            _ => None,
+        })
+        .expect("replicated");
+    b.handle_replica(&a_id, snap, T0 + 1_500).unwrap();
+    // Task 2 lapses at a and goes to another worker: this attempt exists only
+    // at a, which goes down (its snapshot) right after escrowing it.
+    let again = offers(&pump(&mut a, T0 + 2_100, &mut r));
+    assert_eq!(again.len(), 1, "task 2 offered again");
+    let own = again[0].clone();
+    a.handle_accept(&answer(&own, true), T0 + 2_200).unwrap();
+    assert!(drain(&mut a).iter().any(|x| matches!(
+        x,
+        SchedulerAction::Escrow { attempt, .. } if *attempt == own.attempt
+    )));
+    let saved = a.snapshot();
+
+    // b takes the job over when a's advert expires.
+    for w in &workers {
+        b.observe_advert(&builtin_worker(*w, 2, 1), T0 + 1_000_000, T0 + 20_000);
+    }
+    b.observe_advert(&scheduler_advert(b_id, 2), T0 + 1_000_000, T0 + 20_000);
+    pump(&mut b, T0 + TTL, &mut r);
+    assert_eq!(b.stats().takeovers, 1);
+    assert_eq!(b.job_view(&id).unwrap().role, JobRole::Owner);
+
+    // a comes back: it still claims the job and shows its claim to b.
+    let back = T0 + 60_000;
+    let mut a = Scheduler::restore(config(), saved).unwrap();
+    a.resumed(back);
+    assert_eq!(a.job_view(&id).unwrap().role, JobRole::Owner);
+    let claim = drain(&mut a)
+        .into_iter()
+        .find_map(|x| match x {
+            SchedulerAction::Replicate { to, snapshot } if to == b_id => Some(*snapshot),
+            _ => None,
+        })
+        .expect("a resumed owner shows its claim to its replica");
+    b.observe_advert(&scheduler_advert(a_id, 2), back + TTL, back);
+    let old_claim = claim.clone();
+    assert_eq!(
+        b.handle_replica(&a_id, claim, back),
+        Err(ReplicaError::WeOwn(id))
+    );
+    let answer_back = drain(&mut b)
+        .into_iter()
+        .find_map(|x| match x {
+            SchedulerAction::Replicate { to, snapshot } if to == a_id => Some(*snapshot),
+            _ => None,
+        })
+        .expect("the winner answers with its own state");
+    // Through the codec, as on the wire.
+    let answer_back: JobSnapshot =
+        codec::decode(&codec::encode(&answer_back).unwrap(), codec::MAX_FRAME).unwrap();
+    a.handle_replica(&b_id, answer_back.clone(), back + 1)
+        .unwrap();
+    assert_eq!(a.stats().yields, 1);
+    let v = a.job_view(&id).unwrap();
+    assert_eq!((v.role, v.owner), (JobRole::Replica, b_id));
+    let acts = drain(&mut a);
+    let cancelled: Vec<u32> = acts
+        .iter()
+        .filter_map(|x| match x {
+            SchedulerAction::CancelTask { attempt, .. } => Some(*attempt),
+            _ => None,
+        })
+        .collect();
+    let refunded: Vec<(u32, CloseReason)> = acts
+        .iter()
+        .filter_map(|x| match x {
+            SchedulerAction::Closed {
+                attempt, reason, ..
+            } => Some((*attempt, *reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        cancelled,
+        vec![own.attempt],
+        "only a's own attempt is called off"
+    );
+    assert_eq!(refunded, vec![(own.attempt, CloseReason::Yielded)]);
+    assert!(
+        !acts
+            .iter()
+            .any(|x| matches!(x, SchedulerAction::Offer { .. })),
+        "a replica places nothing"
+    );
+    // The same state again is stale; a third scheduler holding the winner's
+    // state refuses the loser's older claim.
+    let rev = answer_back.core.revision;
+    assert_eq!(
+        a.handle_replica(&b_id, answer_back.clone(), back + 2),
+        Err(ReplicaError::Stale {
+            held: rev,
+            got: rev
+        })
+    );
+    let mut c = Scheduler::new(key(12).node_id(), config());
+    c.observe_advert(&scheduler_advert(a_id, 3), back + TTL, back);
+    c.observe_advert(&scheduler_advert(b_id, 3), back + TTL, back);
+    c.handle_replica(&b_id, answer_back, back).unwrap();
+    assert_eq!(
+        c.handle_replica(&a_id, old_claim, back),
+        Err(ReplicaError::OlderClaim { held: 1, got: 0 })
+    );
+    a.check_invariants().unwrap();
+    b.check_invariants().unwrap();
+    c.check_invariants().unwrap();
+}
+
+/// Of two different claims to a job, exactly one wins, whichever side asks.
+#[test]
+fn claims_are_ordered_the_same_on_both_sides() {
+    let nodes: Vec<NodeId> = (0..6).map(|i| key(100 + i).node_id()).collect();
+    for j in 0..20u8 {
+        let id = JobId([j; 32]);
+        for a in &nodes {
+            for b in &nodes {
+                for (ea, eb) in [(0, 0), (0, 1), (2, 1), (3, 3)] {
+                    let ab = replica::claim_beats(&id, (ea, *a), (eb, *b));
+                    let ba = replica::claim_beats(&id, (eb, *b), (ea, *a));
+                    if a == b && ea == eb {
+                        assert!(!ab && !ba, "a claim does not beat itself");
+                    } else {
+                        assert!(ab != ba, "exactly one of two claims wins");
+                    }
+                    if ea != eb {
+                        assert_eq!(ab, ea > eb, "the higher epoch wins");
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Scheduler `a` (key 10) owns a 2-task job and knows scheduler `b` (key
 /// 11): the job, and the snapshot `a` replicates to `b` at `T0 + 1`.
 fn replicated_job(r: &mut ChaCha20Rng) -> (JobSpec, JobSnapshot) {
@@ -1493,4 +1660,218 @@ fn unfetchable_results_use_up_the_attempts() {
         }
     }
     s.check_invariants().unwrap();
+}
+
+/// One step of an owner in [`takeover_and_return_settle_every_escrow_once`].
+#[derive(Debug, Clone)]
+enum OwnerOp {
+    /// Time passes (timers fire; replications are delivered to the peer).
+    Advance(u16),
+    /// The worker of the i-th open offer accepts.
+    Accept(u8),
+    /// The worker of the i-th accepted attempt returns its result.
+    Result(u8),
+}
+
+fn owner_op() -> impl proptest::strategy::Strategy<Value = OwnerOp> {
+    use proptest::prelude::*;
+    prop_oneof![
+        3 => (1u16..4_000).prop_map(OwnerOp::Advance),
+        4 => any::<u8>().prop_map(OwnerOp::Accept),
+        2 => any::<u8>().prop_map(OwnerOp::Result),
+    ]
+}
+
+/// Escrows and refunds seen, by (task, attempt).
+#[derive(Default)]
+struct Books {
+    escrowed: BTreeSet<(u32, u32)>,
+    closed: BTreeMap<(u32, u32), u32>,
+    won: BTreeSet<(u32, u32)>,
+    /// Escrowed by the first owner since its last replication `b` applied.
+    unsynced: BTreeSet<(u32, u32)>,
+}
+
+/// Drives `s` through `ops` from `now`, delivering its replications to
+/// `peer` (when given) and recording escrows, refunds and winners.
+fn drive(
+    s: &mut Scheduler,
+    mut peer: Option<&mut Scheduler>,
+    ops: &[OwnerOp],
+    now: &mut u64,
+    books: &mut Books,
+    track_unsynced: bool,
+    r: &mut ChaCha20Rng,
+) {
+    let mut open: Vec<TaskOffer> = Vec::new();
+    let mut assigned: Vec<TaskOffer> = Vec::new();
+    let me = s.me();
+    let absorb = |acts: Vec<SchedulerAction>,
+                  open: &mut Vec<TaskOffer>,
+                  books: &mut Books,
+                  peer: &mut Option<&mut Scheduler>,
+                  now: u64| {
+        for a in acts {
+            match a {
+                SchedulerAction::Offer { offer, .. } => open.push(offer),
+                SchedulerAction::Escrow { task, attempt, .. } => {
+                    books.escrowed.insert((task.index, attempt));
+                    if track_unsynced {
+                        books.unsynced.insert((task.index, attempt));
+                    }
+                }
+                SchedulerAction::Closed { task, attempt, .. } => {
+                    *books.closed.entry((task.index, attempt)).or_default() += 1;
+                }
+                SchedulerAction::Replicate { snapshot, .. } => {
+                    if let Some(p) = peer.as_deref_mut()
+                        && p.handle_replica(&me, *snapshot, now).is_ok()
+                        && track_unsynced
+                    {
+                        books.unsynced.clear();
+                    }
+                }
+                _ => {}
+            }
+        }
+    };
+    let acts = pump(s, *now, r);
+    absorb(acts, &mut open, books, &mut peer, *now);
+    for op in ops {
+        match op {
+            OwnerOp::Advance(ms) => {
+                *now += u64::from(*ms);
+                let acts = pump(s, *now, r);
+                absorb(acts, &mut open, books, &mut peer, *now);
+            }
+            OwnerOp::Accept(i) if !open.is_empty() => {
+                let o = open.remove(usize::from(*i) % open.len());
+                if s.handle_accept(&answer(&o, true), *now).is_ok() {
+                    assigned.push(o);
+                }
+                let acts = drain(s);
+                absorb(acts, &mut open, books, &mut peer, *now);
+            }
+            OwnerOp::Result(i) if !assigned.is_empty() => {
+                let o = assigned.remove(usize::from(*i) % assigned.len());
+                if let Ok(ResultOutcome::Done) =
+                    s.handle_result(&result_of(&o), ResultFrames::default(), *now)
+                {
+                    books.won.insert((o.task.index, o.attempt));
+                }
+                let acts = drain(s);
+                absorb(acts, &mut open, books, &mut peer, *now);
+            }
+            _ => {}
+        }
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+    /// Owner `a` runs a job and replicates it to `b`, then stops; `b` takes
+    /// the job over and runs it; `a` comes back from its snapshot and
+    /// yields. What the yield refunds is exactly what only `a` knows: every
+    /// escrow `a` made after the last replication `b` applied, unless it won
+    /// or `a` refunded it already, and nothing `b` refunded or still holds;
+    /// `a` ends a replica with nothing in flight. (What `a` settled after its
+    /// last replication, `b` may settle again: the failover gap of
+    /// `docs/jobs.md`, not the yield's.)
+    #[test]
+    fn takeover_and_return_settle_every_escrow_once(
+        seed in proptest::prelude::any::<u64>(),
+        tasks in 1u32..6,
+        before in proptest::collection::vec(owner_op(), 0..40),
+        after in proptest::collection::vec(owner_op(), 0..40),
+    ) {
+        let (a_id, b_id) = (key(10).node_id(), key(11).node_id());
+        let mut a = Scheduler::new(a_id, config());
+        let mut b = Scheduler::new(b_id, config());
+        let workers: Vec<NodeId> = (1..=4).map(|i| NodeId::from_bytes([i; 32])).collect();
+        let far = T0 + 10_000_000;
+        for s in [&mut a, &mut b] {
+            s.observe_advert(&scheduler_advert(a_id, 1), T0 + TTL, T0);
+            s.observe_advert(&scheduler_advert(b_id, 1), far, T0);
+            for w in &workers {
+                s.observe_advert(&builtin_worker(*w, 1, 2), far, T0);
+            }
+        }
+        let (spec, frame) = builtin_job(&key(1), 1, tasks);
+        let id = spec.id;
+        a.submit(spec, frame, T0).unwrap();
+        let mut r = rng(seed);
+        let mut books = Books::default();
+        let mut now = T0;
+        drive(&mut a, Some(&mut b), &before, &mut now, &mut books, true, &mut r);
+        let saved = a.snapshot();
+        let unsynced = books.unsynced.clone();
+
+        // a is gone: b takes over (if it holds the job) and runs it.
+        now = now.max(T0 + TTL) + 1;
+        drive(&mut b, None, &after, &mut now, &mut books, false, &mut r);
+
+        // a comes back and shows its claim; b answers; a yields.
+        let mut a = Scheduler::restore(config(), saved).unwrap();
+        a.resumed(now);
+        b.observe_advert(&scheduler_advert(a_id, 2), far, now);
+        let b_owns = b.job_view(&id).is_some_and(|v| v.role == JobRole::Owner);
+        let claims: Vec<SchedulerAction> = drain(&mut a);
+        for c in claims {
+            if let SchedulerAction::Replicate { to, snapshot } = c {
+                proptest::prop_assert_eq!(to, b_id);
+                let refused = b.handle_replica(&a_id, *snapshot, now);
+                if b_owns {
+                    proptest::prop_assert_eq!(refused, Err(ReplicaError::WeOwn(id)));
+                }
+            }
+        }
+        for x in drain(&mut b) {
+            if let SchedulerAction::Replicate { to, snapshot } = x {
+                proptest::prop_assert_eq!(to, a_id);
+                a.handle_replica(&b_id, *snapshot, now).unwrap();
+            }
+        }
+        let mut yielded: BTreeMap<(u32, u32), u32> = BTreeMap::new();
+        for x in drain(&mut a) {
+            if let SchedulerAction::Closed { task, attempt, .. } = x {
+                *yielded.entry((task.index, attempt)).or_default() += 1;
+            }
+        }
+        // What the yield refunds is a's alone: escrowed by a, never won,
+        // refunded once, by nobody else, and not the winner's to settle.
+        let b_lists: BTreeSet<(u32, u32)> = b
+            .jobs
+            .get(&id)
+            .map(|j| replica::attempts_listed(j).into_iter().map(|(t, a, _)| (t, a)).collect())
+            .unwrap_or_default();
+        for (k, n) in &yielded {
+            proptest::prop_assert!(*n == 1, "escrow {:?} refunded {} times at the yield", k, n);
+            proptest::prop_assert!(books.escrowed.contains(k), "refund of {:?} never escrowed", k);
+            proptest::prop_assert!(!books.won.contains(k), "winner {:?} refunded", k);
+            proptest::prop_assert!(!books.closed.contains_key(k), "{:?} was refunded before", k);
+            proptest::prop_assert!(!b_lists.contains(k), "{:?} is the winner's to settle", k);
+        }
+        if b_owns {
+            prop_assert_yielded(&a, &id, b_id)?;
+            // And it refunds everything a escrowed that b never saw.
+            for k in unsynced.iter().filter(|k| !books.won.contains(k) && !books.closed.contains_key(k)) {
+                proptest::prop_assert!(yielded.contains_key(k), "a's own escrow {:?} never refunded", k);
+            }
+        }
+        a.check_invariants().map_err(proptest::test_runner::TestCaseError::fail)?;
+        b.check_invariants().map_err(proptest::test_runner::TestCaseError::fail)?;
+    }
+}
+
+fn prop_assert_yielded(
+    a: &Scheduler,
+    id: &JobId,
+    owner: NodeId,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    let v = a.job_view(id).expect("a keeps the job");
+    proptest::prop_assert_eq!((v.role, v.owner), (JobRole::Replica, owner));
+    proptest::prop_assert_eq!(a.in_flight(), 0);
+    proptest::prop_assert_eq!(a.stats().yields, 1);
+    Ok(())
 }

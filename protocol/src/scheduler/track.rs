@@ -43,7 +43,7 @@ impl Ctx {
         let mut at: Option<u64> = None;
         let mut add = |t: u64| at = Some(at.map_or(t, |a| a.min(t)));
         match job.core.finished_at_ms {
-            Some(done) => add(done.saturating_add(self.config.finished_retention_ms)),
+            Some(done) => add(done.saturating_add(self.retention_ms(job))),
             None if owner => add(job.spec.deadline_ms),
             None => {}
         }
@@ -68,6 +68,17 @@ impl Ctx {
                 self.timers.insert((new, TimerRef::Job(id)));
             }
             job.core.timer_at = at;
+        }
+    }
+
+    /// How long the job is kept once finished: longer after a takeover.
+    pub(crate) fn retention_ms(&self, job: &Job) -> u64 {
+        if job.core.epoch > 0 {
+            self.config
+                .takeover_retention_ms
+                .max(self.config.finished_retention_ms)
+        } else {
+            self.config.finished_retention_ms
         }
     }
 
@@ -160,6 +171,8 @@ impl Ctx {
         };
         task.phase = Phase::Assigned;
         let attempt = task.attempt;
+        let escrowed = (job.task_of(index), attempt);
+        job.core.escrowed_since_rep.push(escrowed);
         self.set_task_timer(job, index, at);
         self.stats.accepts += 1;
         self.actions.push_back(SchedulerAction::Escrow {
@@ -480,7 +493,7 @@ impl Ctx {
     pub(crate) fn fire_job(&mut self, job: &mut Job, now_ms: u64) -> bool {
         let owner = job.core.owner == self.me;
         if let Some(done) = job.core.finished_at_ms {
-            if now_ms >= done.saturating_add(self.config.finished_retention_ms) {
+            if now_ms >= done.saturating_add(self.retention_ms(job)) {
                 return true;
             }
         } else if owner && now_ms >= job.spec.deadline_ms {

@@ -47,6 +47,11 @@ pub struct SchedulerConfig {
     pub replicate_interval_ms: u64,
     /// How long a finished job is kept (views, duplicate detection).
     pub finished_retention_ms: u64,
+    /// How long a finished job this scheduler took over (or got from one
+    /// that did) is kept, if longer: its former owner, coming back within
+    /// this time, learns from it that the job moved on and yields (see
+    /// "Two owners" in the module docs).
+    pub takeover_retention_ms: u64,
     /// Progress events to the creator at most every this many per mille.
     pub progress_step_permille: u16,
     /// Score weights.
@@ -82,6 +87,7 @@ impl Default for SchedulerConfig {
             retry_ms: 1_000,
             replicate_interval_ms: 2_000,
             finished_retention_ms: 600_000,
+            takeover_retention_ms: 3_600_000,
             progress_step_permille: 100,
             weights: ScoreWeights::default(),
             new_nodes_on_probation: true,
@@ -362,6 +368,10 @@ pub enum CloseReason {
     /// unreachable, or the output did not match its signed hash): never
     /// countersigned, so never paid; the task ran again.
     Unfetchable,
+    /// This scheduler yielded the job to an owner with a newer claim (it had
+    /// taken the job over while this one was away) that does not know this
+    /// attempt: the attempt is called off, not the worker's fault.
+    Yielded,
 }
 
 impl CloseReason {
@@ -375,7 +385,7 @@ impl CloseReason {
             | CloseReason::PastDeadline
             | CloseReason::JobDeadline
             | CloseReason::Unfetchable => CloseOutcome::Lapsed,
-            CloseReason::Cancelled => CloseOutcome::Cancelled,
+            CloseReason::Cancelled | CloseReason::Yielded => CloseOutcome::Cancelled,
             CloseReason::Reported
             | CloseReason::Superseded
             | CloseReason::TaskFailed
@@ -556,6 +566,8 @@ pub struct SchedulerStats {
     pub replications: u64,
     /// Jobs taken over.
     pub takeovers: u64,
+    /// Owned jobs given up to a scheduler with a newer claim.
+    pub yields: u64,
     /// Nodes ignored because the view was full.
     pub view_full: u64,
     /// Tasks put under verification (drawn, probation or re-run).
@@ -806,9 +818,19 @@ pub enum ReplicaError {
     /// The sender is no live scheduler in this node's view.
     #[error("{0} is not a live scheduler here")]
     NotAScheduler(NodeId),
-    /// This scheduler owns the job now.
+    /// This scheduler owns the job now, with a claim at least as new as the
+    /// sender's (it sent its own state back: the sender yields).
     #[error("this scheduler owns job {0}")]
     WeOwn(JobId),
+    /// The replica held comes from an owner with a newer claim (more
+    /// takeovers behind it) than the sender's.
+    #[error("replica from an older owner: epoch {got} < held {held}")]
+    OlderClaim {
+        /// Epoch of the claim held.
+        held: u32,
+        /// Epoch of the sender's claim.
+        got: u32,
+    },
     /// Not newer than the replica held.
     #[error("stale replica: revision {got} <= held {held}")]
     Stale {
