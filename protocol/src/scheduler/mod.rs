@@ -203,6 +203,10 @@ pub(crate) struct Ctx {
     /// capacity view's clock, kept in snapshots so that
     /// [`Scheduler::resumed`] knows how long the scheduler was away.
     pub(crate) clock_ms: u64,
+    /// Until then (after `resumed`), owned jobs are not replicated: a claim
+    /// was shown instead, and a replication would count the attempts made
+    /// since the last one as known to a replica that may have refused it.
+    pub(crate) claiming_until_ms: u64,
 }
 
 /// The scheduler state machine. See the module docs.
@@ -232,6 +236,7 @@ impl Scheduler {
                 stats: SchedulerStats::default(),
                 held: BTreeMap::new(),
                 clock_ms: 0,
+                claiming_until_ms: 0,
             },
             jobs: BTreeMap::new(),
         }
@@ -257,12 +262,47 @@ impl Scheduler {
             }
         }
         self.ctx.clock_ms = self.ctx.clock_ms.max(now_ms);
-        // A replica may have taken our jobs over while we were away: show
-        // each owned job's state to its replica now, so a newer claim is
-        // answered (and we yield, see `handle_replica`) at once. Not a
-        // replication: the replica may refuse it, so the attempts made since
-        // the last one stay counted as ours (`offers_since_rep`).
+        // A replica may have taken our jobs over while we were away. Our
+        // workers' silence over our downtime proves nothing (as for the
+        // view): accepted attempts get a fresh heartbeat window, so we do not
+        // call off attempts the taker adopted. Owned jobs place nothing for
+        // `resume_grace_ms`, and each owned job's state is shown to its
+        // replica now, so a newer claim is answered (and we yield, see
+        // `handle_replica`) before we act. Not a replication: the replica
+        // may refuse it, so the attempts made since the last one stay
+        // counted as ours (`offers_since_rep`, `escrowed_since_rep`).
         let me = self.ctx.me;
+        let hb = self.ctx.config.heartbeat_timeout_ms;
+        let grace_until = now_ms.saturating_add(self.ctx.config.resume_grace_ms);
+        self.ctx.claiming_until_ms = grace_until;
+        for job in self.jobs.values_mut() {
+            if job.core.owner != me || job.is_finished() {
+                continue;
+            }
+            let lines: Vec<u32> = job.core.live.keys().copied().collect();
+            for line in lines {
+                if job.task(line).map(|t| t.phase) != Some(Phase::Assigned) {
+                    continue;
+                }
+                let Some(live) = job.core.live.get_mut(&line) else {
+                    continue;
+                };
+                live.last_heard_ms = live.last_heard_ms.max(now_ms);
+                let at = now_ms.saturating_add(hb).min(live.deadline_ms);
+                if at > live.timer_at {
+                    self.ctx.set_task_timer(job, line, at);
+                }
+            }
+            if self.ctx.config.resume_grace_ms > 0 {
+                job.core.blocked_until_ms = Some(
+                    job.core
+                        .blocked_until_ms
+                        .map_or(grace_until, |t| t.max(grace_until)),
+                );
+                self.ctx.ready.remove(&job.spec.id);
+                self.ctx.rearm_job(job);
+            }
+        }
         for job in self.jobs.values() {
             // Finished ones too: a replica that took over may be running
             // one of them again.

@@ -56,6 +56,8 @@ pub struct CoreSnapshot {
     pub(crate) stats: SchedulerStats,
     /// The capacity view's clock (see `Scheduler::resumed`); since version 3.
     pub(crate) clock_ms: u64,
+    /// `Ctx::claiming_until_ms`; since version 4.
+    pub(crate) claiming_until_ms: u64,
 }
 
 /// One node of a [`SchedulerSnapshot`] (opaque).
@@ -266,6 +268,7 @@ impl Scheduler {
                 cursor: self.ctx.cursor,
                 stats: self.ctx.stats,
                 clock_ms: self.ctx.clock_ms,
+                claiming_until_ms: self.ctx.claiming_until_ms,
             },
             nodes: v
                 .slots
@@ -359,6 +362,7 @@ impl Scheduler {
                 stats: c.stats,
                 held: BTreeMap::new(),
                 clock_ms: c.clock_ms,
+                claiming_until_ms: c.claiming_until_ms,
             },
             jobs: BTreeMap::new(),
         };

@@ -1816,7 +1816,36 @@ proptest::proptest! {
         a.resumed(now);
         b.observe_advert(&scheduler_advert(a_id, 2), far, now);
         let b_owns = b.job_view(&id).is_some_and(|v| v.role == JobRole::Owner);
-        let claims: Vec<SchedulerAction> = drain(&mut a);
+        // Its timers run before any answer comes: it places nothing and
+        // calls off nothing it had accepted (the taker may have adopted it).
+        let assigned_before: BTreeSet<(u32, u32)> = a
+            .jobs
+            .get(&id)
+            .map(|j| {
+                j.core
+                    .live
+                    .keys()
+                    .filter_map(|l| {
+                        j.task(*l)
+                            .filter(|t| t.phase == job::Phase::Assigned)
+                            .map(|t| (j.task_of(*l), t.attempt))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let claims: Vec<SchedulerAction> = pump(&mut a, now, &mut r);
+        for c in &claims {
+            proptest::prop_assert!(
+                !matches!(c, SchedulerAction::Offer { .. } | SchedulerAction::Closed { .. }),
+                "a resumed owner acted before its claim was answered: {:?}", c
+            );
+            if let SchedulerAction::CancelTask { task, attempt, .. } = c {
+                proptest::prop_assert!(
+                    !assigned_before.contains(&(task.index, *attempt)),
+                    "a resumed owner called off an accepted attempt"
+                );
+            }
+        }
         for c in claims {
             if let SchedulerAction::Replicate { to, snapshot } = c {
                 proptest::prop_assert_eq!(to, b_id);
@@ -1829,7 +1858,12 @@ proptest::proptest! {
         for x in drain(&mut b) {
             if let SchedulerAction::Replicate { to, snapshot } = x {
                 proptest::prop_assert_eq!(to, a_id);
-                a.handle_replica(&b_id, *snapshot, now).unwrap();
+                // One answer per claim a showed; the second is not newer.
+                let got = a.handle_replica(&b_id, *snapshot, now);
+                proptest::prop_assert!(
+                    matches!(got, Ok(()) | Err(ReplicaError::Stale { .. })),
+                    "{:?}", got
+                );
             }
         }
         let mut yielded: BTreeMap<(u32, u32), u32> = BTreeMap::new();

@@ -51,13 +51,14 @@ impl Ctx {
             add(t);
         }
         if owner && job.core.replica.is_some() && (job.core.dirty || job.core.replicate_now) {
-            add(if job.core.replicate_now {
+            let due = if job.core.replicate_now {
                 0
             } else {
                 job.core
                     .last_replicated_ms
                     .saturating_add(self.config.replicate_interval_ms)
-            });
+            };
+            add(due.max(self.claiming_until_ms));
         }
         if at != job.core.timer_at {
             let id = job.spec.id;
@@ -509,6 +510,7 @@ impl Ctx {
             self.mark_ready(job, now_ms);
         }
         if owner
+            && now_ms >= self.claiming_until_ms
             && (job.core.replicate_now
                 || (job.core.dirty
                     && now_ms

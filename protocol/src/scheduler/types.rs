@@ -52,6 +52,10 @@ pub struct SchedulerConfig {
     /// this time, learns from it that the job moved on and yields (see
     /// "Two owners" in the module docs).
     pub takeover_retention_ms: u64,
+    /// After a restart (`Scheduler::resumed`), how long owned jobs place
+    /// nothing: time for a scheduler that took them over meanwhile to answer
+    /// the claim the resumed one shows it (and for it to yield).
+    pub resume_grace_ms: u64,
     /// Progress events to the creator at most every this many per mille.
     pub progress_step_permille: u16,
     /// Score weights.
@@ -88,6 +92,7 @@ impl Default for SchedulerConfig {
             replicate_interval_ms: 2_000,
             finished_retention_ms: 600_000,
             takeover_retention_ms: 3_600_000,
+            resume_grace_ms: 10_000,
             progress_step_permille: 100,
             weights: ScoreWeights::default(),
             new_nodes_on_probation: true,
