@@ -140,7 +140,11 @@ impl Ctx {
                     self.stats.misses += 1;
                     job.core.requeued.push_back(index);
                     misses += 1;
-                    if misses >= job.queued_len() {
+                    // A whole quantum (or the whole queue) in a row that no
+                    // free worker may take: wait for the retry. Without the
+                    // quantum bound a job queueing more than a quantum came
+                    // round again at once, and placement spun at one instant.
+                    if misses >= job.queued_len().min(QUANTUM) {
                         let reason = if verifying {
                             QueuedReason::NoVerifier { checked }
                         } else {

@@ -415,6 +415,56 @@ fn busy_workers_are_not_offered_more_than_their_free_slots() {
     s.check_invariants().unwrap();
 }
 
+/// A job with more queued tasks than a placement quantum, every one of them
+/// excluded from the only free worker (it failed them all): placement gives
+/// up on the job until `retry_ms` instead of trying it again and again at
+/// the same instant (the simulator's churn scenario spun there, and so would
+/// a node's job service).
+#[test]
+fn a_job_whose_tasks_all_exclude_the_free_workers_waits_for_the_retry() {
+    let (mut s, w, mut r) = setup(1, 1);
+    let (spec, frame) = builtin_job(&key(1), 1, 200);
+    let id = spec.id;
+    s.submit(spec, frame, T0).unwrap();
+    {
+        let job = s.jobs.get_mut(&id).unwrap();
+        let wi = job.worker_index(w[0]);
+        for t in &mut job.core.tasks {
+            t.next_attempt = 1;
+            t.failures = 1;
+            t.past.push(job::Past {
+                worker: wi,
+                attempt: 0,
+                kind: job::PastKind::Reported,
+            });
+        }
+    }
+    let mut calls = 0;
+    while s.next_deadline().is_some_and(|d| d <= T0) {
+        calls += 1;
+        assert!(calls <= 2, "placement is due again at the same instant");
+        s.handle_timeout(T0, &mut r);
+    }
+    assert!(offers(&drain(&mut s)).is_empty());
+    assert!(
+        s.stats().decisions <= 200,
+        "{} decisions for 200 queued tasks",
+        s.stats().decisions
+    );
+    assert!(
+        s.next_deadline()
+            .is_some_and(|d| d >= T0 + config().retry_ms)
+    );
+    assert!(
+        matches!(
+            s.job_view(&id).unwrap().why_queued.as_deref(),
+            Some(r) if r.contains("excluded") || r.contains("failed")
+        ),
+        "{:?}",
+        s.job_view(&id).unwrap().why_queued
+    );
+}
+
 #[test]
 fn accept_only_from_the_offered_worker_and_attempt() {
     let (mut s, w, mut r) = setup(2, 1);
