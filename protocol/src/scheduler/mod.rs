@@ -107,6 +107,9 @@
 //!   back (restart, healed partition) still claims its jobs, so two
 //!   schedulers may own one. **Decision:** the claim with the higher epoch
 //!   wins, ties to the HRW-preferred claimant; both sides decide the same.
+//!   An owner yields only to its HRW runner-up among the live schedulers
+//!   (the epoch is the sender's word; the runner-up can take the job over
+//!   anyway by calling the owner silent).
 //!   A claim meets the other when one owner replicates to the other (a
 //!   resumed scheduler replicates every owned job at once, and the HRW
 //!   winner is the runner-up's replica). The winner refuses the loser's

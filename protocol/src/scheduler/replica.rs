@@ -445,11 +445,21 @@ impl Scheduler {
             }
             let me = self.ctx.me;
             if held.core.owner == me {
-                // Two claims to own the job: the newer one wins.
-                if claim_beats(&id, (core.epoch, *from), (held.core.epoch, me)) {
-                    validate_core(&held.spec, &core).map_err(ReplicaError::Invalid)?;
-                    self.yield_job(&id, frame, core, now_ms);
-                    return Ok(());
+                // Two claims to own the job: the newer one wins, but only
+                // from our HRW runner-up among the live schedulers, the one
+                // that takes the job over if we go silent. The epoch is the
+                // sender's word: any other scheduler could name a higher one
+                // and take every job it knows the spec of.
+                let runner_up =
+                    hrw::owner_excluding(hrw::job_key(&id), self.ctx.view.schedulers.iter(), &[me]);
+                if runner_up == Some(*from) {
+                    if claim_beats(&id, (core.epoch, *from), (held.core.epoch, me)) {
+                        validate_core(&held.spec, &core).map_err(ReplicaError::Invalid)?;
+                        self.yield_job(&id, frame, core, now_ms);
+                        return Ok(());
+                    }
+                } else if claim_beats(&id, (core.epoch, *from), (held.core.epoch, me)) {
+                    return Err(ReplicaError::WeOwn(id));
                 }
                 // Ours stands: send it at once, so the sender yields now
                 // rather than when its turn as our replica comes.

@@ -1188,6 +1188,56 @@ fn a_returning_owner_yields_to_the_takeover_and_settles_only_its_own_attempts() 
     c.check_invariants().unwrap();
 }
 
+/// A newer claim counts only from the owner's HRW runner-up (the scheduler
+/// that takes the job over when the owner goes silent): any other live
+/// scheduler naming a higher epoch is refused and the owner keeps the job.
+#[test]
+fn only_the_runner_up_can_claim_a_job_away() {
+    let ids: Vec<NodeId> = (10..13).map(|k| key(k).node_id()).collect();
+    let a_id = ids[0];
+    let mut a = Scheduler::new(a_id, config());
+    for id in &ids {
+        a.observe_advert(&scheduler_advert(*id, 1), T0 + TTL, T0);
+    }
+    let (spec, frame) = builtin_job(&key(1), 1, 2);
+    let id = spec.id;
+    a.submit(spec, frame, T0).unwrap();
+    let mut own = pump(&mut a, T0 + 1, &mut rng(1))
+        .into_iter()
+        .find_map(|x| match x {
+            SchedulerAction::Replicate { snapshot, .. } => Some(*snapshot),
+            _ => None,
+        })
+        .expect("replicated");
+    let runner_up =
+        crate::hrw::owner_excluding(crate::hrw::job_key(&id), ids.iter(), &[a_id]).unwrap();
+    let impostor = *ids
+        .iter()
+        .find(|n| **n != a_id && **n != runner_up)
+        .unwrap();
+    own.core.epoch = 7;
+    own.core.revision += 1;
+    let mut claim = own.clone();
+    claim.core.owner = impostor;
+    assert_eq!(
+        a.handle_replica(&impostor, claim, T0 + 2),
+        Err(ReplicaError::WeOwn(id))
+    );
+    assert!(drain(&mut a).is_empty(), "nothing sent, nothing given up");
+    assert_eq!(a.job_view(&id).unwrap().role, JobRole::Owner);
+    assert_eq!(a.stats().yields, 0);
+    // The same claim from the runner-up wins.
+    let mut claim = own;
+    claim.core.owner = runner_up;
+    a.handle_replica(&runner_up, claim, T0 + 3).unwrap();
+    let v = a.job_view(&id).unwrap();
+    assert_eq!(
+        (v.role, v.owner, a.stats().yields),
+        (JobRole::Replica, runner_up, 1)
+    );
+    a.check_invariants().unwrap();
+}
+
 /// Of two different claims to a job, exactly one wins, whichever side asks.
 #[test]
 fn claims_are_ordered_the_same_on_both_sides() {
