@@ -35,7 +35,7 @@
 //!
 //! See `sim/README.md` for each model's assumptions.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rendertrust_protocol::capacity::{AdvertSchedule, CapacityConfig, CapacityTable, Publication};
@@ -350,14 +350,14 @@ pub struct World {
     hard_end: u64,
     q: EventQueue<Ev>,
     nodes: Vec<Node>,
-    index: HashMap<NodeId, u32>,
+    index: rustc_hash::FxHashMap<NodeId, u32>,
     schedulers: Vec<u32>,
     creators: Vec<u32>,
     templates: Vec<CapacityAdvert>,
     /// One advert per template, filled in for each delivery.
     scratch: Vec<CapacityAdvert>,
     jobs: Vec<SimJob>,
-    job_index: HashMap<JobId, u32>,
+    job_index: rustc_hash::FxHashMap<JobId, u32>,
     net: NetModel,
     arrivals: ArrivalModel,
     rng_arrivals: SimRng,
@@ -370,7 +370,7 @@ pub struct World {
     ledger: Option<Box<LedgerDriver>>,
     /// Latest arrival per directed link: messages between two nodes keep
     /// their order (one QUIC connection), whatever the jitter.
-    links: HashMap<(u32, u32), u64>,
+    links: rustc_hash::FxHashMap<u64, u64>,
     jobs_open: usize,
     /// Nodes online: the size of the capacity table a node without one
     /// (a worker or creator) would hold, for its advert refresh period.
@@ -554,7 +554,7 @@ impl World {
             scratch: templates.clone(),
             templates,
             jobs: Vec::new(),
-            job_index: HashMap::new(),
+            job_index: rustc_hash::FxHashMap::default(),
             net,
             arrivals,
             rng_arrivals: SimRng::stream(seed, "arrivals", 0),
@@ -563,7 +563,7 @@ impl World {
             worker_config_hb,
             credits: Credits::default(),
             ledger: None,
-            links: HashMap::new(),
+            links: rustc_hash::FxHashMap::default(),
             jobs_open: 0,
             online_nodes: 0,
             on_progress: None,
@@ -1162,7 +1162,10 @@ impl World {
     /// When a message sent on the link `from → to` arrives, given its own
     /// delay: never before the link's previous message.
     fn arrival(&mut self, from: u32, to: u32, at: u64) -> u64 {
-        let last = self.links.entry((from, to)).or_insert(0);
+        let last = self
+            .links
+            .entry(u64::from(from) << 32 | u64::from(to))
+            .or_insert(0);
         *last = (*last).max(at);
         *last
     }
@@ -2747,9 +2750,9 @@ pub struct LedgerDriver {
     pub ledger: rendertrust_protocol::ledger::Ledger,
     keys: Vec<Option<NodeKey>>,
     /// Offers made, by (task, attempt): the escrow needs them signed.
-    offers: HashMap<(TaskId, u32), (u32, TaskOffer)>,
+    offers: rustc_hash::FxHashMap<(TaskId, u32), (u32, TaskOffer)>,
     /// Accepts given, by (task, attempt).
-    accepts: HashMap<(TaskId, u32), (u32, TaskAccept)>,
+    accepts: rustc_hash::FxHashMap<(TaskId, u32), (u32, TaskAccept)>,
     admitted: u64,
     refused: u64,
     unsigned: u64,
@@ -2760,8 +2763,8 @@ impl LedgerDriver {
         LedgerDriver {
             ledger: rendertrust_protocol::ledger::Ledger::new(Default::default()),
             keys,
-            offers: HashMap::new(),
-            accepts: HashMap::new(),
+            offers: rustc_hash::FxHashMap::default(),
+            accepts: rustc_hash::FxHashMap::default(),
             admitted: 0,
             refused: 0,
             unsigned: 0,

@@ -217,7 +217,30 @@ fn all_lines(job: &Job) -> Vec<u32> {
 
 /// Builds a held job from its spec and state.
 pub(crate) fn job_from(spec: JobSpec, frame: std::sync::Arc<[u8]>, core: JobCore) -> Job {
-    let worker_ref: BTreeMap<NodeId, u32> = core
+    let (worker_ref, line_task) = derived_of(&core);
+    Job {
+        need: Need::of(&spec),
+        spec,
+        frame,
+        core,
+        worker_ref,
+        line_task,
+    }
+}
+
+/// A newer replica of a job we hold: the same spec (checked by the caller),
+/// so its requirements stand; only the state and what derives from it change.
+fn replace_core(job: &mut Job, frame: std::sync::Arc<[u8]>, core: JobCore) {
+    let (worker_ref, line_task) = derived_of(&core);
+    job.frame = frame;
+    job.core = core;
+    job.worker_ref = worker_ref;
+    job.line_task = line_task;
+}
+
+/// The lookups a [`Job`] keeps beside its core: worker → index, line → task.
+fn derived_of(core: &JobCore) -> (BTreeMap<NodeId, u32>, BTreeMap<u32, u32>) {
+    let worker_ref = core
         .workers
         .iter()
         .enumerate()
@@ -228,14 +251,7 @@ pub(crate) fn job_from(spec: JobSpec, frame: std::sync::Arc<[u8]>, core: JobCore
         .iter()
         .flat_map(|(t, c)| c.lines.iter().map(move |(l, _)| (*l, *t)))
         .collect();
-    Job {
-        need: Need::of(&spec),
-        spec,
-        frame,
-        core,
-        worker_ref,
-        line_task,
-    }
+    (worker_ref, line_task)
 }
 
 impl Scheduler {
@@ -492,8 +508,7 @@ impl Scheduler {
             if let Some(at) = held.core.timer_at {
                 self.ctx.timers.remove(&(at, super::TimerRef::Job(id)));
             }
-            let spec = held.spec.clone();
-            *held = job_from(spec, frame, core);
+            replace_core(held, frame, core);
             self.ctx.rearm_job(held);
             return Ok(());
         }
