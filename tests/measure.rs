@@ -118,6 +118,22 @@ fn proc_stat(pid: u32) -> (u64, u64) {
     (rss_kb * 1024, ticks)
 }
 
+/// UDP datagrams the kernel dropped for a full socket receive buffer, all
+/// sockets of this machine (`RcvbufErrors` of `/proc/net/snmp`).
+fn udp_rcvbuf_errors() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// An idle node's RSS and CPU after 5 minutes, in a 5-node mesh with default settings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement: run by hand"]
@@ -429,6 +445,16 @@ async fn one_gib_input_over_the_mesh_vs_plain_quic() {
         peer: a_id,
     };
     let cpu = || proc_stat(std::process::id()).1 as f64 / 100.0;
+    // Wall-clock marks of the mesh phase, to cut a `perf record -k realtime`
+    // profile down to it (`perf report --time START,END`).
+    let mark = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0)
+    };
+    let mesh_start = mark();
+    let drops = udp_rcvbuf_errors();
     let (t, c) = (std::time::Instant::now(), cpu());
     let report = fetch_content(
         &store_b,
@@ -446,12 +472,20 @@ async fn one_gib_input_over_the_mesh_vs_plain_quic() {
     .await
     .unwrap();
     let (mesh_secs, mesh_cpu) = (t.elapsed().as_secs_f64(), cpu() - c);
+    let mesh_drops = udp_rcvbuf_errors() - drops;
+    eprintln!(
+        "MEASURE mesh phase (wall clock): {mesh_start:.6},{:.6}",
+        mark()
+    );
     let sealed_bytes = sealed.manifest.total_size;
     let gib = sealed_bytes as f64 / f64::from(1u32 << 30);
     let mesh_rate = sealed_bytes as f64 / mesh_secs;
-    let c = cpu();
+    let (c, drops) = (cpu(), udp_rcvbuf_errors());
     let quic_rate = plain_quic_transfer(sealed_bytes, None).await;
-    let quic_cpu = cpu() - c;
+    let (quic_cpu, quic_drops) = (cpu() - c, udp_rcvbuf_errors() - drops);
+    eprintln!(
+        "MEASURE UDP datagrams dropped for a full receive buffer: mesh {mesh_drops}, plain quinn {quic_drops}"
+    );
     let c = cpu();
     let files_rate = plain_quic_transfer(sealed_bytes, Some(dir.path().join("plain"))).await;
     let files_cpu = cpu() - c;
