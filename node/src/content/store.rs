@@ -694,7 +694,8 @@ impl ContentStore {
     /// Writes `bytes` to a fresh temp file and syncs it. With `direct`
     /// (chunks fetched from peers) a length that is a whole number of
     /// [`DIRECT_ALIGN`] blocks is written with `O_DIRECT`, around the page
-    /// cache; see [`write_direct`] and the module docs ("Direct writes").
+    /// cache; see [`write_direct`] and the decision in the module docs
+    /// (`node::content`, "Layout on disk").
     fn write_temp(&self, bytes: &[u8], direct: bool) -> io::Result<TempFile> {
         let direct = direct
             && !bytes.is_empty()
