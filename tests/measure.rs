@@ -472,7 +472,7 @@ async fn one_gib_input_over_the_mesh_vs_plain_quic() {
     .await
     .unwrap();
     let (mesh_secs, mesh_cpu) = (t.elapsed().as_secs_f64(), cpu() - c);
-    let mesh_drops = udp_rcvbuf_errors() - drops;
+    let mesh_drops = udp_rcvbuf_errors().saturating_sub(drops);
     eprintln!(
         "MEASURE mesh phase (wall clock): {mesh_start:.6},{:.6}",
         mark()
@@ -482,7 +482,7 @@ async fn one_gib_input_over_the_mesh_vs_plain_quic() {
     let mesh_rate = sealed_bytes as f64 / mesh_secs;
     let (c, drops) = (cpu(), udp_rcvbuf_errors());
     let quic_rate = plain_quic_transfer(sealed_bytes, None).await;
-    let (quic_cpu, quic_drops) = (cpu() - c, udp_rcvbuf_errors() - drops);
+    let (quic_cpu, quic_drops) = (cpu() - c, udp_rcvbuf_errors().saturating_sub(drops));
     eprintln!(
         "MEASURE UDP datagrams dropped for a full receive buffer: mesh {mesh_drops}, plain quinn {quic_drops}"
     );

@@ -595,7 +595,8 @@ impl ContentStore {
         // one on a chunk's first write put a mkdir (an inode allocation) on
         // the fetch path of a quarter of the first thousand chunks.
         for prefix in 0..=255u8 {
-            let dir = chunks_dir.join(format!("{prefix:02x}"));
+            // Named as `chunk_path` names them.
+            let dir = chunks_dir.join(hex::encode([prefix]));
             match fs::create_dir(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -1352,15 +1353,25 @@ mod tests {
             // Block-sized chunks (direct) and a 100-byte tail (buffered).
             let content = data(3 * 4096 + 100, 7);
             let (manifest, chunks) = manifest_of(&content);
+            let takes_direct = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(nix::fcntl::OFlag::O_DIRECT.bits())
+                .open(dir.path().join("probe"))
+                .is_ok();
             let id = {
                 let store = open_store(dir.path());
                 let id = store.put_manifest(&manifest).unwrap();
                 for (i, chunk) in chunks.iter().enumerate() {
                     // An aligned source is written as it is, an unaligned one
-                    // from the thread's aligned copy: offset 1 is never aligned.
-                    let mut shifted = vec![0u8; chunk.len() + 1];
-                    shifted[1..].copy_from_slice(chunk);
-                    let source = if i % 2 == 0 { chunk } else { &shifted[1..] };
+                    // from the thread's aligned copy.
+                    let mut room = vec![0u8; chunk.len() + 2 * DIRECT_ALIGN];
+                    let mut at = room.as_ptr().align_offset(DIRECT_ALIGN);
+                    if i % 2 == 1 {
+                        at += 1;
+                    }
+                    room[at..at + chunk.len()].copy_from_slice(chunk);
+                    let source = &room[at..at + chunk.len()];
                     assert_eq!(
                         store.put_chunk(&id, i as u32, source).unwrap(),
                         PutChunk::Stored,
@@ -1370,6 +1381,13 @@ mod tests {
                 }
                 assert!(fs::read_dir(&store.inner.tmp_dir).unwrap().next().is_none());
                 assert_index_matches_disk(&store);
+                // Where the file system takes O_DIRECT, no write fell back.
+                assert_eq!(
+                    store.inner.no_direct.load(Ordering::Relaxed),
+                    !takes_direct,
+                    "{}",
+                    dir.path().display()
+                );
                 id
             };
             let store = open_store(dir.path());
@@ -1396,10 +1414,17 @@ mod tests {
             eprintln!("write_direct test: no O_DIRECT on {}", dir.path().display());
             return;
         };
-        let block = data(2 * DIRECT_ALIGN, 8);
+        let block = data(3 * DIRECT_ALIGN, 8);
+        // From an unaligned source (copied), then an aligned one (as it is).
         write_direct(&mut file, &block[1..=DIRECT_ALIGN]).unwrap();
+        let at = block.as_ptr().align_offset(DIRECT_ALIGN);
+        let aligned = &block[at..at + DIRECT_ALIGN];
+        write_direct(&mut file, aligned).unwrap();
         drop(file);
-        assert_eq!(fs::read(&path).unwrap(), &block[1..=DIRECT_ALIGN]);
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            [&block[1..=DIRECT_ALIGN], aligned].concat()
+        );
         // A length that is not whole blocks is refused (ext4, xfs: the
         // caller then falls back to a buffered write) or, on a file system
         // that quietly buffers it, written whole.
