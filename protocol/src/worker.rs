@@ -27,7 +27,7 @@
 //! before calling, signs the `TaskAccept` and `Progress` it gets back, runs
 //! the runtime, fetches inputs, and reports each step here.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
@@ -222,13 +222,21 @@ pub enum WorkerError {
 
 /// The worker state machine. See the module docs.
 #[derive(Debug, Clone)]
+///
+/// The state is a few small vectors, not maps: a node holds at most
+/// `max_tasks` slots (a handful), and a simulated mesh holds one worker per
+/// node, 100 000 of them, where a `BTreeMap`'s first node alone (room for 11
+/// entries, 2 to 3 KiB here) per map and worker came to 600 MB and a cache
+/// miss per look-up. Lookups scan or binary-search; the order of every
+/// decision is the one the maps gave (tasks by id; timers by due time, then
+/// task).
 pub struct Worker {
     me: NodeId,
     config: WorkerConfig,
-    slots: BTreeMap<TaskId, TaskSlot>,
-    answers: BTreeMap<(TaskId, u32), (TaskOffer, TaskAccept)>,
-    answer_order: VecDeque<(TaskId, u32)>,
-    timers: BTreeSet<(u64, TaskId)>,
+    /// Slots, sorted by task.
+    slots: Vec<TaskSlot>,
+    /// The last `remembered_answers` answers, oldest first.
+    answers: VecDeque<(TaskOffer, TaskAccept)>,
     actions: VecDeque<WorkerAction>,
 }
 
@@ -238,10 +246,8 @@ impl Worker {
         Worker {
             me,
             config,
-            slots: BTreeMap::new(),
-            answers: BTreeMap::new(),
-            answer_order: VecDeque::new(),
-            timers: BTreeSet::new(),
+            slots: Vec::new(),
+            answers: VecDeque::new(),
             actions: VecDeque::new(),
         }
     }
@@ -268,12 +274,17 @@ impl Worker {
 
     /// The slot of a task.
     pub fn slot(&self, task: &TaskId) -> Option<&TaskSlot> {
-        self.slots.get(task)
+        self.find(task).ok().and_then(|i| self.slots.get(i))
+    }
+
+    /// Where `task`'s slot is (`Ok`), or would go (`Err`).
+    fn find(&self, task: &TaskId) -> Result<usize, usize> {
+        self.slots.binary_search_by(|s| s.task.cmp(task))
     }
 
     /// Every slot, by task.
     pub fn slots(&self) -> impl Iterator<Item = &TaskSlot> {
-        self.slots.values()
+        self.slots.iter()
     }
 
     /// The next action for the driver.
@@ -283,7 +294,7 @@ impl Worker {
 
     /// When [`Worker::handle_timeout`] has work next.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.timers.first().map(|(at, _)| *at)
+        self.slots.iter().map(TaskSlot::timer).min()
     }
 
     /// Answers an offer (verified by the driver) that came with the job's
@@ -295,8 +306,12 @@ impl Worker {
         own: &CapacityAdvert,
         now_ms: u64,
     ) -> TaskAccept {
-        let key = (offer.task, offer.attempt);
-        if let Some((seen, answer)) = self.answers.get(&key) {
+        if let Some((seen, answer)) = self
+            .answers
+            .iter()
+            .rev()
+            .find(|(o, _)| o.task == offer.task && o.attempt == offer.attempt)
+        {
             if seen == offer {
                 return answer.clone();
             }
@@ -323,8 +338,10 @@ impl Worker {
                 seq: 0,
                 next_heartbeat_ms: now_ms.saturating_add(self.config.heartbeat_interval_ms.max(1)),
             };
-            self.timers.insert((slot.timer(), slot.task));
-            self.slots.insert(offer.task, slot);
+            // `judge` refused a task already held: the slot is new.
+            if let Err(at) = self.find(&offer.task) {
+                self.slots.insert(at, slot);
+            }
         }
         self.answer(offer, verdict, true)
     }
@@ -346,14 +363,10 @@ impl Worker {
                 .unwrap_or_default(),
         };
         if remember && self.config.remembered_answers > 0 {
-            let key = (offer.task, offer.attempt);
-            while self.answer_order.len() >= self.config.remembered_answers {
-                if let Some(old) = self.answer_order.pop_front() {
-                    self.answers.remove(&old);
-                }
+            while self.answers.len() >= self.config.remembered_answers {
+                self.answers.pop_front();
             }
-            self.answers.insert(key, (offer.clone(), accept.clone()));
-            self.answer_order.push_back(key);
+            self.answers.push_back((offer.clone(), accept.clone()));
         }
         accept
     }
@@ -408,7 +421,7 @@ impl Worker {
             });
         }
         meets(own, spec).map_err(Declined::Requirements)?;
-        if let Some(held) = self.slots.get(&offer.task) {
+        if let Some(held) = self.slot(&offer.task) {
             return Err(Declined::AlreadyRunning {
                 attempt: held.attempt,
             });
@@ -422,9 +435,10 @@ impl Worker {
     }
 
     fn slot_mut(&mut self, task: &TaskId) -> Result<&mut TaskSlot, WorkerError> {
-        self.slots
-            .get_mut(task)
-            .ok_or(WorkerError::UnknownTask(*task))
+        match self.find(task) {
+            Ok(i) => self.slots.get_mut(i).ok_or(WorkerError::UnknownTask(*task)),
+            Err(_) => Err(WorkerError::UnknownTask(*task)),
+        }
     }
 
     /// The driver started fetching the key and inputs.
@@ -504,7 +518,7 @@ impl Worker {
     /// The scheduler cancelled the attempt (`CancelTask`, or a progress
     /// answered `Cancelled`): stop it. Other attempts are left alone.
     pub fn cancel(&mut self, task: &TaskId, attempt: u32, _now_ms: u64) -> Option<TaskSlot> {
-        if self.slots.get(task).is_some_and(|s| s.attempt == attempt) {
+        if self.slot(task).is_some_and(|s| s.attempt == attempt) {
             self.release(task)
         } else {
             None
@@ -512,21 +526,18 @@ impl Worker {
     }
 
     fn release(&mut self, task: &TaskId) -> Option<TaskSlot> {
-        let slot = self.slots.remove(task)?;
-        self.timers.remove(&(slot.timer(), slot.task));
-        Some(slot)
+        let i = self.find(task).ok()?;
+        Some(self.slots.remove(i))
     }
 
     fn send_progress(&mut self, task: &TaskId, now_ms: u64) {
         let interval = self.config.heartbeat_interval_ms.max(1);
         let me = self.me;
-        let Some(s) = self.slots.get_mut(task) else {
+        let Some(s) = self.find(task).ok().and_then(|i| self.slots.get_mut(i)) else {
             return;
         };
-        self.timers.remove(&(s.timer(), s.task));
         s.seq = s.seq.saturating_add(1);
         s.next_heartbeat_ms = now_ms.saturating_add(interval);
-        self.timers.insert((s.timer(), s.task));
         self.actions.push_back(WorkerAction::Progress {
             to: s.scheduler,
             progress: Progress {
@@ -542,16 +553,16 @@ impl Worker {
 
     /// Sends the heartbeats due and aborts tasks past their deadline.
     pub fn handle_timeout(&mut self, now_ms: u64) {
-        while let Some(&(at, task)) = self.timers.first() {
-            if at > now_ms {
-                break;
-            }
-            let Some(slot) = self.slots.get(&task) else {
-                self.timers.pop_first();
-                continue;
-            };
-            if now_ms >= slot.deadline_ms {
-                let attempt = slot.attempt;
+        // The earliest timer first, ties by task: each step either frees
+        // the slot or moves its timer past `now_ms`, so this ends.
+        while let Some((task, attempt, deadline_ms)) = self
+            .slots
+            .iter()
+            .filter(|s| s.timer() <= now_ms)
+            .min_by_key(|s| (s.timer(), s.task))
+            .map(|s| (s.task, s.attempt, s.deadline_ms))
+        {
+            if now_ms >= deadline_ms {
                 self.release(&task);
                 self.actions
                     .push_back(WorkerAction::Abort { task, attempt });
@@ -564,6 +575,8 @@ impl Worker {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::wire::{
         ImageFormat, JobId, JobKind, Requirements, Role, SplitRule, VerificationPolicy, samples,
@@ -864,8 +877,9 @@ mod tests {
         for i in 0..10 {
             assert!(!w.offer(&offer(&s, i, 0), &s, &advert(), T0).accepted);
         }
-        assert_eq!(w.answers.len(), 4);
-        assert_eq!(w.answer_order.len(), 4);
+        // The last four, oldest first.
+        let kept: Vec<u32> = w.answers.iter().map(|(o, _)| o.task.index).collect();
+        assert_eq!(kept, [6, 7, 8, 9]);
     }
 
     #[derive(Debug, Clone)]
