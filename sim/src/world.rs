@@ -1120,7 +1120,7 @@ impl World {
             return;
         }
         if let Some(e) = s.table.get(&id, now) {
-            s.m.observe_advert(&e.advert, e.expires_at_ms, now);
+            s.m.observe_entry(e, now);
         }
         self.sched_actions(to, now, None);
         self.rewake(to, now);
@@ -2614,7 +2614,7 @@ impl World {
 }
 
 /// The job service's capacity refresh: every entry that changed since the
-/// last one goes to the scheduler (`observe_advert`, in node id order, as
+/// last one goes to the scheduler (`observe_entry`, in node id order, as
 /// the service walks the table), every node that left it is forgotten.
 fn refresh(s: &mut SchedPart, now: u64) {
     let mut changed = std::mem::take(&mut s.changed);
@@ -2622,7 +2622,7 @@ fn refresh(s: &mut SchedPart, now: u64) {
     changed.dedup();
     for id in &changed {
         if let Some(e) = s.table.get(id, now) {
-            s.m.observe_advert(&e.advert, e.expires_at_ms, now);
+            s.m.observe_entry(e, now);
         }
     }
     let mut gone = std::mem::take(&mut s.gone);

@@ -469,7 +469,7 @@ impl JobService {
                     old.advert.seq != e.advert.seq || old.expires_at_ms != e.expires_at_ms
                 });
                 if changed {
-                    s.observe_advert(&e.advert, e.expires_at_ms, now);
+                    s.observe_entry(e, now);
                 }
             }
             for node in self.capacity.keys() {

@@ -378,9 +378,33 @@ impl Scheduler {
     /// Applies an advert the driver's capacity table accepted; the node is
     /// live until `expires_at_ms` unless a newer advert comes.
     pub fn observe_advert(&mut self, advert: &CapacityAdvert, expires_at_ms: u64, now_ms: u64) {
+        let placement = crate::capacity::content_digest(advert).placement;
+        self.observe(advert, placement, expires_at_ms, now_ms);
+    }
+
+    /// [`Scheduler::observe_advert`] for an entry of the node's capacity
+    /// table: the same, with the digest the table computed when it took the
+    /// advert (the shortcut for an advert whose content did not change then
+    /// reads none of the advert's strings and vectors).
+    pub fn observe_entry(&mut self, entry: &crate::capacity::CapacityEntry, now_ms: u64) {
+        self.observe(
+            &entry.advert,
+            entry.digest.placement,
+            entry.expires_at_ms,
+            now_ms,
+        );
+    }
+
+    fn observe(
+        &mut self,
+        advert: &CapacityAdvert,
+        placement: u64,
+        expires_at_ms: u64,
+        now_ms: u64,
+    ) {
         self.ctx.clock_ms = self.ctx.clock_ms.max(now_ms);
         let max = self.ctx.config.max_nodes;
-        let Some(obs) = self.ctx.view.observe(advert, expires_at_ms, max) else {
+        let Some(obs) = self.ctx.view.observe(advert, placement, expires_at_ms, max) else {
             self.ctx.stats.view_full += 1;
             return;
         };

@@ -230,12 +230,28 @@ pub(crate) fn job_from(spec: JobSpec, frame: std::sync::Arc<[u8]>, core: JobCore
 
 /// A newer replica of a job we hold: the same spec (checked by the caller),
 /// so its requirements stand; only the state and what derives from it change.
+///
+/// The worker list only grows while a job lives (`Job::worker_index`
+/// appends): when the new one extends the held one, only the new workers
+/// enter the index. Rebuilding the whole index for every replica was 3.5% of a
+/// 100 000-node simulation; anything else (another owner's list) rebuilds it.
 fn replace_core(job: &mut Job, frame: std::sync::Arc<[u8]>, core: JobCore) {
-    let (worker_ref, line_task) = derived_of(&core);
+    let held = job.core.workers.len();
+    if core.workers.starts_with(&job.core.workers) {
+        for (i, w) in core.workers.iter().enumerate().skip(held) {
+            job.worker_ref.insert(*w, i as u32);
+        }
+        job.line_task = line_task_of(&core);
+    } else {
+        let (worker_ref, line_task) = derived_of(&core);
+        job.worker_ref = worker_ref;
+        job.line_task = line_task;
+    }
+    // The tests (debug builds, replicas driven by the property tests) hold
+    // the incremental index to the full rebuild.
+    debug_assert!(job.worker_ref == derived_of(&core).0);
     job.frame = frame;
     job.core = core;
-    job.worker_ref = worker_ref;
-    job.line_task = line_task;
 }
 
 /// The lookups a [`Job`] keeps beside its core: worker → index, line → task.
@@ -246,12 +262,15 @@ fn derived_of(core: &JobCore) -> (BTreeMap<NodeId, u32>, BTreeMap<u32, u32>) {
         .enumerate()
         .map(|(i, w)| (*w, i as u32))
         .collect();
-    let line_task = core
-        .checks
+    (worker_ref, line_task_of(core))
+}
+
+/// A job's verification lines → their task.
+fn line_task_of(core: &JobCore) -> BTreeMap<u32, u32> {
+    core.checks
         .iter()
         .flat_map(|(t, c)| c.lines.iter().map(move |(l, _)| (*l, *t)))
-        .collect();
-    (worker_ref, line_task)
+        .collect()
 }
 
 impl Scheduler {

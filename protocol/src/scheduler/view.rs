@@ -62,6 +62,11 @@ pub(crate) struct NodeEntry {
     /// lifetime rather than two per advert.
     #[serde(skip)]
     pub(crate) timer_at: u64,
+    /// The placement digest of the advert applied last
+    /// ([`crate::capacity::ContentDigest::placement`]; 0: not known, as after
+    /// a restore): an advert with the same digest changes the load alone.
+    #[serde(skip)]
+    pub(crate) placement: u64,
     /// Changes with every advert applied (global counter).
     pub(crate) generation: u64,
     /// The `generation` when this entry was created: holds taken on an earlier
@@ -83,7 +88,9 @@ pub(crate) struct NodeEntry {
 
 /// Equal as state: every field but `timer_at`, the lazy expiry timer's
 /// bookkeeping (a restored scheduler arms it at the expiry, a running one
-/// may hold it earlier; either forgets the node exactly at its expiry).
+/// may hold it earlier; either forgets the node exactly at its expiry), and
+/// `placement`, a shortcut's memo (a restored view learns it again with the
+/// node's next advert).
 impl PartialEq for NodeEntry {
     fn eq(&self, o: &Self) -> bool {
         let NodeEntry {
@@ -94,6 +101,7 @@ impl PartialEq for NodeEntry {
             seq,
             expires_at_ms,
             timer_at: _,
+            placement: _,
             generation,
             incarnation,
             outstanding,
@@ -245,12 +253,29 @@ impl View {
     pub(crate) fn observe(
         &mut self,
         advert: &CapacityAdvert,
+        placement: u64,
         expires_at_ms: u64,
         max_nodes: usize,
     ) -> Option<Observed> {
-        if let Some(obs) = self.observe_same(advert, expires_at_ms) {
+        if let Some(obs) = self.observe_same(advert, placement, expires_at_ms) {
             return Some(obs);
         }
+        let obs = self.observe_slow(advert, expires_at_ms, max_nodes)?;
+        if obs.applied
+            && let Some(e) = self.entry_mut(obs.slot)
+        {
+            e.placement = placement;
+        }
+        Some(obs)
+    }
+
+    /// [`View::observe`] without the shortcut: the profile rebuilt from the advert.
+    fn observe_slow(
+        &mut self,
+        advert: &CapacityAdvert,
+        expires_at_ms: u64,
+        max_nodes: usize,
+    ) -> Option<Observed> {
         let profile = Profile::of(advert);
         let is_scheduler = advert.roles.contains(&Role::Scheduler);
         let region = self.intern(&advert.region);
@@ -269,6 +294,7 @@ impl View {
                     seq: advert.seq,
                     expires_at_ms,
                     timer_at: 0,
+                    placement: 0,
                     generation,
                     incarnation: generation,
                     outstanding: 0,
@@ -334,13 +360,19 @@ impl View {
     /// The advert of a known node whose content (profile, region, roles)
     /// equals what the view holds but for the advertised load
     /// (`running_tasks`: the periodic advert, or one sent as a task started
-    /// or ended): what [`View::apply`] would do, without rebuilding the
-    /// profile or touching the region, scheduler and bucket counts (none of
-    /// them depends on the load). `None` when the slow path must run.
-    fn observe_same(&mut self, advert: &CapacityAdvert, expires_at_ms: u64) -> Option<Observed> {
+    /// or ended), as its placement digest says: what [`View::apply`] would
+    /// do, without rebuilding the profile or touching the region, scheduler
+    /// and bucket counts (none of them depends on the load), and without
+    /// reading the advert's strings and vectors. `None` when the slow path
+    /// must run.
+    fn observe_same(
+        &mut self,
+        advert: &CapacityAdvert,
+        placement: u64,
+        expires_at_ms: u64,
+    ) -> Option<Observed> {
         let slot = *self.by_id.get(&advert.node)?;
         let e = self.entry(slot)?;
-        let is_scheduler = advert.roles.contains(&Role::Scheduler);
         if advert.seq <= e.seq {
             return Some(Observed {
                 applied: false,
@@ -349,16 +381,10 @@ impl View {
                 is_scheduler: e.is_scheduler,
             });
         }
-        let same_region = if e.region == NO_REGION {
-            advert.region.is_empty()
-        } else {
-            self.region_names
-                .get(e.region as usize)
-                .is_some_and(|r| *r == advert.region)
-        };
-        if e.is_scheduler != is_scheduler || !same_region || !e.profile.matches_but_load(advert) {
+        if e.placement == 0 || e.placement != placement {
             return None;
         }
+        let is_scheduler = e.is_scheduler;
         #[cfg(test)]
         if self.slow_only {
             return None;
@@ -699,14 +725,17 @@ mod tests {
                     0 => a.max_tasks = 2,
                     1 => a.region = "us-east".into(),
                     2 => a.gpus.clear(),
+                    // Not read by placement: the shortcut still applies.
+                    3 => a.cpu_model = "another".into(),
                     _ => {}
                 }
                 if sched {
                     a.roles = vec![Role::Scheduler];
                 }
                 let at = 1_000 + i as u64;
-                let f = fast.observe(&a, at, 16);
-                let s = slow.observe(&a, at, 16);
+                let d = crate::capacity::content_digest(&a).placement;
+                let f = fast.observe(&a, d, at, 16);
+                let s = slow.observe(&a, d, at, 16);
                 prop_assert_eq!(f, s);
                 // Offers and assignments counted in between, as the
                 // scheduler does, must be reset alike.
