@@ -35,6 +35,19 @@ use crate::identity::NodeId;
 use crate::placement::{Unmet, meets};
 use crate::wire::{CapacityAdvert, JobSpec, Progress, TaskAccept, TaskId, TaskOffer};
 
+/// Up to this many entries, the worker's vectors grow one entry at a time:
+/// a node holds one or a few slots and answers, and a simulated mesh holds
+/// 100 000 workers, where the standard first allocation (room for 4) cost
+/// ~1 KiB per worker per vector for nothing.
+const TIGHT: usize = 8;
+
+/// Makes room for one more element, exactly while the vector is small.
+fn tight<T>(v: &mut Vec<T>) {
+    if v.len() == v.capacity() && v.len() < TIGHT {
+        v.reserve_exact(1);
+    }
+}
+
 /// Settings of a [`Worker`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerConfig {
@@ -340,6 +353,7 @@ impl Worker {
             };
             // `judge` refused a task already held: the slot is new.
             if let Err(at) = self.find(&offer.task) {
+                tight(&mut self.slots);
                 self.slots.insert(at, slot);
             }
         }
@@ -365,6 +379,9 @@ impl Worker {
         if remember && self.config.remembered_answers > 0 {
             while self.answers.len() >= self.config.remembered_answers {
                 self.answers.pop_front();
+            }
+            if self.answers.len() == self.answers.capacity() && self.answers.len() < TIGHT {
+                self.answers.reserve_exact(1);
             }
             self.answers.push_back((offer.clone(), accept.clone()));
         }
@@ -538,6 +555,10 @@ impl Worker {
         };
         s.seq = s.seq.saturating_add(1);
         s.next_heartbeat_ms = now_ms.saturating_add(interval);
+        if self.actions.is_empty() && self.actions.capacity() == 0 {
+            // One action at a time is the rule (the driver polls at once).
+            self.actions.reserve_exact(1);
+        }
         self.actions.push_back(WorkerAction::Progress {
             to: s.scheduler,
             progress: Progress {

@@ -1854,6 +1854,11 @@ impl World {
             if !cached {
                 let _ = wp.m.fetching(&run.task, now);
             }
+            if wp.runs.len() == wp.runs.capacity() {
+                // A node runs one or a few tasks: room for exactly one more
+                // (the usual first allocation holds 4 runs, ~1 KiB a worker).
+                wp.runs.reserve_exact(1);
+            }
             wp.runs.push(run);
         }
         // The key from the creator (one exchange), then the inputs unless
