@@ -234,15 +234,15 @@ pub enum WorkerError {
 }
 
 /// The worker state machine. See the module docs.
-#[derive(Debug, Clone)]
 ///
 /// The state is a few small vectors, not maps: a node holds at most
 /// `max_tasks` slots (a handful), and a simulated mesh holds one worker per
 /// node, 100 000 of them, where a `BTreeMap`'s first node alone (room for 11
-/// entries, 2 to 3 KiB here) per map and worker came to 600 MB and a cache
+/// entries, 2 to 3 KiB here) per map and worker came to ~450 MB and a cache
 /// miss per look-up. Lookups scan or binary-search; the order of every
 /// decision is the one the maps gave (tasks by id; timers by due time, then
 /// task).
+#[derive(Debug, Clone)]
 pub struct Worker {
     me: NodeId,
     config: WorkerConfig,
