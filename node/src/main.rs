@@ -3,6 +3,10 @@
 //! Commands go noun then verb (`node start`, `mesh capacity`). Client commands
 //! talk to a running node through its local API (`--api URL`).
 
+// The doc comments below are clap's `--help` text, written for a terminal:
+// `<SETTING>`, `[anchor] rpc_url` are meant literally, not as HTML or links.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 

@@ -7,7 +7,7 @@
 //!   `protocol::rpc`, signatures checked before any machine sees them;
 //! * commands from the API ([`JobsCommand`]);
 //! * results of work this loop started in other tasks (sealing, fetching,
-//!   runtimes, requests to peers), as [`Internal`] events;
+//!   runtimes, requests to peers), as `Internal` events;
 //! * the machines' timers; a capacity refresh every [`CAPACITY_REFRESH`].
 //!
 //! Nothing slow runs in the loop: I/O and CPU work run in spawned tasks that

@@ -7,7 +7,7 @@
 //!   (gossipsub does not deliver a node's messages to itself), gossip on the
 //!   `receipts` and `rollups` topics, and requests on `/rendertrust/ledger/1`;
 //! * commands from the API ([`LedgerCommand`]);
-//! * answers to requests this loop sent, and anchoring outcomes ([`Internal`]);
+//! * answers to requests this loop sent, and anchoring outcomes (`Internal`);
 //! * the machines' timers; a refresh of the live ledger set every
 //!   [`LIVE_REFRESH`] (ledger-role adverts of the capacity table, fed to
 //!   `set_ledgers`).

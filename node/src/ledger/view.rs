@@ -1,6 +1,8 @@
 //! What the ledger routes of the API answer (JSON), and the conversions from
 //! the ledger service's wire answers ([`RollupResponse`]), which are the same
 //! whether this node's own ledger answered or a ledger peer did.
+//!
+//! [`RollupResponse`]: rendertrust_protocol::ledger::wire::RollupResponse
 
 use rendertrust_protocol::ledger::LedgerEvent;
 use rendertrust_protocol::ledger::wire::{
