@@ -33,6 +33,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use rustc_hash::FxHasher;
+
 use crate::identity::NodeId;
 use crate::signed::{Signed, SignedError};
 use crate::wire::{CapacityAdvert, MAX_ADVERT_REFRESH_MS};
@@ -230,50 +232,6 @@ pub struct ContentDigest {
     pub placement: u64,
 }
 
-/// A small deterministic hasher (FxHash's mixing step) for
-/// [`ContentDigest`]: the same value on every machine and every run, which
-/// a replayable simulation needs; the standard library's `DefaultHasher`
-/// promises neither.
-struct Fx(u64);
-
-impl Fx {
-    const K: u64 = 0x517c_c1b7_2722_0a95;
-
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::K);
-    }
-}
-
-impl std::hash::Hasher for Fx {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.add(u64::from_le_bytes(w));
-        }
-        let rest = chunks.remainder();
-        let mut w = [0u8; 8];
-        w[..rest.len()].copy_from_slice(rest);
-        // The length keeps "a" and "a\0" apart.
-        self.add(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.add(n);
-    }
-
-    fn finish(&self) -> u64 {
-        // A last avalanche (murmur3's fmix64), so nearby inputs spread.
-        let mut h = self.0;
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        h ^ (h >> 33)
-    }
-}
-
 /// The [`ContentDigest`] of an advert (a field added to [`CapacityAdvert`]
 /// must be added here: the destructuring does not compile otherwise).
 pub fn content_digest(a: &CapacityAdvert) -> ContentDigest {
@@ -297,7 +255,11 @@ pub fn content_digest(a: &CapacityAdvert) -> ContentDigest {
         price_per_task,
         region,
     } = a;
-    let mut p = Fx(0);
+    // FxHash (the workspace's `rustc-hash`): deterministic in every run,
+    // which a replayable simulation needs (`DefaultHasher` promises
+    // nothing), and fast on the ~200 bytes of an advert. Digests never
+    // leave the process, so its output may change between versions.
+    let mut p = FxHasher::default();
     roles.hash(&mut p);
     region.hash(&mut p);
     p.write_usize(runtimes.len());
@@ -315,7 +277,8 @@ pub fn content_digest(a: &CapacityAdvert) -> ContentDigest {
     bench_mfpm.hash(&mut p);
     max_tasks.hash(&mut p);
     let placement = p.finish();
-    let mut all = Fx(placement);
+    let mut all = FxHasher::default();
+    all.write_u64(placement);
     wrap_key.hash(&mut all);
     cpu_cores.hash(&mut all);
     cpu_model.hash(&mut all);
@@ -430,7 +393,7 @@ impl CapacityTable {
             self.stats.accepted += 1;
             return Ok(AdvertApplied::Updated(advert.node));
         }
-        self.apply_checked(advert.clone(), now_ms)
+        self.apply_checked(advert.clone(), digest, now_ms)
     }
 
     /// How long an entry made from `advert` lives past its reception: the
@@ -470,18 +433,19 @@ impl CapacityTable {
         now_ms: u64,
     ) -> Result<AdvertApplied, AdvertRejected> {
         self.check_time(&advert, now_ms)?;
-        self.apply_checked(advert, now_ms)
+        let digest = content_digest(&advert);
+        self.apply_checked(advert, digest, now_ms)
     }
 
     /// The sequence and capacity rules, for an advert whose time is checked.
     fn apply_checked(
         &mut self,
         advert: CapacityAdvert,
+        digest: ContentDigest,
         now_ms: u64,
     ) -> Result<AdvertApplied, AdvertRejected> {
         let node = advert.node;
         let expires_at_ms = now_ms.saturating_add(self.lifetime_ms(&advert));
-        let digest = content_digest(&advert);
         match self.entries.get_mut(&node) {
             Some(held) if held.expires_at_ms > now_ms => {
                 if advert.seq <= held.advert.seq {
