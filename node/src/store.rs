@@ -5,11 +5,21 @@
 //! refuses a store written by a newer binary. Writes that must survive a
 //! crash call [`Store::flush`] (or [`Store::flush_async`]) before they are
 //! acknowledged.
+//!
+//! sled 0.34 takes an exclusive `flock` on open and releases it from its
+//! background flusher thread some moments *after* the last `Db` handle is
+//! dropped (spacejam/sled#1289). So [`Store::open`] waits, boundedly
+//! ([`LOCK_WAIT`]), for a lock that is held: an in-process restart (tests,
+//! a node restarting its services) then opens cleanly, and a second process
+//! on the same data dir still gets [`StoreError::Locked`] within a second.
 
 use std::path::{Path, PathBuf};
 
 /// Current schema version.
 pub const SCHEMA_VERSION: u32 = 2;
+
+/// How long [`Store::open`] waits for sled's file lock to be released.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Trees the node uses, one per module.
 pub const TREES: [&str; 5] = ["anchors", "capacity", "jobs", "ledger", "receipts"];
@@ -25,6 +35,18 @@ pub enum StoreError {
         path: PathBuf,
         /// Cause.
         source: sled::Error,
+    },
+    /// Another handle (another process, or one of this process's not yet
+    /// fully closed) held the store's lock for all of [`LOCK_WAIT`].
+    #[error(
+        "store at {path} is in use: expected no other node on this data dir, found sled's lock \
+         held for {waited_ms} ms"
+    )]
+    Locked {
+        /// Store path.
+        path: PathBuf,
+        /// How long the open waited.
+        waited_ms: u64,
     },
     /// The store was written by a newer binary.
     #[error(
@@ -61,7 +83,7 @@ impl Store {
             path: path.clone(),
             source,
         };
-        let db = sled::open(&path).map_err(err)?;
+        let db = open_waiting(&path)?;
         let store = Store {
             db,
             path: path.clone(),
@@ -164,6 +186,42 @@ impl Store {
     }
 }
 
+/// Whether sled refused to open because its file lock is held. sled 0.34
+/// reports this as an `io::ErrorKind::Other` whose text names the lock
+/// (`config.rs`), so the text is all there is to match.
+fn is_lock_held(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock"))
+}
+
+/// `sled::open`, retrying for at most [`LOCK_WAIT`] while the lock is held.
+fn open_waiting(path: &Path) -> Result<sled::Db, StoreError> {
+    let start = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(5);
+    loop {
+        match sled::open(path) {
+            Ok(db) => return Ok(db),
+            Err(e) if is_lock_held(&e) => {
+                let waited = start.elapsed();
+                if waited >= LOCK_WAIT {
+                    return Err(StoreError::Locked {
+                        path: path.to_path_buf(),
+                        waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+                    });
+                }
+                tracing::debug!(path = %path.display(), "store lock held; waiting");
+                std::thread::sleep(pause.min(LOCK_WAIT.saturating_sub(waited)));
+                pause = (pause * 2).min(std::time::Duration::from_millis(100));
+            }
+            Err(source) => {
+                return Err(StoreError::Sled {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +261,21 @@ mod tests {
         let names = s.db.tree_names();
         assert!(names.iter().any(|n| n.as_ref() == b"anchors"), "{names:?}");
         assert!(s.tree("jobs").unwrap().get("k").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_held_store_is_refused_as_locked_after_the_wait() {
+        let d = tempfile::tempdir().unwrap();
+        let held = Store::open(d.path()).unwrap();
+        match Store::open(d.path()) {
+            Err(StoreError::Locked { waited_ms, .. }) => {
+                assert!(waited_ms >= LOCK_WAIT.as_millis() as u64, "{waited_ms}")
+            }
+            other => panic!("expected Locked, got {other:?}"),
+        }
+        drop(held);
+        // Dropped: the open waits out sled's background release.
+        Store::open(d.path()).unwrap();
     }
 
     #[test]

@@ -40,24 +40,8 @@ fn events(kit: &Kit, tasks: u32) -> Vec<LedgerEvent> {
     out
 }
 
-/// Opens the store, waiting (boundedly) for a just-dropped handle's lock:
-/// sled 0.34 releases its file lock from a background thread after `Db`
-/// is dropped (spacejam/sled#1289). A restarted process never sees this.
-fn store_at(dir: &Path) -> Store {
-    for _ in 0..200 {
-        match Store::open(dir) {
-            Ok(s) => return s,
-            Err(e) if e.to_string().contains("acquire lock") => {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
-    panic!("store at {} stayed locked", dir.display())
-}
-
 fn open(dir: &Path, kit: &Kit) -> LedgerStore {
-    let store = store_at(dir);
+    let store = Store::open(dir).unwrap();
     LedgerStore::open(&store, &kit.ledgers[0], kit.config(), rollup_config()).unwrap()
 }
 
@@ -202,12 +186,12 @@ fn a_tampered_journal_is_refused() {
     }
     // Remove the second batch of events: the header no longer matches.
     {
-        let store = store_at(dir.path());
+        let store = Store::open(dir.path()).unwrap();
         let tree = store.tree(TREE).unwrap();
         tree.remove(log_key(1)).unwrap();
         store.flush().unwrap();
     }
-    let store = store_at(dir.path());
+    let store = Store::open(dir.path()).unwrap();
     let err =
         LedgerStore::open(&store, &kit.ledgers[0], kit.config(), rollup_config()).unwrap_err();
     assert!(
