@@ -784,17 +784,23 @@ impl ContentStore {
             )?;
         }
         let path = self.manifest_path(&id);
-        let written = self
-            .write_temp(&bytes, false)
-            .and_then(|temp| temp.persist(&path))
-            .and_then(|()| sync_dir(path.parent().unwrap_or(&self.inner.manifests_dir)));
-        let mut index = self.index();
-        index.bytes_reserved -= needed;
-        written.map_err(|source| PutManifestError::Io {
+        let io_err = |source| PutManifestError::Io {
             path: path.clone(),
             source,
-        })?;
-        if !index.manifests.contains_key(&id) {
+        };
+        let written = self.write_temp(&bytes, false);
+        {
+            let mut index = self.index();
+            index.bytes_reserved -= needed;
+            let temp = written.map_err(io_err)?;
+            if index.manifests.contains_key(&id) {
+                // Another writer stored it while we wrote; `temp` goes.
+                return Ok(id);
+            }
+            // Renamed under the lock, as chunks are: otherwise a gc between
+            // a concurrent writer's rename and its index insert deletes the
+            // file that this writer then records (index without file).
+            temp.persist(&path).map_err(io_err)?;
             index.bytes_used += needed;
             index.manifests.insert(
                 id,
@@ -806,6 +812,9 @@ impl ContentStore {
                 },
             );
         }
+        // The directory sync (slow) outside the lock; the file is in place
+        // and indexed either way, so a failure here leaves both in step.
+        sync_dir(path.parent().unwrap_or(&self.inner.manifests_dir)).map_err(io_err)?;
         Ok(id)
     }
 
