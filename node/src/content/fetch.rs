@@ -22,11 +22,12 @@ use futures::StreamExt as _;
 use futures::stream::{BoxStream, FuturesUnordered, SelectAll};
 use rendertrust_protocol::content::{CHUNK_SIZE, ContentError, ContentId, Manifest};
 
+use super::buf::ChunkBuf;
 use super::store::{ContentStore, PutChunk, PutChunkError, PutManifestError};
 
 /// Answers of [`ChunkSource::get_chunks`]: (chunk index, its bytes or why
 /// not), in the order asked.
-pub type ChunkAnswers<'a, E> = BoxStream<'a, (u32, Result<Vec<u8>, E>)>;
+pub type ChunkAnswers<'a, E> = BoxStream<'a, (u32, Result<ChunkBuf, E>)>;
 
 /// A peer (or set of peers) that serves content by manifest id.
 ///
@@ -64,7 +65,9 @@ pub trait ChunkSource: Sync {
     /// asks [`get_chunk`](Self::get_chunk) for one after the other.
     fn get_chunks(&self, id: ContentId, chunks: Vec<(u32, u32)>) -> ChunkAnswers<'_, Self::Error> {
         futures::stream::iter(chunks)
-            .then(move |(index, _)| async move { (index, self.get_chunk(id, index).await) })
+            .then(move |(index, _)| async move {
+                (index, self.get_chunk(id, index).await.map(ChunkBuf::from))
+            })
             .boxed()
     }
 }
@@ -228,7 +231,7 @@ pub enum FetchError {
 }
 
 /// A chunk request's answer: index, attempt, bytes or error.
-type Answer<E> = (u32, u32, Result<Vec<u8>, E>);
+type Answer<E> = (u32, u32, Result<ChunkBuf, E>);
 /// A chunk write's outcome: index, attempt, length, result.
 type Written = (
     u32,

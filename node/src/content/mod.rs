@@ -109,10 +109,12 @@
 //! `tokio::task::spawn_blocking`, as [`fetch_content`] does; the pipelines
 //! block for the whole file and run their own three threads.
 
+pub mod buf;
 mod fetch;
 mod pipeline;
 mod store;
 
+pub use buf::ChunkBuf;
 pub use fetch::{
     ChunkAnswers, ChunkSource, FetchError, FetchOptions, FetchProgress, FetchReport, Rejection,
     fetch_content,

@@ -20,7 +20,7 @@ pub const DEFAULT_MAX_BYTES: u64 = 64 << 30;
 
 /// Alignment of a direct write: of the buffer, the file offset and the
 /// length (the largest logical block size of common devices).
-const DIRECT_ALIGN: usize = 4096;
+const DIRECT_ALIGN: usize = super::buf::ALIGN;
 
 /// First line of `<data_dir>/content/LAYOUT`: the on-disk layout version.
 const LAYOUT: &str = "rendertrust content store v1";

@@ -34,7 +34,7 @@ use rendertrust_protocol::rpc::{
     ContentResponse, MAX_STREAM_REQUEST,
 };
 
-use crate::content::{ChunkAnswers, ChunkSource, ContentStore};
+use crate::content::{ChunkAnswers, ChunkBuf, ChunkSource, ContentStore};
 use crate::net::reqres::CONTENT_TIMEOUT;
 use crate::net::{InboundRequest, NetHandle, Service};
 
@@ -107,7 +107,7 @@ impl PeerSource {
         &self,
         id: ContentId,
         chunks: Vec<(u32, u32)>,
-        tx: tokio::sync::mpsc::Sender<(u32, Result<Vec<u8>, TransferError>)>,
+        tx: tokio::sync::mpsc::Sender<(u32, Result<ChunkBuf, TransferError>)>,
     ) {
         let mut done = 0usize;
         let failure = match self.stream_chunks_inner(id, &chunks, &tx, &mut done).await {
@@ -126,7 +126,7 @@ impl PeerSource {
         &self,
         id: ContentId,
         chunks: &[(u32, u32)],
-        tx: &tokio::sync::mpsc::Sender<(u32, Result<Vec<u8>, TransferError>)>,
+        tx: &tokio::sync::mpsc::Sender<(u32, Result<ChunkBuf, TransferError>)>,
         done: &mut usize,
     ) -> Result<(), TransferError> {
         let request = ChunkStreamRequest {
@@ -199,8 +199,10 @@ impl PeerSource {
                     )));
                 }
                 ChunkStatus::Chunk => {
-                    let mut bytes = vec![0u8; expected as usize];
-                    timed(stream.read_exact(&mut bytes))
+                    // Aligned, so the store writes it with O_DIRECT as it
+                    // is; recycled (content::buf).
+                    let mut bytes = ChunkBuf::for_overwrite(expected as usize);
+                    timed(stream.read_exact(bytes.as_mut_slice()))
                         .await
                         .map_err(|e| net_err("reading chunk", e))?;
                     Ok(bytes)
@@ -461,7 +463,13 @@ async fn serve_chunk_stream(
     let id = request.id;
     let read = |index: u32| {
         let store = store.clone();
-        tokio::task::spawn_blocking(move || store.get_chunk(&id, index))
+        tokio::task::spawn_blocking(move || {
+            // A recycled allocation (content::buf): no fresh pages to fault
+            // in and zero for every megabyte served.
+            let mut buf = crate::content::buf::take_vec(0);
+            let read = store.get_chunk_into(&id, index, &mut buf);
+            read.map(|()| ChunkBuf::from(buf))
+        })
     };
     let mut indices = request.indices.into_iter();
     let mut next = indices.next().map(|i| (i, read(i)));
