@@ -49,6 +49,8 @@ pub struct Outcome {
     pub summary: Summary,
     /// Everything measured.
     pub metrics: Metrics,
+    /// Events handled by kind, most frequent first (for `--perf`).
+    pub events_by_kind: Vec<(&'static str, u64)>,
 }
 
 /// Runs a scenario with `seed` and, if `out` is given, writes its files.
@@ -74,5 +76,6 @@ pub fn run(
     Ok(Outcome {
         summary,
         metrics: r.metrics,
+        events_by_kind: r.events_by_kind,
     })
 }

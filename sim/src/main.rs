@@ -217,6 +217,11 @@ fn main() -> Result<()> {
                     "simulated_s": s.simulated_s, "events": s.events,
                     "wall_s": wall.as_secs_f64(), "events_per_s": rate,
                     "peak_rss_kib": rss,
+                    "events_by_kind": outcome
+                        .events_by_kind
+                        .iter()
+                        .map(|(k, n)| ((*k).to_owned(), serde_json::json!(n)))
+                        .collect::<serde_json::Map<_, _>>(),
                 });
                 std::fs::write(&p, serde_json::to_string_pretty(&v)? + "\n")
                     .with_context(|| format!("writing {}", p.display()))?;

@@ -313,6 +313,93 @@ enum Ev {
     TraceJob,
 }
 
+/// Names of the event kinds [`event_kind`] counts, in its order.
+pub const EVENT_KINDS: [&str; 35] = [
+    "arrival",
+    "burst",
+    "sample",
+    "up",
+    "down",
+    "outage_start",
+    "outage_end",
+    "wake",
+    "wake_stale",
+    "wake_idle",
+    "fetch_done",
+    "run_end",
+    "advert",
+    "resubmit",
+    "trace_job",
+    "msg_submit",
+    "msg_submit_reply",
+    "msg_offer",
+    "msg_compared",
+    "msg_unfetchable",
+    "msg_offer_failed",
+    "msg_accept",
+    "msg_progress",
+    "msg_progress_cancelled",
+    "msg_progress_redirect",
+    "msg_progress_failed",
+    "msg_result",
+    "msg_result_retry",
+    "msg_task_failed",
+    "msg_task_failed_retry",
+    "msg_cancel",
+    "msg_notify",
+    "msg_replicate",
+    "msg_fetch",
+    "msg_fetch_reply",
+];
+
+/// Indices of the wake-up kinds in [`EVENT_KINDS`].
+const WAKE: usize = 7;
+const WAKE_STALE: usize = 8;
+const WAKE_IDLE: usize = 9;
+
+/// The index in [`EVENT_KINDS`] of `ev`. A wake-up is counted as `wake`
+/// here; the handler moves it to `wake_stale` (superseded by an earlier
+/// one) or `wake_idle` (on time, but nothing was due).
+fn event_kind(ev: &Ev) -> usize {
+    match ev {
+        Ev::Arrival => 0,
+        Ev::Burst => 1,
+        Ev::Sample => 2,
+        Ev::Up(_) => 3,
+        Ev::Down(..) => 4,
+        Ev::OutageStart(_) => 5,
+        Ev::OutageEnd(_) => 6,
+        Ev::Wake(..) => WAKE,
+        Ev::FetchDone(..) => 10,
+        Ev::RunEnd(..) => 11,
+        Ev::Advert { .. } => 12,
+        Ev::Resubmit(_) => 13,
+        Ev::TraceJob => 14,
+        Ev::Msg(m) => match m.body {
+            Body::Submit { .. } => 15,
+            Body::SubmitReply { .. } => 16,
+            Body::Offer { .. } => 17,
+            Body::Compared { .. } => 18,
+            Body::Unfetchable { .. } => 19,
+            Body::OfferFailed { .. } => 20,
+            Body::Accept { .. } => 21,
+            Body::Progress { .. } => 22,
+            Body::ProgressCancelled { .. } => 23,
+            Body::ProgressRedirect { .. } => 24,
+            Body::ProgressFailed { .. } => 25,
+            Body::Result { .. } => 26,
+            Body::ResultRetry { .. } => 27,
+            Body::TaskFailed { .. } => 28,
+            Body::TaskFailedRetry { .. } => 29,
+            Body::Cancel { .. } => 30,
+            Body::Notify { .. } => 31,
+            Body::Replicate { .. } => 32,
+            Body::Fetch { .. } => 33,
+            Body::FetchReply { .. } => 34,
+        },
+    }
+}
+
 /// A job as the simulator follows it.
 #[derive(Debug)]
 struct SimJob {
@@ -341,6 +428,9 @@ pub struct RunResult {
     pub metrics: Metrics,
     /// Events processed.
     pub events: u64,
+    /// Events processed by kind, as (name, count), most frequent first
+    /// (kinds that never happened left out): where a run's time goes.
+    pub events_by_kind: Vec<(&'static str, u64)>,
 }
 
 /// The simulated mesh.
@@ -350,6 +440,8 @@ pub struct World {
     end_arrivals: u64,
     hard_end: u64,
     q: EventQueue<Ev>,
+    /// Events handled, by [`event_kind`].
+    kinds: [u64; EVENT_KINDS.len()],
     nodes: Vec<Node>,
     index: rustc_hash::FxHashMap<NodeId, u32>,
     schedulers: Vec<u32>,
@@ -545,6 +637,7 @@ impl World {
             end_arrivals,
             hard_end,
             q: EventQueue::new(T0),
+            kinds: [0; EVENT_KINDS.len()],
             nodes,
             index,
             schedulers,
@@ -612,6 +705,7 @@ impl World {
                     f(now - T0, total);
                 }
             }
+            self.kinds[event_kind(&ev)] += 1;
             self.handle(now, ev);
             if now >= self.end_arrivals && self.jobs_open == 0 {
                 break;
@@ -681,8 +775,16 @@ impl World {
                 .map_or(0.0, |c| c.speed * f64::from(c.slots));
         }
         self.m.events = self.q.popped();
+        let mut events_by_kind: Vec<(&'static str, u64)> = EVENT_KINDS
+            .iter()
+            .copied()
+            .zip(self.kinds)
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        events_by_kind.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
         RunResult {
             events: self.q.popped(),
+            events_by_kind,
             metrics: self.m,
         }
     }
@@ -727,6 +829,9 @@ impl World {
                 if node.online && node.inc == inc && node.wake_at == at {
                     node.wake_at = u64::MAX;
                     self.wake(n, now);
+                } else {
+                    self.kinds[WAKE] -= 1;
+                    self.kinds[WAKE_STALE] += 1;
                 }
             }
             Ev::FetchDone(n, inc, token) => {
@@ -992,13 +1097,22 @@ impl World {
                 sched_due = true;
             }
         }
+        let idle = worker_actions.is_empty() && !sched_due;
         for a in worker_actions {
             self.worker_action(n, a, now);
         }
         if sched_due {
             self.sched_actions(n, now, None);
         }
+        let adverts = self.m.adverts;
         self.poll_advert(n, now);
+        if idle && self.m.adverts == adverts {
+            // Nothing was due: the deadline it was set for moved later
+            // (a heartbeat sent early, a task ended, an advert published
+            // on a change). Counted, to see what such wake-ups cost.
+            self.kinds[WAKE] -= 1;
+            self.kinds[WAKE_IDLE] += 1;
+        }
         self.rewake(n, now);
     }
 

@@ -226,6 +226,36 @@ fn no_churn_and_ample_capacity_completes_every_job() {
     assert_ne!(direct.events, s.events);
 }
 
+/// The per-kind event counts (`--perf`) account for every event, and agree
+/// with the activity counters of the summary for the kinds both count.
+#[test]
+fn events_by_kind_add_up_and_agree_with_the_summary() {
+    let sc = Scenario::parse(&small(40, "[arrivals]\nload = 0.4"), &[]).unwrap();
+    let o = rendertrust_sim::run(&sc, 5, None, None).unwrap();
+    let kinds: std::collections::BTreeMap<&str, u64> = o.events_by_kind.iter().copied().collect();
+    assert_eq!(kinds.len(), o.events_by_kind.len(), "each kind once");
+    assert_eq!(kinds.values().sum::<u64>(), o.summary.events, "{kinds:?}");
+    assert!(o.events_by_kind.iter().all(|(_, n)| *n > 0));
+    assert!(
+        o.events_by_kind.windows(2).all(|w| w[0].1 >= w[1].1),
+        "most frequent first: {:?}",
+        o.events_by_kind
+    );
+    let a = &o.summary.activity;
+    // A scheduler's own advert goes into its own table at once, not as an
+    // event; every other delivery is one.
+    let advert_events = kinds.get("advert").copied().unwrap_or(0);
+    assert!(
+        advert_events > 0
+            && advert_events <= a.advert_deliveries
+            && advert_events + a.adverts >= a.advert_deliveries,
+        "{advert_events} advert events, {a:?}"
+    );
+    assert_eq!(kinds.get("msg_progress").copied(), Some(a.heartbeats));
+    assert_eq!(kinds.get("msg_offer").copied(), Some(a.offers));
+    assert!(kinds.get("wake").copied().unwrap_or(0) > 0);
+}
+
 /// The advert refresh period follows `protocol::capacity::RefreshPolicy`:
 /// with a mesh rate of 1 advert a second, 65 nodes re-advertise every 65 s
 /// instead of 10 s, the adverts announce it, and no scheduler drops a live
