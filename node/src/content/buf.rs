@@ -11,7 +11,8 @@
 //! allocation freed and made again goes back to the kernel and returns as
 //! fresh pages, each faulted in and zeroed (~7% of the CPU of a 1 GiB fetch
 //! on this project's VMs). Dropping a [`ChunkBuf`] puts its allocation into
-//! a pool of at most [`POOL_MAX`] buffers (≤ 64 MiB at 1 MiB chunks) that
+//! a pool of at most [`POOL_MAX`] buffers (≤ 32 MiB at 1 MiB chunks: one
+//! fetch keeps about 12 in use, 8 writes and the streams' reads) that
 //! the next [`ChunkBuf::for_overwrite`] or [`take_vec`] reuses. The pool
 //! holds allocations only: a recycled buffer's old bytes are overwritten
 //! whole before anything reads them (a network read that fails drops the
@@ -23,7 +24,7 @@ use std::sync::Mutex;
 pub(super) const ALIGN: usize = 4096;
 
 /// Most buffers the pool keeps.
-pub const POOL_MAX: usize = 64;
+pub const POOL_MAX: usize = 32;
 
 /// Smallest allocation worth keeping (smaller ones are cheap to make).
 const KEEP_MIN: usize = 64 * 1024;
@@ -87,7 +88,6 @@ pub fn give_back(v: Vec<u8>) {
 
 /// Bytes of one chunk in a pooled allocation; `Deref`s to them. Made
 /// [`for_overwrite`](Self::for_overwrite) they start 4 KiB-aligned.
-#[derive(Default)]
 pub struct ChunkBuf {
     buf: Vec<u8>,
     start: usize,

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
-use rendertrust_protocol::content::{ContentId, Manifest};
+use rendertrust_protocol::content::{CHUNK_SIZE, ContentId, Manifest};
 use rendertrust_protocol::identity::NodeId;
 use rendertrust_protocol::rpc::{
     CHUNK_FRAME_HEADER, ChunkFrameHeader, ChunkStatus, ChunkStreamRequest, ContentRequest,
@@ -466,7 +466,7 @@ async fn serve_chunk_stream(
         tokio::task::spawn_blocking(move || {
             // A recycled allocation (content::buf): no fresh pages to fault
             // in and zero for every megabyte served.
-            let mut buf = crate::content::buf::take_vec(0);
+            let mut buf = crate::content::buf::take_vec(CHUNK_SIZE as usize);
             let read = store.get_chunk_into(&id, index, &mut buf);
             read.map(|()| ChunkBuf::from(buf))
         })
