@@ -11,7 +11,7 @@
 //! dropped (spacejam/sled#1289). So [`Store::open`] waits, boundedly
 //! ([`LOCK_WAIT`]), for a lock that is held: an in-process restart (tests,
 //! a node restarting its services) then opens cleanly, and a second process
-//! on the same data dir still gets [`StoreError::Locked`] within a second.
+//! on the same data dir still gets [`StoreError::Locked`] after that wait.
 
 use std::path::{Path, PathBuf};
 
