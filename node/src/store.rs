@@ -18,8 +18,11 @@ use std::path::{Path, PathBuf};
 /// Current schema version.
 pub const SCHEMA_VERSION: u32 = 2;
 
-/// How long [`Store::open`] waits for sled's file lock to be released.
-pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long [`Store::open`] waits for sled's file lock to be released. The
+/// release can wait for a flush in progress, which on a loaded machine
+/// takes seconds; a second node on the same data dir hears of it after
+/// this.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Trees the node uses, one per module.
 pub const TREES: [&str; 5] = ["anchors", "capacity", "jobs", "ledger", "receipts"];
