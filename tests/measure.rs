@@ -320,13 +320,128 @@ async fn plain_quic_transfer(size: u64, into: Option<std::path::PathBuf>) -> f64
     size as f64 / secs
 }
 
+/// A started node of the measurements: its id, its network, and the sender
+/// of its capacity advert (kept alive by the caller).
+type MeasureNode = (
+    rendertrust_protocol::identity::NodeId,
+    rendertrust_node::net::Spawned,
+    tokio::sync::watch::Sender<rendertrust_protocol::wire::CapacityAdvert>,
+);
+
+/// Two nodes on loopback QUIC (keys from `seed` and `seed + 1`), the second
+/// bootstrapped from the first.
+async fn node_pair(seed: u8) -> (MeasureNode, MeasureNode) {
+    use rendertrust_node::net::{self, NetConfig};
+    use rendertrust_protocol::identity::NodeKey;
+    let start_node = |seed: u8, bootstrap: Vec<libp2p::Multiaddr>| async move {
+        let key = NodeKey::from_secret_bytes(&[seed; 32]);
+        let template = rendertrust_protocol::wire::CapacityAdvert {
+            node: key.node_id(),
+            seq: 0,
+            issued_at_ms: 0,
+            refresh_ms: 10_000,
+            wrap_key: [seed; 32],
+            roles: vec![rendertrust_protocol::wire::Role::Worker],
+            cpu_cores: 2,
+            cpu_model: "m".into(),
+            ram_bytes: 1 << 30,
+            disk_free_bytes: 1 << 30,
+            gpus: vec![],
+            runtimes: vec![],
+            bench_mfpm: 1,
+            running_tasks: 0,
+            max_tasks: 1,
+            price_per_task: 1,
+            region: String::new(),
+        };
+        let (tx, rx) = tokio::sync::watch::channel(template);
+        let config = NetConfig {
+            listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
+            bootstrap,
+            kad_server: true,
+            ..NetConfig::default()
+        };
+        let spawned = net::spawn(&key, config, rx).await.unwrap();
+        (key.node_id(), spawned, tx)
+    };
+    let a = start_node(seed, vec![]).await;
+    let a_addr: libp2p::Multiaddr = a.1.handle.status().await.unwrap().listen_addrs[0]
+        .parse()
+        .unwrap();
+    let b = start_node(seed + 1, vec![a_addr]).await;
+    (a, b)
+}
+
+/// `size` bytes from memory to memory over raw libp2p streams on the same
+/// stack as the mesh's chunk streams (libp2p-quic, libp2p-stream, the chunk
+/// stream protocol), two streams at once as a fetch keeps them, with none
+/// of the content store's work (no file read or write, no hashing): the
+/// share of the gap to plain quinn that is libp2p's. Returns bytes/s and
+/// the CPU seconds used.
+async fn raw_libp2p_streams(size: u64) -> (f64, f64) {
+    use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+    let ((a_id, a, _a_tx), (_b_id, b, _b_tx)) = node_pair(91).await;
+    let mut incoming = a.handle.accept_chunk_streams().unwrap();
+    for mut inbound in [a.inbound, b.inbound] {
+        tokio::spawn(async move { while inbound.recv().await.is_some() {} });
+    }
+    const STREAMS: u64 = 2;
+    tokio::spawn(async move {
+        while let Some((_peer, mut s)) = incoming.next().await {
+            tokio::spawn(async move {
+                let mut go = [0u8; 1];
+                s.read_exact(&mut go).await.unwrap();
+                let block = vec![7u8; 1 << 20];
+                let mut left = size / STREAMS;
+                while left > 0 {
+                    let n = left.min(block.len() as u64) as usize;
+                    s.write_all(&block[..n]).await.unwrap();
+                    left -= n as u64;
+                }
+                s.close().await.unwrap();
+            });
+        }
+    });
+    let cpu = || proc_stat(std::process::id()).1 as f64 / 100.0;
+    let (t, c) = (std::time::Instant::now(), cpu());
+    let readers: Vec<_> = (0..STREAMS)
+        .map(|_| {
+            let net = b.handle.clone();
+            tokio::spawn(async move {
+                let mut s = net.open_chunk_stream(a_id).await.unwrap();
+                s.write_all(&[1]).await.unwrap();
+                s.flush().await.unwrap();
+                let mut buf = vec![0u8; 1 << 20];
+                let mut got = 0u64;
+                loop {
+                    match s.read(&mut buf).await.unwrap() {
+                        0 => return got,
+                        n => got += n as u64,
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut got = 0;
+    for r in readers {
+        got += r.await.unwrap();
+    }
+    let (secs, used) = (t.elapsed().as_secs_f64(), cpu() - c);
+    assert_eq!(got, size / STREAMS * STREAMS);
+    let _ = a.handle.shutdown().await;
+    let _ = b.handle.shutdown().await;
+    (got as f64 / secs, used)
+}
+
 /// A 1 GiB input moved creator → worker over the mesh, sealed and
 /// content-addressed, as the job service does it (`fetch_content` over the
 /// `content` service for the manifest and chunk streams for the chunks,
 /// every chunk verified and stored), against a plain
 /// quinn transfer of the same bytes in the same run (memory to memory, and
-/// into synced 1 MiB files as the store lands chunks: the same disk work).
-/// Also the CPU time of each (this process, user + system). `MEASURE_BYTES`
+/// into synced 1 MiB files as the store lands chunks: the same disk work),
+/// and last the same bytes over raw libp2p streams with no store work
+/// ([`raw_libp2p_streams`]), which splits the gap into libp2p's share and
+/// the store's. Also the CPU time of each (this process, user + system). `MEASURE_BYTES`
 /// overrides the size, `MEASURE_IN_FLIGHT` the chunk requests in flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement: run by hand"]
@@ -336,8 +451,7 @@ async fn one_gib_input_over_the_mesh_vs_plain_quic() {
         ContentConfig, ContentStore, FetchOptions, fetch_content, seal_file_into_store,
     };
     use rendertrust_node::jobs::transfer::{self, PeerSource};
-    use rendertrust_node::net::{self, Inbound, NetConfig};
-    use rendertrust_protocol::identity::NodeKey;
+    use rendertrust_node::net::Inbound;
     use rendertrust_protocol::seal::JobKey;
 
     let size: u64 = std::env::var("MEASURE_BYTES")
@@ -365,42 +479,7 @@ async fn one_gib_input_over_the_mesh_vs_plain_quic() {
         }
     }
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
-    let start_node = |seed: u8, bootstrap: Vec<libp2p::Multiaddr>| async move {
-        let key = NodeKey::from_secret_bytes(&[seed; 32]);
-        let template = rendertrust_protocol::wire::CapacityAdvert {
-            node: key.node_id(),
-            seq: 0,
-            issued_at_ms: 0,
-            refresh_ms: 10_000,
-            wrap_key: [seed; 32],
-            roles: vec![rendertrust_protocol::wire::Role::Worker],
-            cpu_cores: 2,
-            cpu_model: "m".into(),
-            ram_bytes: 1 << 30,
-            disk_free_bytes: 1 << 30,
-            gpus: vec![],
-            runtimes: vec![],
-            bench_mfpm: 1,
-            running_tasks: 0,
-            max_tasks: 1,
-            price_per_task: 1,
-            region: String::new(),
-        };
-        let (_tx, rx) = tokio::sync::watch::channel(template);
-        let config = NetConfig {
-            listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
-            bootstrap,
-            kad_server: true,
-            ..NetConfig::default()
-        };
-        let spawned = net::spawn(&key, config, rx).await.unwrap();
-        (key.node_id(), spawned, _tx)
-    };
-    let (a_id, a, _a_tx) = start_node(71, vec![]).await;
-    let a_addr: libp2p::Multiaddr = a.handle.status().await.unwrap().listen_addrs[0]
-        .parse()
-        .unwrap();
-    let (_b_id, b, _b_tx) = start_node(72, vec![a_addr]).await;
+    let ((a_id, a, _a_tx), (_b_id, b, _b_tx)) = node_pair(71).await;
     let store_a = ContentStore::open(&dir.path().join("a"), ContentConfig::default()).unwrap();
     let store_b = ContentStore::open(&dir.path().join("b"), ContentConfig::default()).unwrap();
     let key = JobKey::generate(&mut rng);
@@ -503,6 +582,14 @@ async fn one_gib_input_over_the_mesh_vs_plain_quic() {
         files_rate / 1e6,
         files_cpu / gib,
         mesh_rate / files_rate,
+    );
+    let (raw_rate, raw_cpu) = raw_libp2p_streams(sealed_bytes).await;
+    eprintln!(
+        "MEASURE raw libp2p streams, memory to memory (no store, no hashing): {:.0} MB/s ({:.1} CPU s/GiB): {:.2} of plain quinn; the mesh is {:.2} of it",
+        raw_rate / 1e6,
+        raw_cpu / gib,
+        raw_rate / quic_rate,
+        mesh_rate / raw_rate,
     );
     let _ = a.handle.shutdown().await;
     let _ = b.handle.shutdown().await;

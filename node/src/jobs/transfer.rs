@@ -312,7 +312,13 @@ pub async fn serve(store: ContentStore, net: crate::net::NetHandle, request: Inb
             None => ContentResponse::NotFound,
         },
         Ok(ContentRequest::Chunk { id, index }) => {
-            let read = tokio::task::spawn_blocking(move || store.get_chunk(&id, index)).await;
+            let read = tokio::task::spawn_blocking(move || {
+                let mut bytes = Vec::new();
+                store
+                    .serve_chunk_into(&id, index, &mut bytes)
+                    .map(|()| bytes)
+            })
+            .await;
             match read {
                 Ok(Ok(bytes)) => ContentResponse::Chunk { bytes },
                 Ok(Err(e)) => {
@@ -467,7 +473,7 @@ async fn serve_chunk_stream(
             // A recycled allocation (content::buf): no fresh pages to fault
             // in and zero for every megabyte served.
             let mut buf = crate::content::buf::take_vec(CHUNK_SIZE as usize);
-            let read = store.get_chunk_into(&id, index, &mut buf);
+            let read = store.serve_chunk_into(&id, index, &mut buf);
             read.map(|()| ChunkBuf::from(buf))
         })
     };
