@@ -172,12 +172,64 @@ struct Node {
     online_since: u64,
     /// Links from this node with a message in flight: (to, latest arrival);
     /// a slot whose arrival has passed is free. See [`World::arrival`].
-    links: [(u32, u64); LINK_SLOTS],
+    links: LinkSlots,
 }
 
 /// In-flight links a node keeps inline ([`World::arrival`]); a node with
-/// more (a scheduler) keeps the rest in `World::links`.
+/// more (a scheduler) keeps the rest in [`Links`].
 const LINK_SLOTS: usize = 3;
+
+/// A node's in-flight link slots: (to, latest arrival); a slot whose
+/// arrival has passed is free.
+type LinkSlots = [(u32, u64); LINK_SLOTS];
+
+/// The latest arrival on each directed link with a message in flight that
+/// its node's [`LinkSlots`] do not hold, swept of passed arrivals as it
+/// grows. See [`World::arrival`].
+#[derive(Debug, Default)]
+struct Links {
+    map: rustc_hash::FxHashMap<u64, u64>,
+    /// `map`'s size after its last sweep.
+    swept: usize,
+}
+
+impl Links {
+    /// When a message sent at `now` on `from → to` with its own arrival `at`
+    /// (`≥ now`) arrives: the later of `at` and the link's latest arrival.
+    /// `slots` are `from`'s.
+    fn arrival(&mut self, slots: &mut LinkSlots, from: u32, to: u32, now: u64, at: u64) -> u64 {
+        let mut free = None;
+        for (i, slot) in slots.iter_mut().enumerate() {
+            if slot.1 <= now {
+                free.get_or_insert(i);
+            } else if slot.0 == to {
+                slot.1 = slot.1.max(at);
+                return slot.1;
+            }
+        }
+        let key = u64::from(from) << 32 | u64::from(to);
+        if !self.map.is_empty()
+            && let Some(last) = self.map.get_mut(&key)
+        {
+            if *last > now {
+                *last = (*last).max(at);
+                return *last;
+            }
+            self.map.remove(&key);
+        }
+        match free.and_then(|i| slots.get_mut(i)) {
+            Some(slot) => *slot = (to, at),
+            None => {
+                self.map.insert(key, at);
+                if self.map.len() > 2 * self.swept.max(1024) {
+                    self.map.retain(|_, last| *last > now);
+                    self.swept = self.map.len();
+                }
+            }
+        }
+        at
+    }
+}
 
 /// The decoded values of a worker's signed result bundle.
 #[derive(Debug, Clone)]
@@ -468,11 +520,8 @@ pub struct World {
     m: Metrics,
     /// The credit ledger, when `ledger.enabled` (see [`LedgerDriver`]).
     ledger: Option<Box<LedgerDriver>>,
-    /// Latest arrival per directed link with a message in flight, for
-    /// links that do not fit their node's slots ([`World::arrival`]).
-    links: rustc_hash::FxHashMap<u64, u64>,
-    /// `links`' size after its last sweep of passed arrivals.
-    links_swept: usize,
+    /// In-flight links that do not fit their node's slots ([`World::arrival`]).
+    links: Links,
     jobs_open: usize,
     /// Nodes online: the size of the capacity table a node without one
     /// (a worker or creator) would hold, for its advert refresh period.
@@ -664,8 +713,7 @@ impl World {
             worker_config_hb,
             credits: Credits::default(),
             ledger: None,
-            links: rustc_hash::FxHashMap::default(),
-            links_swept: 0,
+            links: Links::default(),
             jobs_open: 0,
             online_nodes: 0,
             on_progress: None,
@@ -1295,37 +1343,8 @@ impl World {
     /// of every link ever used (~2.4 M at 100 000 nodes) cost a cache miss
     /// per message, 5% of a 100 000-node hour.
     fn arrival(&mut self, from: u32, to: u32, now: u64, at: u64) -> u64 {
-        let node = &mut self.nodes[from as usize];
-        let mut free = None;
-        for (i, slot) in node.links.iter_mut().enumerate() {
-            if slot.1 <= now {
-                free.get_or_insert(i);
-            } else if slot.0 == to {
-                slot.1 = slot.1.max(at);
-                return slot.1;
-            }
-        }
-        let key = u64::from(from) << 32 | u64::from(to);
-        if !self.links.is_empty()
-            && let Some(last) = self.links.get_mut(&key)
-        {
-            if *last > now {
-                *last = (*last).max(at);
-                return *last;
-            }
-            self.links.remove(&key);
-        }
-        match free.and_then(|i| node.links.get_mut(i)) {
-            Some(slot) => *slot = (to, at),
-            None => {
-                self.links.insert(key, at);
-                if self.links.len() > 2 * self.links_swept.max(1024) {
-                    self.links.retain(|_, last| *last > now);
-                    self.links_swept = self.links.len();
-                }
-            }
-        }
-        at
+        let slots = &mut self.nodes[from as usize].links;
+        self.links.arrival(slots, from, to, now, at)
     }
 
     /// A request that got no answer: the sender learns at `sent_at + timeout`.
@@ -3019,6 +3038,65 @@ impl LedgerDriver {
             node_balances: i64::try_from(balances).unwrap_or(i64::MAX),
             balanced: balances + l.escrowed() == l.minted()
                 && l.recompute_accounts() == *l.accounts(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod link_tests {
+    use super::{LINK_SLOTS, LinkSlots, Links};
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The slots and the swept map give every message the arrival a
+        /// map of every link ever used gives it: the later of its own and
+        /// the link's previous message's.
+        #[test]
+        fn in_flight_links_order_messages_as_a_full_map_does(
+            sends in proptest::collection::vec((0u32..6, 0u32..6, 0u64..4, 0u64..40), 1..400),
+        ) {
+            let mut slots: Vec<LinkSlots> = vec![[(u32::MAX, 0); LINK_SLOTS]; 6];
+            let mut links = Links::default();
+            let mut full = std::collections::HashMap::<(u32, u32), u64>::new();
+            let mut now = 0u64;
+            for (from, to, step, delay) in sends {
+                now += step;
+                let at = now + delay;
+                let want = {
+                    let last = full.entry((from, to)).or_insert(0);
+                    *last = (*last).max(at);
+                    *last
+                };
+                let got = links.arrival(&mut slots[from as usize], from, to, now, at);
+                prop_assert_eq!(got, want);
+            }
+        }
+    }
+
+    /// A node with more links in flight than slots (a scheduler) keeps the
+    /// rest in the map, which is swept of passed arrivals as it grows.
+    #[test]
+    fn the_map_holds_the_overflow_and_is_swept() {
+        let mut slots: LinkSlots = [(u32::MAX, 0); LINK_SLOTS];
+        let mut links = Links::default();
+        for to in 0..5000u32 {
+            assert_eq!(links.arrival(&mut slots, 1, to, 0, 10), 10);
+        }
+        assert_eq!(links.map.len(), 5000 - LINK_SLOTS);
+        // All passed: the next overflow past the sweep mark sweeps them,
+        // and only them.
+        let last = |to: u32| 21 + u64::from(to % 3);
+        for to in 5000..15_000u32 {
+            assert_eq!(links.arrival(&mut slots, 1, to, 20, last(to)), last(to));
+        }
+        assert!(links.map.len() < 10_000, "{}", links.map.len());
+        assert!(links.map.values().all(|&l| l > 20));
+        for to in 5000..15_000u32 {
+            assert_eq!(
+                links.arrival(&mut slots, 1, to, 20, 20),
+                last(to),
+                "link to {to}"
+            );
         }
     }
 }
