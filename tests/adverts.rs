@@ -16,45 +16,17 @@ use libp2p::gossipsub::{self, MessageAcceptance};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, identify};
 use rendertrust_e2e::protocol::codec;
-use rendertrust_e2e::protocol::identity::{NodeId, NodeKey};
+use rendertrust_e2e::protocol::identity::NodeKey;
 use rendertrust_e2e::protocol::signed::Signed;
-use rendertrust_e2e::protocol::wire::{
-    CapacityAdvert, MessageKind, Role, RuntimeInfo, RuntimeKind,
-};
+use rendertrust_e2e::protocol::wire::{CapacityAdvert, MessageKind};
 use rendertrust_e2e::*;
 use rendertrust_node::net::swarm;
 use rendertrust_node::net::topic::Topic;
-use rendertrust_node::net::unix_now_ms;
 
 #[derive(NetworkBehaviour)]
 struct RawBehaviour {
     gossipsub: gossipsub::Behaviour,
     identify: identify::Behaviour,
-}
-
-fn advert(node: NodeId, seq: u64) -> CapacityAdvert {
-    CapacityAdvert {
-        node,
-        seq,
-        issued_at_ms: unix_now_ms(),
-        refresh_ms: 10_000,
-        wrap_key: [7; 32],
-        roles: vec![Role::Worker],
-        cpu_cores: 2,
-        cpu_model: "test peer".into(),
-        ram_bytes: 1 << 30,
-        disk_free_bytes: 1 << 30,
-        gpus: vec![],
-        runtimes: vec![RuntimeInfo {
-            kind: RuntimeKind::Builtin,
-            version: "1".into(),
-        }],
-        bench_mfpm: 1000,
-        running_tasks: 0,
-        max_tasks: 1,
-        price_per_task: 1,
-        region: "test".into(),
-    }
 }
 
 #[derive(serde::Deserialize)]
@@ -124,12 +96,12 @@ async fn hostile_adverts_are_rejected_counted_and_charged() {
         .unwrap();
     raw.dial(target).unwrap();
 
-    let good = Signed::sign(&raw_key, &advert(raw_key.node_id(), 1))
+    let good = Signed::sign(&raw_key, &worker_advert(raw_key.node_id(), 1))
         .unwrap()
         .into_bytes();
     let garbage = b"\x00\x01 definitely not a capacity advert".to_vec();
     let other = NodeKey::from_secret_bytes(&[0xb8; 32]);
-    let mut bad_sig = Signed::sign(&other, &advert(other.node_id(), 1))
+    let mut bad_sig = Signed::sign(&other, &worker_advert(other.node_id(), 1))
         .unwrap()
         .into_bytes();
     bad_sig[40] ^= 0x01; // inside the signature
@@ -137,7 +109,7 @@ async fn hostile_adverts_are_rejected_counted_and_charged() {
     let payload = codec::encode_payload(
         MessageKind::CapacityAdvert as u8,
         <CapacityAdvert as rendertrust_e2e::protocol::wire::WireMessage>::VERSION,
-        &advert(other.node_id(), 2),
+        &worker_advert(other.node_id(), 2),
     )
     .unwrap();
     let impostor = codec::assemble_frame(

@@ -335,25 +335,7 @@ async fn node_pair(seed: u8) -> (MeasureNode, MeasureNode) {
     use rendertrust_protocol::identity::NodeKey;
     let start_node = |seed: u8, bootstrap: Vec<libp2p::Multiaddr>| async move {
         let key = NodeKey::from_secret_bytes(&[seed; 32]);
-        let template = rendertrust_protocol::wire::CapacityAdvert {
-            node: key.node_id(),
-            seq: 0,
-            issued_at_ms: 0,
-            refresh_ms: 10_000,
-            wrap_key: [seed; 32],
-            roles: vec![rendertrust_protocol::wire::Role::Worker],
-            cpu_cores: 2,
-            cpu_model: "m".into(),
-            ram_bytes: 1 << 30,
-            disk_free_bytes: 1 << 30,
-            gpus: vec![],
-            runtimes: vec![],
-            bench_mfpm: 1,
-            running_tasks: 0,
-            max_tasks: 1,
-            price_per_task: 1,
-            region: String::new(),
-        };
+        let template = worker_advert(key.node_id(), 0);
         let (tx, rx) = tokio::sync::watch::channel(template);
         let config = NetConfig {
             listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],

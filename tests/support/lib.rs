@@ -18,6 +18,34 @@ pub use rendertrust_node::devnet::{self, Proc};
 /// The protocol crate, re-exported so tests need one import.
 pub use rendertrust_protocol as protocol;
 
+/// A worker's capacity advert for in-process peers of the tests (2 cores,
+/// 1 GiB, the builtin runtime, one task at a time), issued now.
+pub fn worker_advert(node: protocol::identity::NodeId, seq: u64) -> protocol::wire::CapacityAdvert {
+    use protocol::wire::{CapacityAdvert, Role, RuntimeInfo, RuntimeKind};
+    CapacityAdvert {
+        node,
+        seq,
+        issued_at_ms: rendertrust_node::net::unix_now_ms(),
+        refresh_ms: 10_000,
+        wrap_key: [7; 32],
+        roles: vec![Role::Worker],
+        cpu_cores: 2,
+        cpu_model: "test peer".into(),
+        ram_bytes: 1 << 30,
+        disk_free_bytes: 1 << 30,
+        gpus: vec![],
+        runtimes: vec![RuntimeInfo {
+            kind: RuntimeKind::Builtin,
+            version: "1".into(),
+        }],
+        bench_mfpm: 1000,
+        running_tasks: 0,
+        max_tasks: 1,
+        price_per_task: 1,
+        region: "test".into(),
+    }
+}
+
 /// A mesh of real processes on loopback: one bootstrap peer and some nodes.
 pub struct Mesh {
     /// Temporary directory holding every data dir (removed on drop).
