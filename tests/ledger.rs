@@ -151,6 +151,7 @@ async fn wait_ledgers_agree(mesh: &Mesh, receipts: &[String]) -> Vec<EpochsView>
             async move {
                 let mut views = Vec::new();
                 let mut digests = BTreeSet::new();
+                let mut statuses = Vec::new();
                 let mut epochs_of: BTreeSet<u64> = BTreeSet::new();
                 for api in &apis {
                     for r in &receipts {
@@ -163,7 +164,9 @@ async fn wait_ledgers_agree(mesh: &Mesh, receipts: &[String]) -> Vec<EpochsView>
                         }
                         epochs_of.insert(v.epoch.unwrap());
                     }
-                    digests.insert(status(api).await?.digest);
+                    let s = status(api).await?;
+                    digests.insert(s.digest.clone());
+                    statuses.push(s);
                     views.push(
                         api.get::<EpochsView>("/v1/ledger/epochs?limit=1000")
                             .await
@@ -171,7 +174,8 @@ async fn wait_ledgers_agree(mesh: &Mesh, receipts: &[String]) -> Vec<EpochsView>
                     );
                 }
                 if digests.len() != 1 {
-                    return Err(format!("state digests differ: {digests:?}"));
+                    // Each ledger's counters, to tell which events one lacks.
+                    return Err(format!("state digests differ: {statuses:?}"));
                 }
                 for e in &epochs_of {
                     let roots: BTreeSet<Option<String>> = views
