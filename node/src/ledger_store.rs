@@ -31,7 +31,7 @@
 //! No ledger rule lives here: the store feeds [`LedgerPeer`] and carries out
 //! what it asks (sign, persist, hand out actions).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use rendertrust_protocol::codec::{self, CodecError};
 use rendertrust_protocol::identity::{NodeId, NodeKey};
@@ -131,7 +131,6 @@ pub struct LedgerStore {
     peer: LedgerPeer,
     next_seq: u64,
     out: VecDeque<LedgerAction>,
-    anchoring: BTreeSet<u64>,
     /// Event id → (record, position) of its latest journaled copy.
     index: BTreeMap<MessageId, (u64, u32)>,
     events: u64,
@@ -220,7 +219,6 @@ impl LedgerStore {
             peer: LedgerPeer::new(me, ledger, rollup),
             next_seq: 0,
             out: VecDeque::new(),
-            anchoring: BTreeSet::new(),
             index: BTreeMap::new(),
             events: 0,
         };
@@ -232,7 +230,8 @@ impl LedgerStore {
         let mut batch: Vec<LedgerEvent> = Vec::new();
         let mut batch_now = 0u64;
         let mut replayed = 0u64;
-        let mut to_anchor: BTreeMap<u64, RollupAction> = BTreeMap::new();
+        // Anchors owed (a `Final` with `anchor`) and not confirmed.
+        let mut to_anchor: BTreeMap<u64, ([u8; 32], u64)> = BTreeMap::new();
         for item in self.tree.scan_prefix([LOG]) {
             let (k, v) = item?;
             let seq = seq_of(&k).ok_or_else(|| LedgerStoreError::Corrupt {
@@ -275,7 +274,7 @@ impl LedgerStore {
                     } => {
                         self.peer.rollup_mut().restore_final(epoch);
                         if anchor {
-                            to_anchor.insert(epoch, RollupAction::Anchor { epoch, root, count });
+                            to_anchor.insert(epoch, (root, count));
                         }
                     }
                     Record::Anchored { epoch } => {
@@ -290,8 +289,17 @@ impl LedgerStore {
         // Replay re-derives state only; what it would ask for was done
         // before, except anchors the driver never confirmed.
         while self.peer.poll_action().is_some() {}
-        self.out
-            .extend(to_anchor.into_values().map(LedgerAction::Rollup));
+        // The rollup releases them in epoch order: at once, or once every
+        // earlier epoch is final (an anchor chain refuses an epoch below
+        // its head; see `protocol::rollup`).
+        for (epoch, (root, count)) in to_anchor {
+            self.peer
+                .rollup_mut()
+                .restore_owed_anchor(epoch, root, count);
+        }
+        while let Some(action) = self.peer.poll_action() {
+            self.out.push_back(LedgerAction::Rollup(action));
+        }
         tracing::info!(
             records = replayed,
             events = self.events,
@@ -383,8 +391,15 @@ impl LedgerStore {
                     )?;
                     self.out.push_back(LedgerAction::Publish(signed));
                 }
-                RollupAction::Final { epoch, root, count } => {
-                    let anchor = self.anchoring.remove(&epoch);
+                RollupAction::Final {
+                    epoch,
+                    root,
+                    count,
+                    anchor,
+                } => {
+                    // `anchor`: this ledger owes the epoch's anchor; it is
+                    // handed out again after every restart until
+                    // [`LedgerStore::anchored`].
                     self.append(
                         batch,
                         &Record::Final {
@@ -394,11 +409,6 @@ impl LedgerStore {
                             anchor,
                         },
                     )?;
-                    self.out.push_back(LedgerAction::Rollup(action));
-                }
-                RollupAction::Anchor { epoch, .. } => {
-                    // Always followed by its `Final`, which records it.
-                    self.anchoring.insert(epoch);
                     self.out.push_back(LedgerAction::Rollup(action));
                 }
                 other => self.out.push_back(LedgerAction::Rollup(other)),

@@ -44,7 +44,19 @@
 //! * **Anchoring**: the anchorer of epoch `e` is the rendezvous-hash winner
 //!   over the live ledgers and us, key = `e` as u64 LE. When an epoch turns
 //!   final at the anchorer it emits [`RollupAction::Anchor`] with its root;
-//!   every ledger emits [`RollupAction::Final`] (to persist).
+//!   every ledger emits [`RollupAction::Final`] (to persist; its `anchor`
+//!   flag says whether this ledger owes the epoch's anchor).
+//! * **Anchors go out in epoch order** — decision: an anchor this ledger owes
+//!   is released only when every earlier epoch it knows is final. Finality is
+//!   not in epoch order (epoch `e + 1` can agree while `e` still reconciles,
+//!   or after a restart while `e` waits out its window), and an anchor chain
+//!   is: the embedded journal links each ledger's headers in epoch order and
+//!   refuses an epoch below its head, so an anchor sent out of order would
+//!   leave the earlier epoch unanchored for good. The wait is bounded by the
+//!   earlier epoch's `close + reconcile_window_ms`. Left as is: an epoch this
+//!   ledger first hears of after it anchored a later one (it never held the
+//!   earlier epoch's receipts before) is still released, and a chained
+//!   backend refuses it (the driver records why).
 //!
 //! Bounds: headers are kept for at most `max_ledgers` peers per epoch and
 //! only for epochs not yet final (older and far-future headers are refused);
@@ -108,7 +120,9 @@ pub enum RollupAction {
         /// Receipt ids (at most [`MAX_FETCH_IDS`]).
         ids: Vec<MessageId>,
     },
-    /// This ledger anchors the epoch's root.
+    /// This ledger anchors the epoch's root. Always after the epoch's
+    /// [`RollupAction::Final`] with `anchor: true`, and in epoch order (see
+    /// the module docs): at once, or once every earlier epoch is final.
     Anchor {
         /// The epoch.
         epoch: u64,
@@ -125,6 +139,11 @@ pub enum RollupAction {
         root: [u8; 32],
         /// Its receipt count.
         count: u64,
+        /// This ledger owes the epoch's anchor: a [`RollupAction::Anchor`]
+        /// follows, now or once every earlier epoch is final. Persist it,
+        /// and after a restart hand unanchored ones back with
+        /// [`Rollup::restore_owed_anchor`].
+        anchor: bool,
     },
 }
 
@@ -393,6 +412,9 @@ pub struct Rollup {
     stats: RollupStats,
     tree: Option<(u64, [u8; 32], MerkleTree)>,
     now_ms: u64,
+    /// Anchors owed and not yet released (epoch → root, count): each waits
+    /// for every earlier epoch to be final.
+    owed: BTreeMap<u64, ([u8; 32], u64)>,
 }
 
 impl Rollup {
@@ -412,6 +434,7 @@ impl Rollup {
             stats: RollupStats::default(),
             tree: None,
             now_ms: 0,
+            owed: BTreeMap::new(),
         }
     }
 
@@ -601,12 +624,50 @@ impl Rollup {
             self.stats.timed_out += 1;
         }
         let (root, count) = ep.current_root();
-        if ep.own.is_some() && anchorer == self.me {
+        let anchor = ep.own.is_some() && anchorer == self.me;
+        self.actions.push_back(RollupAction::Final {
+            epoch,
+            root,
+            count,
+            anchor,
+        });
+        if anchor {
+            self.owed.insert(epoch, (root, count));
+        }
+        self.release_anchors();
+    }
+
+    /// Releases the owed anchors that no earlier, not yet final epoch holds
+    /// back, in epoch order.
+    fn release_anchors(&mut self) {
+        let first_open = self
+            .epochs
+            .iter()
+            .find(|(_, ep)| !ep.is_final)
+            .map(|(e, _)| *e);
+        while let Some(entry) = self.owed.first_entry() {
+            if first_open.is_some_and(|open| open < *entry.key()) {
+                break;
+            }
+            let (epoch, (root, count)) = entry.remove_entry();
             self.actions
                 .push_back(RollupAction::Anchor { epoch, root, count });
         }
-        self.actions
-            .push_back(RollupAction::Final { epoch, root, count });
+    }
+
+    /// Anchors owed and not yet released (they wait for an earlier epoch).
+    pub fn anchors_waiting(&self) -> usize {
+        self.owed.len()
+    }
+
+    /// Hands back, while replaying the journal, an anchor this ledger owed
+    /// (a [`RollupAction::Final`] with `anchor: true`) and never confirmed.
+    /// Call it after the replay's [`Rollup::restore_final`]s: it is released
+    /// as a [`RollupAction::Anchor`] at once, or once every earlier epoch is
+    /// final.
+    pub fn restore_owed_anchor(&mut self, epoch: u64, root: [u8; 32], count: u64) {
+        self.owed.insert(epoch, (root, count));
+        self.release_anchors();
     }
 
     fn reconcile_differing(&mut self, epoch: u64) {

@@ -142,7 +142,8 @@ pub enum LedgerServiceError {
 pub struct AnchorRecord {
     /// The ledger that anchors the epoch (HRW winner when it turned final here).
     pub anchorer: Option<String>,
-    /// `pending`, `anchored`, `failed` or `elsewhere`.
+    /// `pending`, `anchored`, `failed`, `elsewhere`, or `none` (this ledger
+    /// ranks first for the epoch but held none of its receipts: nothing to anchor).
     pub status: String,
     /// Where it lives (an `AnchorRef` as JSON), once anchored here.
     pub reference: Option<serde_json::Value>,
@@ -421,7 +422,9 @@ async fn anchor_once(
     backend.anchor(&Signed::sign(key, &header)?).await
 }
 
-/// Anchors epochs one at a time, in the order they turned final.
+/// Anchors epochs one at a time, in the order the rollup released them
+/// (epoch order: `protocol::rollup` holds an anchor back until every earlier
+/// epoch is final, since the journal backend chains headers by epoch).
 async fn anchor_task(
     mut jobs: mpsc::Receiver<AnchorJob>,
     backend: Arc<Backend>,
@@ -737,17 +740,31 @@ impl LedgerService {
                         );
                     }
                 }
-                LedgerAction::Rollup(RollupAction::Final { epoch, root, count }) => {
-                    let anchorer = self.ledger.peer().rollup().anchorer(epoch);
-                    tracing::info!(epoch, count, root = %hex::encode(root), %anchorer, "epoch final");
+                LedgerAction::Rollup(RollupAction::Final {
+                    epoch,
+                    root,
+                    count,
+                    anchor,
+                }) => {
+                    // Owed here: its `Anchor` follows (at once, or once every
+                    // earlier epoch is final).
+                    let anchorer = if anchor {
+                        self.me
+                    } else {
+                        self.ledger.peer().rollup().anchorer(epoch)
+                    };
+                    tracing::info!(epoch, count, root = %hex::encode(root), %anchorer, anchor, "epoch final");
                     let me = self.me;
                     self.update_record(epoch, |r| {
                         if r.anchorer.is_none() {
                             r.anchorer = Some(anchorer.to_string());
                         }
                         if r.status.is_empty() {
-                            r.status = if anchorer == me {
+                            r.status = if anchor {
                                 "pending"
+                            } else if anchorer == me {
+                                // The anchorer by rank, holding no receipt of it.
+                                "none"
                             } else {
                                 "elsewhere"
                             }

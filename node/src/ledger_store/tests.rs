@@ -383,3 +383,99 @@ fn an_unconfirmed_anchor_is_handed_out_again_after_a_restart() {
     let mut s = open(dir.path(), &kit);
     assert!(actions(&mut s).is_empty());
 }
+
+/// The flake this fixed (tests/ledger.rs, a killed ledger): after a restart,
+/// epoch e + 1 agreed and turned final while e still reconciled, its anchor
+/// went out first, and the anchor journal then refused e for good (epochs
+/// must increase). An owed anchor now waits for every earlier epoch, across
+/// a restart too.
+#[test]
+fn an_owed_anchor_waits_for_an_earlier_epoch_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let kit = Kit::new(11);
+    let config = RollupConfig {
+        epoch_ms: 10_000,
+        grace_ms: 2_000,
+        reconcile_window_ms: 60_000,
+        max_ledgers: 4,
+    };
+    let (me, peer) = (kit.ledgers[0].node_id(), kit.ledgers[1].node_id());
+    // A pair of epochs this ledger ranks first for, against the peer.
+    let mut rank = rendertrust_protocol::rollup::Rollup::new(me, config);
+    rank.set_ledgers([peer]);
+    let base = (0..100u64)
+        .map(|k| T0 + 130_000 + k * 10_000)
+        .find(|t| {
+            let e = rank.epoch_of(*t);
+            rank.anchorer(e) == me && rank.anchorer(e + 1) == me
+        })
+        .unwrap();
+    let e = rank.epoch_of(base);
+    // Task 0 accepted in e, task 1 in e + 1; the peer also holds task 2 in e.
+    let spec = kit.spec(0, 9, 3, 10).unwrap();
+    let job = spec.verify().unwrap().id;
+    let creator = kit.creators[0].node_id();
+    let task = |index: u32, at: u64| {
+        let offer = kit.offer(TaskId { job, index }, 0, index as usize, 0, 3);
+        vec![
+            kit.escrow_for(&spec, &offer, true).unwrap(),
+            kit.settle(&kit.receipt(&offer, &creator), at).unwrap(),
+        ]
+    };
+    let mine: Vec<LedgerEvent> = [task(0, base), task(1, base + 10_000)].concat();
+    let theirs: Vec<LedgerEvent> = [mine.clone(), task(2, base + 1)].concat();
+    let mut other = LedgerPeer::new(peer, kit.config(), config);
+    other.rollup_mut().set_ledgers([me]);
+    other.handle_events(&theirs, NOW);
+    let closed = rank.close_time(e + 1);
+    other.handle_timeout(closed);
+    let header = |epoch: u64| {
+        let h = other.rollup().header(epoch).unwrap().clone();
+        Signed::sign(&kit.ledgers[1], &h).unwrap()
+    };
+    let open_store = || {
+        let store = Store::open(dir.path()).unwrap();
+        let mut s = LedgerStore::open(&store, &kit.ledgers[0], kit.config(), config).unwrap();
+        s.set_ledgers([peer]);
+        s
+    };
+    {
+        let mut s = open_store();
+        assert!(s.ingest(&mine, NOW).unwrap().iter().all(Result::is_ok));
+        s.handle_timeout(closed).unwrap();
+        assert_eq!(published(&actions(&mut s)).len(), 2);
+        // e + 1 agrees: final and owed, held behind e, which reconciles.
+        s.handle_header(&header(e + 1), closed + 1)
+            .unwrap()
+            .unwrap();
+        s.handle_header(&header(e), closed + 1).unwrap().unwrap();
+        let a = actions(&mut s);
+        assert!(a.iter().any(|x| matches!(
+            x,
+            LedgerAction::Rollup(RollupAction::Final { epoch, anchor: true, .. }) if *epoch == e + 1
+        )));
+        assert!(
+            !a.iter()
+                .any(|x| matches!(x, LedgerAction::Rollup(RollupAction::Anchor { .. }))),
+            "{a:?}"
+        );
+        // Killed here.
+    }
+    let mut s = open_store();
+    assert!(
+        !actions(&mut s)
+            .iter()
+            .any(|x| matches!(x, LedgerAction::Rollup(RollupAction::Anchor { .. }))),
+        "the owed anchor of e + 1 must wait for e"
+    );
+    // e turns final at the end of its window: both anchors, e first.
+    s.handle_timeout(rank.final_time(e)).unwrap();
+    let anchors: Vec<u64> = actions(&mut s)
+        .iter()
+        .filter_map(|x| match x {
+            LedgerAction::Rollup(RollupAction::Anchor { epoch, .. }) => Some(*epoch),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(anchors, vec![e, e + 1]);
+}

@@ -513,3 +513,113 @@ proptest! {
                         hb.iter().map(|h| (h.epoch, h.root, h.count)).collect::<Vec<_>>());
     }
 }
+
+/// Anchors leave in epoch order: epoch `e + 1` agreeing while `e` still
+/// reconciles waits for `e` (an anchor chain refuses an epoch below its
+/// head, which left `e` unanchored for good), and so does an owed anchor
+/// handed back after a restart.
+#[test]
+fn anchors_go_out_in_epoch_order() {
+    // Short epochs with a window longer than an epoch, as in the node's tests.
+    let config = RollupConfig {
+        epoch_ms: 10_000,
+        grace_ms: 2_000,
+        reconcile_window_ms: 60_000,
+        max_ledgers: 4,
+    };
+    let e = 10u64;
+    let at = |epoch: u64| epoch * 10_000 + 100;
+    // Two ledgers where `a` ranks first for both epochs.
+    let (ka, kb) = (1..=u8::MAX)
+        .map(|i| (key(i), key(i.wrapping_add(100))))
+        .find(|(ka, kb)| {
+            let mut r = Rollup::new(ka.node_id(), config);
+            r.set_ledgers([kb.node_id()]);
+            r.anchorer(e) == ka.node_id() && r.anchorer(e + 1) == ka.node_id()
+        })
+        .unwrap();
+    let mut a = Rollup::new(ka.node_id(), config);
+    let mut b = Rollup::new(kb.node_id(), config);
+    a.set_ledgers([kb.node_id()]);
+    b.set_ledgers([ka.node_id()]);
+    // `b` holds one receipt of epoch e that `a` lacks; epoch e + 1 is equal.
+    for (r, ids) in [(&mut a, &[1u32][..]), (&mut b, &[1, 3][..])] {
+        for i in ids {
+            r.record(rid(*i), at(e), at(e));
+        }
+        r.record(rid(2), at(e + 1), at(e + 1));
+    }
+    let now = 12 * 10_000 + 2_000; // both epochs closed, e not final by time
+    a.handle_timeout(now);
+    b.handle_timeout(now);
+    drain(&mut a);
+    let from_b: Vec<Signed<RollupHeader>> = published(&drain(&mut b))
+        .iter()
+        .map(|h| Signed::sign(&kb, h).unwrap())
+        .collect();
+    assert_eq!(from_b.len(), 2);
+    for h in &from_b {
+        a.handle_header(h, now + 1).unwrap();
+    }
+    // e + 1 is final and owed, but held back behind e.
+    let actions = drain(&mut a);
+    assert!(actions.contains(&RollupAction::Final {
+        epoch: e + 1,
+        root: root_of(&[rid(2).0]),
+        count: 1,
+        anchor: true
+    }));
+    assert!(
+        !actions
+            .iter()
+            .any(|x| matches!(x, RollupAction::Anchor { .. })),
+        "{actions:?}"
+    );
+    assert!(a.is_final(e + 1) && !a.is_final(e));
+    assert_eq!(a.anchors_waiting(), 1);
+    // e reconciles (the fetched receipt comes back through the ledger) and
+    // agrees: both anchors go, e first.
+    assert_eq!(
+        a.record(rid(3), at(e), now + 2),
+        Recorded::Reopened { epoch: e }
+    );
+    a.handle_timeout(now + 3);
+    let anchors: Vec<u64> = drain(&mut a)
+        .iter()
+        .filter_map(|x| match x {
+            RollupAction::Anchor { epoch, .. } => Some(*epoch),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(anchors, vec![e, e + 1]);
+    assert!(a.is_final(e));
+    assert_eq!(a.anchors_waiting(), 0);
+
+    // After a restart: an owed anchor handed back waits for an open epoch
+    // below it, then follows it.
+    let mut r = Rollup::new(ka.node_id(), config);
+    r.record(rid(1), at(e), at(e));
+    r.restore_final(e + 1);
+    r.restore_owed_anchor(e + 1, [9; 32], 4);
+    assert!(drain(&mut r).is_empty());
+    r.handle_timeout(now);
+    let actions = drain(&mut r);
+    let anchors: Vec<(u64, u64)> = actions
+        .iter()
+        .filter_map(|x| match x {
+            RollupAction::Anchor { epoch, count, .. } => Some((*epoch, *count)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(anchors, vec![(e, 1), (e + 1, 4)], "{actions:?}");
+    // With nothing open below it, released at once.
+    r.restore_owed_anchor(e + 5, [8; 32], 2);
+    assert_eq!(
+        drain(&mut r),
+        vec![RollupAction::Anchor {
+            epoch: e + 5,
+            root: [8; 32],
+            count: 2
+        }]
+    );
+}
