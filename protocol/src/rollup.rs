@@ -46,17 +46,19 @@
 //!   final at the anchorer it emits [`RollupAction::Anchor`] with its root;
 //!   every ledger emits [`RollupAction::Final`] (to persist; its `anchor`
 //!   flag says whether this ledger owes the epoch's anchor).
-//! * **Anchors go out in epoch order** — decision: an anchor this ledger owes
-//!   is released only when every earlier epoch it knows is final. Finality is
-//!   not in epoch order (epoch `e + 1` can agree while `e` still reconciles,
-//!   or after a restart while `e` waits out its window), and an anchor chain
-//!   is: the embedded journal links each ledger's headers in epoch order and
-//!   refuses an epoch below its head, so an anchor sent out of order would
-//!   leave the earlier epoch unanchored for good. The wait is bounded by the
-//!   earlier epoch's `close + reconcile_window_ms`. Left as is: an epoch this
-//!   ledger first hears of after it anchored a later one (it never held the
-//!   earlier epoch's receipts before) is still released, and a chained
-//!   backend refuses it (the driver records why).
+//! * **Anchors go out in epoch order** — decision: an anchor this ledger
+//!   owes for epoch `e` is released only when every earlier epoch it knows
+//!   is final *and* no earlier epoch can still appear (`now ≥
+//!   final_time(e − 1)`: a receipt of an epoch past its final time is late,
+//!   it opens nothing). Finality is not in epoch order (epoch `e + 1` can
+//!   agree while `e` still reconciles, or after a restart while `e` waits
+//!   out its window; a receipt of an epoch this ledger never held can arrive
+//!   after a later epoch agreed), and an anchor chain is: the embedded
+//!   journal links each ledger's headers in epoch order and refuses an epoch
+//!   below its head, so an anchor sent out of order left the earlier epoch
+//!   unanchored for good. The cost is latency only where the window is
+//!   longer than an epoch (`reconcile_window_ms − epoch_ms` at most after
+//!   agreement; none with the defaults, an hour and ten minutes).
 //!
 //! Bounds: headers are kept for at most `max_ledgers` peers per epoch and
 //! only for epochs not yet final (older and far-future headers are refused);
@@ -122,7 +124,7 @@ pub enum RollupAction {
     },
     /// This ledger anchors the epoch's root. Always after the epoch's
     /// [`RollupAction::Final`] with `anchor: true`, and in epoch order (see
-    /// the module docs): at once, or once every earlier epoch is final.
+    /// the module docs): at once, or once no earlier epoch holds it back.
     Anchor {
         /// The epoch.
         epoch: u64,
@@ -140,7 +142,7 @@ pub enum RollupAction {
         /// Its receipt count.
         count: u64,
         /// This ledger owes the epoch's anchor: a [`RollupAction::Anchor`]
-        /// follows, now or once every earlier epoch is final. Persist it,
+        /// follows, now or once no earlier epoch holds it back. Persist it,
         /// and after a restart hand unanchored ones back with
         /// [`Rollup::restore_owed_anchor`].
         anchor: bool,
@@ -568,6 +570,8 @@ impl Rollup {
                 self.finalize(epoch);
             }
         }
+        // Anchors held back by time alone.
+        self.release_anchors();
     }
 
     fn close(&mut self, epoch: u64, now: u64) {
@@ -637,22 +641,31 @@ impl Rollup {
         self.release_anchors();
     }
 
-    /// Releases the owed anchors that no earlier, not yet final epoch holds
-    /// back, in epoch order.
+    /// Releases, in epoch order, the owed anchors that no earlier epoch
+    /// holds back: none known and not yet final, none that can still appear.
     fn release_anchors(&mut self) {
         let first_open = self
             .epochs
             .iter()
             .find(|(_, ep)| !ep.is_final)
             .map(|(e, _)| *e);
-        while let Some(entry) = self.owed.first_entry() {
-            if first_open.is_some_and(|open| open < *entry.key()) {
+        while let Some(&epoch) = self.owed.keys().next() {
+            if first_open.is_some_and(|open| open < epoch)
+                || self.now_ms < self.anchor_release_time(epoch)
+            {
                 break;
             }
-            let (epoch, (root, count)) = entry.remove_entry();
-            self.actions
-                .push_back(RollupAction::Anchor { epoch, root, count });
+            if let Some((root, count)) = self.owed.remove(&epoch) {
+                self.actions
+                    .push_back(RollupAction::Anchor { epoch, root, count });
+            }
         }
+    }
+
+    /// The earliest time an owed anchor of `epoch` may go: when no earlier
+    /// epoch can appear here any more (the previous epoch's final time).
+    fn anchor_release_time(&self, epoch: u64) -> u64 {
+        epoch.checked_sub(1).map_or(0, |prev| self.final_time(prev))
     }
 
     /// Anchors owed and not yet released (they wait for an earlier epoch).
@@ -663,8 +676,8 @@ impl Rollup {
     /// Hands back, while replaying the journal, an anchor this ledger owed
     /// (a [`RollupAction::Final`] with `anchor: true`) and never confirmed.
     /// Call it after the replay's [`Rollup::restore_final`]s: it is released
-    /// as a [`RollupAction::Anchor`] at once, or once every earlier epoch is
-    /// final.
+    /// as a [`RollupAction::Anchor`] at once, or once no earlier epoch holds
+    /// it back (then at a [`Rollup::handle_timeout`]).
     pub fn restore_owed_anchor(&mut self, epoch: u64, root: [u8; 32], count: u64) {
         self.owed.insert(epoch, (root, count));
         self.release_anchors();
@@ -951,6 +964,14 @@ impl Rollup {
 
     /// When [`Rollup::handle_timeout`] next has work to do.
     pub fn next_deadline(&self) -> Option<u64> {
+        // An owed anchor held back by time alone (an earlier epoch that is
+        // not final holds it back by that epoch's own deadline).
+        let anchor = self
+            .owed
+            .keys()
+            .next()
+            .map(|e| self.anchor_release_time(*e))
+            .filter(|at| *at > self.now_ms);
         self.epochs
             .iter()
             .filter(|(_, ep)| !ep.is_final)
@@ -964,6 +985,7 @@ impl Rollup {
                     self.final_time(*e)
                 }
             })
+            .chain(anchor)
             .min()
     }
 

@@ -578,21 +578,31 @@ fn anchors_go_out_in_epoch_order() {
     assert!(a.is_final(e + 1) && !a.is_final(e));
     assert_eq!(a.anchors_waiting(), 1);
     // e reconciles (the fetched receipt comes back through the ledger) and
-    // agrees: both anchors go, e first.
+    // agrees; its anchor still waits until no earlier epoch can appear (the
+    // window is longer than an epoch here), then e + 1's until the same
+    // holds for it: e first.
     assert_eq!(
         a.record(rid(3), at(e), now + 2),
         Recorded::Reopened { epoch: e }
     );
+    let anchors_of = |r: &mut Rollup| -> Vec<(u64, u64)> {
+        drain(r)
+            .iter()
+            .filter_map(|x| match x {
+                RollupAction::Anchor { epoch, count, .. } => Some((*epoch, *count)),
+                _ => None,
+            })
+            .collect()
+    };
     a.handle_timeout(now + 3);
-    let anchors: Vec<u64> = drain(&mut a)
-        .iter()
-        .filter_map(|x| match x {
-            RollupAction::Anchor { epoch, .. } => Some(*epoch),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(anchors, vec![e, e + 1]);
     assert!(a.is_final(e));
+    assert_eq!(anchors_of(&mut a), vec![]);
+    assert_eq!(a.next_deadline(), Some(a.final_time(e - 1)));
+    a.handle_timeout(a.final_time(e - 1));
+    assert_eq!(anchors_of(&mut a), vec![(e, 2)]);
+    assert_eq!(a.next_deadline(), Some(a.final_time(e)));
+    a.handle_timeout(a.final_time(e));
+    assert_eq!(anchors_of(&mut a), vec![(e + 1, 1)]);
     assert_eq!(a.anchors_waiting(), 0);
 
     // After a restart: an owed anchor handed back waits for an open epoch
@@ -603,23 +613,157 @@ fn anchors_go_out_in_epoch_order() {
     r.restore_owed_anchor(e + 1, [9; 32], 4);
     assert!(drain(&mut r).is_empty());
     r.handle_timeout(now);
-    let actions = drain(&mut r);
-    let anchors: Vec<(u64, u64)> = actions
-        .iter()
-        .filter_map(|x| match x {
-            RollupAction::Anchor { epoch, count, .. } => Some((*epoch, *count)),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(anchors, vec![(e, 1), (e + 1, 4)], "{actions:?}");
-    // With nothing open below it, released at once.
+    assert!(r.is_final(e));
+    assert_eq!(anchors_of(&mut r), vec![]);
+    r.handle_timeout(r.final_time(e));
+    assert_eq!(anchors_of(&mut r), vec![(e, 1), (e + 1, 4)]);
+    // With nothing open below it: released once no earlier epoch can appear.
     r.restore_owed_anchor(e + 5, [8; 32], 2);
-    assert_eq!(
-        drain(&mut r),
-        vec![RollupAction::Anchor {
-            epoch: e + 5,
-            root: [8; 32],
-            count: 2
-        }]
-    );
+    assert!(drain(&mut r).is_empty());
+    assert_eq!(r.next_deadline(), Some(r.final_time(e + 4)));
+    r.handle_timeout(r.final_time(e + 4));
+    assert_eq!(anchors_of(&mut r), vec![(e + 5, 2)]);
+    assert_eq!(r.next_deadline(), None);
+}
+
+/// One step of two ledgers' lives, for the anchor-order property.
+#[derive(Debug, Clone)]
+enum Step {
+    /// A receipt (`id`) matched at ledger a (`on_a`) or b, accepted up to
+    /// `back_ms` before now (its first acceptance time sticks).
+    Record { on_a: bool, id: u32, back_ms: u64 },
+    /// Time passes; both run their timers.
+    Tick { ms: u64 },
+    /// A published header reaches the other ledger (`pick` of those in flight).
+    Deliver { to_a: bool, pick: usize },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (any::<bool>(), 0u32..40, 0u64..40_000).prop_map(|(on_a, id, back_ms)| Step::Record {
+            on_a,
+            id,
+            back_ms
+        }),
+        (1u64..15_000).prop_map(|ms| Step::Tick { ms }),
+        (any::<bool>(), any::<usize>()).prop_map(|(to_a, pick)| Step::Deliver { to_a, pick }),
+    ]
+}
+
+/// What one ledger owed and anchored, checked as actions come out.
+#[derive(Default)]
+struct AnchorLog {
+    owed: BTreeSet<u64>,
+    finals: BTreeSet<u64>,
+    anchored: Vec<u64>,
+}
+
+/// Carries out `me`'s actions: headers to its outbox, reconciliation against
+/// `other` at once, anchors and finals into `log` (checking their order).
+fn pump(
+    me: &mut Rollup,
+    key: &NodeKey,
+    other: &Rollup,
+    accepted: &BTreeMap<MessageId, u64>,
+    outbox: &mut Vec<Signed<RollupHeader>>,
+    log: &mut AnchorLog,
+    now: u64,
+) -> Result<(), TestCaseError> {
+    while let Some(action) = me.poll_action() {
+        match action {
+            RollupAction::Publish(h) => outbox.push(Signed::sign(key, &h).unwrap()),
+            RollupAction::RequestIds {
+                ledger,
+                epoch,
+                after,
+            } => {
+                let (ids, more) = other.ids_page(epoch, after, MAX_IDS_PAGE);
+                let _ = me.handle_ids(ledger, epoch, &ids, more);
+            }
+            RollupAction::FetchReceipts { ids, .. } => {
+                for id in ids {
+                    me.record(id, accepted[&id], now);
+                }
+            }
+            RollupAction::Final { epoch, anchor, .. } => {
+                prop_assert!(log.finals.insert(epoch), "epoch {} final twice", epoch);
+                if anchor {
+                    log.owed.insert(epoch);
+                }
+            }
+            RollupAction::Anchor { epoch, .. } => {
+                prop_assert!(
+                    log.owed.contains(&epoch),
+                    "anchor of {} before its final",
+                    epoch
+                );
+                prop_assert!(
+                    log.anchored.last().is_none_or(|last| *last < epoch),
+                    "anchors out of order: {:?} then {}",
+                    log.anchored,
+                    epoch
+                );
+                log.anchored.push(epoch);
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// Two ledgers with receipts in several short epochs, headers delivered
+    /// late and out of order, reconciliation, late receipts: each ledger's
+    /// anchors go out in strictly increasing epoch order, each after its
+    /// epoch's final, and once every window has passed each owed anchor has
+    /// gone out exactly once.
+    #[test]
+    fn prop_anchors_leave_in_epoch_order(steps in proptest::collection::vec(step(), 1..150)) {
+        let config = RollupConfig {
+            epoch_ms: 10_000,
+            grace_ms: 2_000,
+            reconcile_window_ms: 60_000,
+            max_ledgers: 4,
+        };
+        let (ka, kb) = (key(20), key(21));
+        let mut a = Rollup::new(ka.node_id(), config);
+        let mut b = Rollup::new(kb.node_id(), config);
+        a.set_ledgers([kb.node_id()]);
+        b.set_ledgers([ka.node_id()]);
+        let mut now = 1_000 * 10_000u64;
+        let mut accepted: BTreeMap<MessageId, u64> = BTreeMap::new();
+        let (mut out_a, mut out_b) = (Vec::new(), Vec::new());
+        let (mut log_a, mut log_b) = (AnchorLog::default(), AnchorLog::default());
+        let end = steps.len();
+        for (i, s) in steps.into_iter().chain([Step::Tick { ms: 200_000 }]).enumerate() {
+            match s {
+                Step::Record { on_a, id, back_ms } => {
+                    let at = *accepted.entry(rid(id)).or_insert(now.saturating_sub(back_ms));
+                    let r = if on_a { &mut a } else { &mut b };
+                    r.record(rid(id), at, now);
+                }
+                Step::Tick { ms } => {
+                    now += ms;
+                    a.handle_timeout(now);
+                    b.handle_timeout(now);
+                }
+                Step::Deliver { to_a, pick } => {
+                    let (to, outbox) = if to_a { (&mut a, &mut out_b) } else { (&mut b, &mut out_a) };
+                    if !outbox.is_empty() {
+                        let h = outbox.remove(pick % outbox.len());
+                        let _ = to.handle_header(&h, now);
+                    }
+                }
+            }
+            pump(&mut a, &ka, &b, &accepted, &mut out_a, &mut log_a, now)?;
+            pump(&mut b, &kb, &a, &accepted, &mut out_b, &mut log_b, now)?;
+            if i == end {
+                // Every window has passed: nothing is owed any more.
+                for (r, log) in [(&a, &log_a), (&b, &log_b)] {
+                    prop_assert_eq!(r.anchors_waiting(), 0);
+                    prop_assert_eq!(log.owed.iter().copied().collect::<Vec<_>>(), log.anchored.clone());
+                }
+            }
+        }
+    }
 }
