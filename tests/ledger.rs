@@ -139,10 +139,20 @@ async fn status(api: &ApiClient) -> Result<LedgerStatusView, String> {
 /// epoch, with equal roots for those epochs and equal state digests;
 /// returns the ledgers' epoch views.
 async fn wait_ledgers_agree(mesh: &Mesh, receipts: &[String]) -> Vec<EpochsView> {
+    wait_ledgers(mesh, receipts, true).await
+}
+
+/// Both ledger peers settled every receipt with equal state digests; with
+/// `roots`, also in equal, final epoch roots, none of them late.
+async fn wait_ledgers(mesh: &Mesh, receipts: &[String], roots: bool) -> Vec<EpochsView> {
     let apis: Vec<ApiClient> = LEDGERS.iter().map(|i| mesh.api(*i).clone()).collect();
     let receipts = receipts.to_vec();
     eventually(
-        "both ledger peers to settle every receipt in equal, final epoch roots",
+        if roots {
+            "both ledger peers to settle every receipt in equal, final epoch roots"
+        } else {
+            "both ledger peers to settle every receipt with equal state digests"
+        },
         Duration::from_secs(180),
         Duration::from_millis(700),
         || {
@@ -159,10 +169,10 @@ async fn wait_ledgers_agree(mesh: &Mesh, receipts: &[String]) -> Vec<EpochsView>
                             .get(&format!("/v1/receipts/{r}"))
                             .await
                             .map_err(|e| e.to_string())?;
-                        if v.status != "settled" || !v.epoch_final || v.late {
+                        if v.status != "settled" || (roots && (!v.epoch_final || v.late)) {
                             return Err(format!("{} on ledger {}: {v:?}", &r[..12], v.ledger));
                         }
-                        epochs_of.insert(v.epoch.unwrap());
+                        epochs_of.extend(v.epoch);
                     }
                     let s = status(api).await?;
                     digests.insert(s.digest.clone());
@@ -176,6 +186,9 @@ async fn wait_ledgers_agree(mesh: &Mesh, receipts: &[String]) -> Vec<EpochsView>
                 if digests.len() != 1 {
                     // Each ledger's counters, to tell which events one lacks.
                     return Err(format!("state digests differ: {statuses:?}"));
+                }
+                if !roots {
+                    return Ok(views);
                 }
                 for e in &epochs_of {
                     let roots: BTreeSet<Option<String>> = views
@@ -776,16 +789,42 @@ async fn a_killed_ledger_loses_nothing_and_journal_tampering_is_detected() {
     )
     .await;
     let held_before_kill = status(mesh.api(victim)).await.unwrap();
+    // When job A's earliest epoch turns final without the victim.
+    let mut first_epoch = u64::MAX;
+    for r in &first {
+        let v: ReceiptView = mesh.api(1).get(&format!("/v1/receipts/{r}")).await.unwrap();
+        first_epoch = first_epoch.min(v.epoch.unwrap());
+    }
+    let final_ms =
+        (first_epoch + 1) * plan.epoch_secs * 1000 + (plan.grace_secs + plan.reconcile_secs) * 1000;
     mesh.kill(victim).await;
 
     // Job B while it is down: it misses these events on gossip.
     let second = run_job(&mesh, "4-6").await;
     mesh.restart_with(victim, &extra).await;
+    let restarted_ms = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
 
     // It kept everything it had journaled, fetched what it missed, applied
-    // nothing twice, and ends with the other peer's roots and balances.
+    // nothing twice, and ends with the other peer's balances. Back (with its
+    // warm-up, and a margin) before job A's epoch turned final, it also ends
+    // with the other peer's roots, no receipt late. Back later (a loaded
+    // machine), its epochs turned final on what it held: it still fetches
+    // what it missed (late catch-up, `protocol::rollup`), late there.
     let all: Vec<String> = first.iter().chain(&second).cloned().collect();
-    wait_ledgers_agree(&mesh, &all).await;
+    let in_window = restarted_ms + 15_000 < final_ms;
+    if !in_window {
+        eprintln!(
+            "node {victim} came back {} ms after job A's epoch turned final: checking that its books caught up, not its roots",
+            restarted_ms.saturating_sub(final_ms)
+        );
+    }
+    wait_ledgers(&mesh, &all, in_window).await;
     assert_equal_balances(&mesh, &prepared.nodes).await;
     let s1 = status(mesh.api(1)).await.unwrap();
     let s2 = status(mesh.api(victim)).await.unwrap();
@@ -793,7 +832,9 @@ async fn a_killed_ledger_loses_nothing_and_journal_tampering_is_detected() {
     assert_eq!(s1.receipts, all.len() as u64, "{s1:?}");
     assert_eq!(s2.receipts, all.len() as u64, "{s2:?}");
     assert_eq!(s1.digest, s2.digest);
-    assert_eq!(s2.late, 0, "a receipt missed its root: {s2:?}");
+    if in_window {
+        assert_eq!(s2.late, 0, "a receipt missed its root: {s2:?}");
+    }
 
     // Journal tampering: verify a receipt (through the creator's node, not a
     // ledger), then alter the stored header of its epoch in the anchorer's

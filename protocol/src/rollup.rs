@@ -41,6 +41,21 @@
 //!   receipt it cannot prove); those that match reopen the epoch, and our
 //!   revised header converges on the union. Each side fetches what it lacks,
 //!   so both end with the union of what they hold.
+//! * **Asking for missing headers** — decision: gossip alone can lose a
+//!   header (a ledger restarting while its peers publish, a mesh not formed
+//!   yet), and one lost header left an epoch to time out on two different
+//!   roots. So a closed epoch that is not final asks every live ledger whose
+//!   header it lacks for its headers ([`RollupAction::RequestHeaders`]),
+//!   [`HEADER_ASK_MS`] after close and again every [`HEADER_ASK_MS`] until
+//!   it is final; the answers go through [`Rollup::handle_header`] like
+//!   gossip.
+//! * **Late catch-up** — decision: a live ledger's header for an epoch that
+//!   is final here, with another root, still makes this ledger fetch the
+//!   receipts it lacks (the same paged reconciliation), for the last
+//!   [`LATE_CATCH_UP_EPOCHS`] epochs. They are late here: in no root (the
+//!   epoch is final), but the ledger admits them, so credits move and the
+//!   books of a ledger that was away longer than the window converge with
+//!   the others'. Without it such a ledger never learnt what it missed.
 //! * **Anchoring**: the anchorer of epoch `e` is the rendezvous-hash winner
 //!   over the live ledgers and us, key = `e` as u64 LE. When an epoch turns
 //!   final at the anchorer it emits [`RollupAction::Anchor`] with its root;
@@ -73,6 +88,15 @@ use crate::merkle::{self, InclusionProof, MerkleError, MerkleTree};
 use crate::signed::{MessageId, Signed, SignedError, message_id};
 use crate::wire::RollupHeader;
 
+/// How many epochs back (from the current one) a final epoch still catches
+/// up: a live ledger's header with another root makes this ledger fetch the
+/// receipts it lacks, recorded late (see the module docs).
+pub const LATE_CATCH_UP_EPOCHS: u64 = 24;
+
+/// How often a closed, not yet final epoch asks each live ledger whose
+/// header it lacks for its headers (see the module docs).
+pub const HEADER_ASK_MS: u64 = 5_000;
+
 /// Settings of a [`Rollup`]. Every ledger peer of a mesh must use the same.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RollupConfig {
@@ -102,6 +126,17 @@ impl Default for RollupConfig {
 pub enum RollupAction {
     /// Sign this header, persist it, then publish it on `rollups`.
     Publish(RollupHeader),
+    /// Ask `ledger` for its headers from `epoch` on
+    /// ([`crate::ledger::wire::RollupRequest::Headers`] with `after =
+    /// epoch − 1`); feed each to [`Rollup::handle_header`]. Emitted every
+    /// [`HEADER_ASK_MS`] while a closed epoch waits for that live ledger's
+    /// header (see the module docs).
+    RequestHeaders {
+        /// The live ledger whose header is missing.
+        ledger: NodeId,
+        /// The epoch.
+        epoch: u64,
+    },
     /// Ask `ledger` for its receipt ids of `epoch` after `after`
     /// ([`crate::ledger::wire::RollupRequest::Ids`]); feed the answer to
     /// [`Rollup::handle_ids`].
@@ -346,6 +381,8 @@ pub struct RollupStats {
     pub agreed: u64,
     /// Epochs final by the window, without agreement.
     pub timed_out: u64,
+    /// Missing headers asked for ([`RollupAction::RequestHeaders`]).
+    pub header_asks: u64,
 }
 
 /// One epoch's summary, for status pages.
@@ -383,6 +420,8 @@ struct Epoch {
     is_final: bool,
     peers: BTreeMap<NodeId, RollupHeader>,
     reconciles: BTreeMap<NodeId, Reconcile>,
+    /// When live ledgers' missing headers were last asked for.
+    asked_at: Option<u64>,
 }
 
 impl Epoch {
@@ -568,6 +607,8 @@ impl Rollup {
             self.reconcile_differing(epoch);
             if now >= self.final_time(epoch) || self.agreed(epoch) {
                 self.finalize(epoch);
+            } else {
+                self.ask_missing_headers(epoch, now);
             }
         }
         // Anchors held back by time alone.
@@ -683,6 +724,68 @@ impl Rollup {
         self.release_anchors();
     }
 
+    /// Live ledgers whose header of a closed epoch we lack, when we published
+    /// ours (before that there is nothing to compare).
+    fn missing_headers(&self, epoch: u64) -> Vec<NodeId> {
+        match self.epochs.get(&epoch) {
+            Some(ep) if ep.own.is_some() && !ep.is_final => self
+                .ledgers
+                .iter()
+                .filter(|l| !ep.peers.contains_key(l))
+                .copied()
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// When epoch `epoch` next asks for missing headers.
+    fn next_ask(&self, epoch: u64) -> u64 {
+        self.epochs
+            .get(&epoch)
+            .and_then(|ep| ep.asked_at)
+            .unwrap_or(self.close_time(epoch))
+            .saturating_add(HEADER_ASK_MS)
+    }
+
+    fn ask_missing_headers(&mut self, epoch: u64, now: u64) {
+        if now < self.next_ask(epoch) {
+            return;
+        }
+        let missing = self.missing_headers(epoch);
+        if missing.is_empty() {
+            return;
+        }
+        if let Some(ep) = self.epochs.get_mut(&epoch) {
+            ep.asked_at = Some(now);
+        }
+        self.stats.header_asks += missing.len() as u64;
+        for ledger in missing {
+            self.actions
+                .push_back(RollupAction::RequestHeaders { ledger, epoch });
+        }
+    }
+
+    /// Late catch-up (module docs): fetch the receipts of a final epoch that
+    /// a live ledger's header shows we may lack.
+    fn catch_up_final(&mut self, h: &RollupHeader) {
+        match self.epochs.get(&h.epoch) {
+            // Final by time, not yet by its timer: finalise it now, so the
+            // timer does not end the catch-up.
+            Some(ep) if !ep.is_final => self.finalize(h.epoch),
+            Some(_) => {}
+            None => {
+                self.epochs.insert(
+                    h.epoch,
+                    Epoch {
+                        is_final: true,
+                        ..Epoch::default()
+                    },
+                );
+            }
+        }
+        self.start_reconcile(h.epoch, h.ledger, h.root, h.count);
+    }
+
     fn reconcile_differing(&mut self, epoch: u64) {
         let Some(ep) = self.epochs.get(&epoch) else {
             return;
@@ -748,6 +851,13 @@ impl Rollup {
                 .get(&h.epoch)
                 .map(|ep| ep.current_root())
                 .is_some_and(|(root, count)| root == h.root && count == h.count);
+            if !agrees
+                && h.count > 0
+                && self.ledgers.contains(&h.ledger)
+                && current.saturating_sub(h.epoch) <= LATE_CATCH_UP_EPOCHS
+            {
+                self.catch_up_final(&h);
+            }
             return Ok(HeaderOutcome::Final { agrees });
         }
         let max = self.config.max_ledgers;
@@ -981,8 +1091,10 @@ impl Rollup {
                 let before_close = self.now_ms < close;
                 if needs_header || before_close {
                     close
-                } else {
+                } else if self.missing_headers(*e).is_empty() {
                     self.final_time(*e)
+                } else {
+                    self.final_time(*e).min(self.next_ask(*e))
                 }
             })
             .chain(anchor)

@@ -519,17 +519,26 @@ impl LedgerService {
         }
         let now = crate::net::unix_now_ms();
         let epoch_ms = self.rollup_config.epoch_ms.max(1);
+        // Back to the epochs a final epoch still catches up on (a ledger
+        // away longer than the window fetches what it missed, late).
         let lookback =
-            (self.rollup_config.grace_ms + self.rollup_config.reconcile_window_ms) / epoch_ms + 2;
+            ((self.rollup_config.grace_ms + self.rollup_config.reconcile_window_ms) / epoch_ms + 2)
+                .max(rendertrust_protocol::rollup::LATE_CATCH_UP_EPOCHS);
         let after = (now / epoch_ms).saturating_sub(lookback);
         for ledger in new {
-            let net = self.net.clone();
-            let tx = self.internal.clone();
-            tokio::spawn(async move {
-                let result = remote::request(&net, ledger, &RollupRequest::Headers { after }).await;
-                let _ = tx.send(Internal::Headers { ledger, result }).await;
-            });
+            self.request_headers(ledger, after);
         }
+    }
+
+    /// Asks `ledger` for its headers of epochs after `after`; the answer
+    /// comes back as [`Internal::Headers`].
+    fn request_headers(&self, ledger: NodeId, after: u64) {
+        let net = self.net.clone();
+        let tx = self.internal.clone();
+        tokio::spawn(async move {
+            let result = remote::request(&net, ledger, &RollupRequest::Headers { after }).await;
+            let _ = tx.send(Internal::Headers { ledger, result }).await;
+        });
     }
 
     fn on_local(&mut self, msg: LocalLedger, now_ms: u64) {
@@ -715,6 +724,10 @@ impl LedgerService {
                 }
                 LedgerAction::Rollup(RollupAction::FetchReceipts { ledger, ids }) => {
                     self.fetch(ledger, ids)
+                }
+                LedgerAction::Rollup(RollupAction::RequestHeaders { ledger, epoch }) => {
+                    tracing::debug!(%ledger, epoch, "asking for a missing rollup header");
+                    self.request_headers(ledger, epoch.saturating_sub(1));
                 }
                 LedgerAction::Rollup(RollupAction::Anchor { epoch, root, count }) => {
                     let closed_at_ms = self
@@ -1194,6 +1207,8 @@ impl LedgerService {
             receipts,
             headers_published: r.published,
             reconciles: r.reconciles,
+            header_asks: r.header_asks,
+            anchors_waiting: self.ledger.peer().rollup().anchors_waiting() as u64,
             agreed: r.agreed,
             timed_out: r.timed_out,
             late: r.late,

@@ -355,6 +355,12 @@ pub struct LedgerStatusView {
     pub headers_published: u64,
     /// Reconciliations started.
     pub reconciles: u64,
+    /// Missing headers asked of live ledgers (a closed epoch lacking one).
+    #[serde(default)]
+    pub header_asks: u64,
+    /// Anchors owed and held back until no earlier epoch can appear.
+    #[serde(default)]
+    pub anchors_waiting: u64,
     /// Epochs final by agreement.
     pub agreed: u64,
     /// Epochs final by the window.

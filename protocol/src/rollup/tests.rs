@@ -130,9 +130,10 @@ fn late_receipts_reopen_until_final_then_stay_out() {
     assert_eq!(r.stats().revisions, 1);
     r.proof(&rid(2)).unwrap().verify(&rid(2)).unwrap();
 
+    // The other ledger's header is missing: asked for from close + 5 s.
+    assert_eq!(r.next_deadline(), Some(close(E) + HEADER_ASK_MS));
     // At the window's end: final without agreement.
     let final_at = close(E) + 600_000;
-    assert_eq!(r.next_deadline(), Some(final_at));
     r.handle_timeout(final_at);
     let actions = drain(&mut r);
     assert!(actions.iter().any(|a| matches!(
@@ -660,10 +661,12 @@ struct AnchorLog {
 
 /// Carries out `me`'s actions: headers to its outbox, reconciliation against
 /// `other` at once, anchors and finals into `log` (checking their order).
+#[allow(clippy::too_many_arguments)]
 fn pump(
     me: &mut Rollup,
     key: &NodeKey,
     other: &Rollup,
+    other_key: &NodeKey,
     accepted: &BTreeMap<MessageId, u64>,
     outbox: &mut Vec<Signed<RollupHeader>>,
     log: &mut AnchorLog,
@@ -672,6 +675,14 @@ fn pump(
     while let Some(action) = me.poll_action() {
         match action {
             RollupAction::Publish(h) => outbox.push(Signed::sign(key, &h).unwrap()),
+            // Answered at once, as the node's `Headers` request is.
+            RollupAction::RequestHeaders { epoch, .. } => {
+                for s in other.epochs().into_iter().filter(|s| s.epoch >= epoch) {
+                    if let Some(h) = s.header {
+                        let _ = me.handle_header(&Signed::sign(other_key, &h).unwrap(), now);
+                    }
+                }
+            }
             RollupAction::RequestIds {
                 ledger,
                 epoch,
@@ -755,8 +766,8 @@ proptest! {
                     }
                 }
             }
-            pump(&mut a, &ka, &b, &accepted, &mut out_a, &mut log_a, now)?;
-            pump(&mut b, &kb, &a, &accepted, &mut out_b, &mut log_b, now)?;
+            pump(&mut a, &ka, &b, &kb, &accepted, &mut out_a, &mut log_a, now)?;
+            pump(&mut b, &kb, &a, &ka, &accepted, &mut out_b, &mut log_b, now)?;
             if i == end {
                 // Every window has passed: nothing is owed any more.
                 for (r, log) in [(&a, &log_a), (&b, &log_b)] {
@@ -766,4 +777,140 @@ proptest! {
             }
         }
     }
+}
+
+/// A ledger away longer than the window: its epoch turned final on what it
+/// held; a live ledger's header with more receipts still makes it fetch
+/// what it lacks, recorded late (credits move, roots stay final). Only from
+/// live ledgers, only for recent epochs, once per root.
+#[test]
+fn a_final_epoch_catches_up_late_from_a_live_ledger() {
+    let (ka, kb, kc) = (key(30), key(31), key(32));
+    let mut a = Rollup::new(ka.node_id(), config());
+    let mut b = Rollup::new(kb.node_id(), config());
+    a.set_ledgers([kb.node_id()]);
+    b.set_ledgers([ka.node_id()]);
+    for i in 1..=6 {
+        if i <= 3 {
+            a.record(rid(i), AT, AT);
+        }
+        b.record(rid(i), AT, AT);
+    }
+    // Neither hears the other before the window ends: final on its own root.
+    let end = close(E) + 600_000;
+    a.handle_timeout(end);
+    b.handle_timeout(end);
+    let own_a = published(&drain(&mut a)).remove(0);
+    let hb = Signed::sign(&kb, &published(&drain(&mut b))[0]).unwrap();
+    assert!(a.is_final(E));
+    let now = end + 5_000;
+    assert_eq!(
+        a.handle_header(&hb, now).unwrap(),
+        HeaderOutcome::Final { agrees: false }
+    );
+    let actions = drain(&mut a);
+    let [
+        RollupAction::RequestIds {
+            ledger,
+            epoch,
+            after,
+        },
+    ] = actions.as_slice()
+    else {
+        panic!("{actions:?}");
+    };
+    assert_eq!((*ledger, *epoch, *after), (kb.node_id(), E, None));
+    let (ids, more) = b.ids_page(E, None, MAX_IDS_PAGE);
+    assert_eq!(a.handle_ids(kb.node_id(), E, &ids, more), Ok(3));
+    let fetched: Vec<MessageId> = drain(&mut a)
+        .into_iter()
+        .flat_map(|x| match x {
+            RollupAction::FetchReceipts { ids, .. } => ids,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(fetched.len(), 3);
+    for id in fetched {
+        assert_eq!(a.record(id, AT, now), Recorded::Late { epoch: E });
+    }
+    assert_eq!(a.stats().late, 3);
+    // The final root stays what it was.
+    assert_eq!(a.header(E), Some(&own_a));
+    // The same header again: no second catch-up.
+    a.handle_header(&hb, now + 1).unwrap();
+    assert!(drain(&mut a).is_empty());
+    // Not from a ledger outside the live set, nor for an epoch too old.
+    let hc = Signed::sign(
+        &kc,
+        &RollupHeader {
+            ledger: kc.node_id(),
+            ..hb.verify().unwrap()
+        },
+    )
+    .unwrap();
+    a.handle_header(&hc, now + 2).unwrap();
+    assert!(drain(&mut a).is_empty());
+    let other_root = |k: &NodeKey| {
+        Signed::sign(
+            k,
+            &RollupHeader {
+                root: [7; 32],
+                count: 9,
+                ..hb.verify().unwrap()
+            },
+        )
+        .unwrap()
+    };
+    let later = (E + LATE_CATCH_UP_EPOCHS + 2) * HOUR;
+    a.handle_header(&other_root(&kb), later).unwrap();
+    assert!(drain(&mut a).is_empty());
+    // A newer root from the live ledger within the horizon: a new catch-up.
+    let mut fresh = Rollup::new(ka.node_id(), config());
+    fresh.set_ledgers([kb.node_id()]);
+    fresh.handle_header(&other_root(&kb), now).unwrap();
+    assert!(matches!(
+        drain(&mut fresh).as_slice(),
+        [RollupAction::RequestIds { .. }]
+    ));
+}
+
+/// A closed epoch lacking a live ledger's header asks that ledger for its
+/// headers, `HEADER_ASK_MS` after close and again every `HEADER_ASK_MS`,
+/// until the header comes (gossip alone lost it after a restart, and the
+/// epoch timed out on two roots).
+#[test]
+fn a_missing_header_is_asked_for_until_it_comes() {
+    let (ka, kb) = (key(40), key(41));
+    let mut a = Rollup::new(ka.node_id(), config());
+    let mut b = Rollup::new(kb.node_id(), config());
+    a.set_ledgers([kb.node_id()]);
+    b.set_ledgers([ka.node_id()]);
+    a.record(rid(1), AT, AT);
+    b.record(rid(1), AT, AT);
+    a.handle_timeout(close(E));
+    b.handle_timeout(close(E));
+    assert_eq!(published(&drain(&mut a)).len(), 1);
+    let hb = Signed::sign(&kb, &published(&drain(&mut b))[0]).unwrap();
+    let ask = vec![RollupAction::RequestHeaders {
+        ledger: kb.node_id(),
+        epoch: E,
+    }];
+    let first = close(E) + HEADER_ASK_MS;
+    assert_eq!(a.next_deadline(), Some(first));
+    a.handle_timeout(first - 1);
+    assert!(drain(&mut a).is_empty());
+    a.handle_timeout(first);
+    assert_eq!(drain(&mut a), ask);
+    assert_eq!(a.next_deadline(), Some(first + HEADER_ASK_MS));
+    a.handle_timeout(first + 1);
+    assert!(drain(&mut a).is_empty());
+    a.handle_timeout(first + HEADER_ASK_MS);
+    assert_eq!(drain(&mut a), ask);
+    assert_eq!(a.stats().header_asks, 2);
+    // The answer (here: b's header) agrees: final, nothing more to ask.
+    a.handle_header(&hb, first + HEADER_ASK_MS + 1).unwrap();
+    assert!(a.is_final(E));
+    drain(&mut a);
+    a.handle_timeout(first + 3 * HEADER_ASK_MS);
+    assert!(drain(&mut a).is_empty());
 }
