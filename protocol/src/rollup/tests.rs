@@ -45,6 +45,16 @@ fn close(e: u64) -> u64 {
     (e + 1) * HOUR + 300_000
 }
 
+/// Two ledgers (keys `i`, `j`), each the other's live ledger.
+fn live_pair(i: u8, j: u8) -> (NodeKey, Rollup, NodeKey, Rollup) {
+    let (ka, kb) = (key(i), key(j));
+    let mut a = Rollup::new(ka.node_id(), config());
+    let mut b = Rollup::new(kb.node_id(), config());
+    a.set_ledgers([kb.node_id()]);
+    b.set_ledgers([ka.node_id()]);
+    (ka, a, kb, b)
+}
+
 #[test]
 fn closes_after_grace_with_the_sorted_root_and_a_hash_chain() {
     let k = key(1);
@@ -276,11 +286,7 @@ fn reconcile(
 
 #[test]
 fn different_roots_reconcile_to_the_union() {
-    let (ka, kb) = (key(7), key(8));
-    let mut a = Rollup::new(ka.node_id(), config());
-    let mut b = Rollup::new(kb.node_id(), config());
-    a.set_ledgers([kb.node_id()]);
-    b.set_ledgers([ka.node_id()]);
+    let (ka, mut a, kb, mut b) = live_pair(7, 8);
     for i in 0..6000 {
         if i % 3 != 0 {
             a.record(rid(i), AT, AT);
@@ -785,11 +791,8 @@ proptest! {
 /// live ledgers, only for recent epochs, once per root.
 #[test]
 fn a_final_epoch_catches_up_late_from_a_live_ledger() {
-    let (ka, kb, kc) = (key(30), key(31), key(32));
-    let mut a = Rollup::new(ka.node_id(), config());
-    let mut b = Rollup::new(kb.node_id(), config());
-    a.set_ledgers([kb.node_id()]);
-    b.set_ledgers([ka.node_id()]);
+    let (ka, mut a, kb, mut b) = live_pair(30, 31);
+    let kc = key(32);
     for i in 1..=6 {
         if i <= 3 {
             a.record(rid(i), AT, AT);
@@ -880,11 +883,7 @@ fn a_final_epoch_catches_up_late_from_a_live_ledger() {
 /// epoch timed out on two roots).
 #[test]
 fn a_missing_header_is_asked_for_until_it_comes() {
-    let (ka, kb) = (key(40), key(41));
-    let mut a = Rollup::new(ka.node_id(), config());
-    let mut b = Rollup::new(kb.node_id(), config());
-    a.set_ledgers([kb.node_id()]);
-    b.set_ledgers([ka.node_id()]);
+    let (_ka, mut a, kb, mut b) = live_pair(40, 41);
     a.record(rid(1), AT, AT);
     b.record(rid(1), AT, AT);
     a.handle_timeout(close(E));
