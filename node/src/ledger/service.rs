@@ -423,8 +423,9 @@ async fn anchor_once(
 }
 
 /// Anchors epochs one at a time, in the order the rollup released them
-/// (epoch order: `protocol::rollup` holds an anchor back until every earlier
-/// epoch is final, since the journal backend chains headers by epoch).
+/// (epoch order: `protocol::rollup` holds an anchor back while an earlier
+/// epoch is not final or can still appear, since the journal backend chains
+/// headers by epoch).
 async fn anchor_task(
     mut jobs: mpsc::Receiver<AnchorJob>,
     backend: Arc<Backend>,
@@ -759,8 +760,8 @@ impl LedgerService {
                     count,
                     anchor,
                 }) => {
-                    // Owed here: its `Anchor` follows (at once, or once every
-                    // earlier epoch is final).
+                    // Owed here: its `Anchor` follows (at once, or once no
+                    // earlier epoch holds it back).
                     let anchorer = if anchor {
                         self.me
                     } else {
