@@ -762,6 +762,85 @@ async fn forged_receipts_are_rejected_and_credit_nothing() {
     mesh.stop().await;
 }
 
+/// A ledger down for a whole job and past its epochs' windows: those epochs
+/// turned final without it, yet once back it fetches what it missed (late
+/// catch-up, `protocol::rollup`): every receipt credited there too, late
+/// (in no root of its own), and both ledgers' books equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_away_past_the_window_catches_up_its_books() {
+    let _serial = SERIAL.lock().await;
+    let dir = Mesh::dir();
+    // A window no longer than an epoch, as with the defaults.
+    let plan = LedgerPlan {
+        epoch_secs: 5,
+        grace_secs: 1,
+        reconcile_secs: 5,
+        ..LedgerPlan::default()
+    };
+    let prepared = prepare_ledger(dir.path(), NODES, &plan).unwrap();
+    let config = prepared.config.display().to_string();
+    let extra = args(FAST, &["--config", &config]);
+    let mut mesh = Mesh::start_each(dir, NODES, |_| extra.clone()).await;
+    wait_for_mesh(&mesh, NODES).await;
+    let away = 2;
+    mesh.kill(away).await;
+    let receipts = run_job(&mesh, "1-3").await;
+    // Wait until every epoch of the job is final (by the window).
+    let mut last_final_ms = 0;
+    for r in &receipts {
+        let v: ReceiptView = eventually(
+            "the other ledger to settle the receipt",
+            Duration::from_secs(60),
+            Duration::from_millis(500),
+            || {
+                let api = mesh.api(1).clone();
+                let r = r.clone();
+                async move {
+                    let v: ReceiptView = api
+                        .get(&format!("/v1/receipts/{r}"))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if v.epoch.is_some() {
+                        Ok(v)
+                    } else {
+                        Err(format!("{v:?}"))
+                    }
+                }
+            },
+        )
+        .await;
+        let e = v.epoch.unwrap();
+        last_final_ms = last_final_ms
+            .max((e + 1) * plan.epoch_secs * 1000 + (plan.grace_secs + plan.reconcile_secs) * 1000);
+    }
+    let now_ms = || {
+        u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+        )
+        .unwrap()
+    };
+    tokio::time::sleep(Duration::from_millis(
+        (last_final_ms + 2_000).saturating_sub(now_ms()),
+    ))
+    .await;
+    mesh.restart_with(away, &extra).await;
+
+    wait_ledgers(&mesh, &receipts, false).await;
+    assert_equal_balances(&mesh, &prepared.nodes).await;
+    let s = status(mesh.api(away)).await.unwrap();
+    assert_eq!(s.receipts, receipts.len() as u64, "{s:?}");
+    assert_eq!(
+        s.late,
+        receipts.len() as u64,
+        "every receipt late there: {s:?}"
+    );
+    assert!(s.reconciles >= 1, "{s:?}");
+    mesh.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_ledger_loses_nothing_and_journal_tampering_is_detected() {
     let _serial = SERIAL.lock().await;
