@@ -41,7 +41,7 @@ use rendertrust_e2e::protocol::ledger::LedgerEvent;
 use rendertrust_e2e::protocol::signed::Signed;
 use rendertrust_e2e::protocol::wire::{Receipt, ReceiptAcceptance};
 use rendertrust_e2e::*;
-use rendertrust_node::devnet::{LedgerPlan, prepare_ledger};
+use rendertrust_node::devnet::{LedgerPlan, PreparedLedger, prepare_ledger};
 use rendertrust_node::jobs::submit::{KindRequest, SubmitRequest, VerifyRequest};
 use rendertrust_node::jobs::view::{JobDetail, JobState, SubmitView};
 use rendertrust_node::ledger::view::{
@@ -95,6 +95,19 @@ fn args(base: &[&str], more: &[&str]) -> Vec<String> {
 
 /// Submits a builtin job from the creator, waits for it to finish, and
 /// returns its receipt ids.
+/// A mesh of [`NODES`] on ledger plan `plan` (prepared in a fresh dir),
+/// every node with [`FAST`] timings: the mesh, what was prepared, and the
+/// node arguments (to restart one with).
+async fn ledger_mesh(plan: &LedgerPlan) -> (Mesh, PreparedLedger, Vec<String>) {
+    let dir = Mesh::dir();
+    let prepared = prepare_ledger(dir.path(), NODES, plan).unwrap();
+    let config = prepared.config.display().to_string();
+    let extra = args(FAST, &["--config", &config]);
+    let mesh = Mesh::start_each(dir, NODES, |_| extra.clone()).await;
+    wait_for_mesh(&mesh, NODES).await;
+    (mesh, prepared, extra)
+}
+
 async fn run_job(mesh: &Mesh, frames: &str) -> Vec<String> {
     let api = mesh.api(CREATOR).clone();
     let v: SubmitView = api.post("/v1/jobs", &builtin_job(frames)).await.unwrap();
@@ -416,12 +429,7 @@ fn identity(dir: &Path) -> NodeKey {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_receipts_are_rejected_and_credit_nothing() {
     let _serial = SERIAL.lock().await;
-    let dir = Mesh::dir();
-    let prepared = prepare_ledger(dir.path(), NODES, &LedgerPlan::default()).unwrap();
-    let config = prepared.config.display().to_string();
-    let extra = args(FAST, &["--config", &config]);
-    let mesh = Mesh::start_each(dir, NODES, |_| extra.clone()).await;
-    wait_for_mesh(&mesh, NODES).await;
+    let (mesh, prepared, _) = ledger_mesh(&LedgerPlan::default()).await;
 
     // The attacker: a bare gossipsub peer connected to ledger node 2 only,
     // subscribed to the receipts topic (it sees genuine events go by).
@@ -769,7 +777,6 @@ async fn forged_receipts_are_rejected_and_credit_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ledger_away_past_the_window_catches_up_its_books() {
     let _serial = SERIAL.lock().await;
-    let dir = Mesh::dir();
     // A window no longer than an epoch, as with the defaults.
     let plan = LedgerPlan {
         epoch_secs: 5,
@@ -777,11 +784,7 @@ async fn a_ledger_away_past_the_window_catches_up_its_books() {
         reconcile_secs: 5,
         ..LedgerPlan::default()
     };
-    let prepared = prepare_ledger(dir.path(), NODES, &plan).unwrap();
-    let config = prepared.config.display().to_string();
-    let extra = args(FAST, &["--config", &config]);
-    let mut mesh = Mesh::start_each(dir, NODES, |_| extra.clone()).await;
-    wait_for_mesh(&mesh, NODES).await;
+    let (mut mesh, prepared, extra) = ledger_mesh(&plan).await;
     let away = 2;
     mesh.kill(away).await;
     let receipts = run_job(&mesh, "1-3").await;
@@ -813,17 +816,8 @@ async fn a_ledger_away_past_the_window_catches_up_its_books() {
         last_final_ms = last_final_ms
             .max((e + 1) * plan.epoch_secs * 1000 + (plan.grace_secs + plan.reconcile_secs) * 1000);
     }
-    let now_ms = || {
-        u64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis(),
-        )
-        .unwrap()
-    };
     tokio::time::sleep(Duration::from_millis(
-        (last_final_ms + 2_000).saturating_sub(now_ms()),
+        (last_final_ms + 2_000).saturating_sub(unix_now_ms()),
     ))
     .await;
     mesh.restart_with(away, &extra).await;
@@ -844,18 +838,13 @@ async fn a_ledger_away_past_the_window_catches_up_its_books() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_ledger_loses_nothing_and_journal_tampering_is_detected() {
     let _serial = SERIAL.lock().await;
-    let dir = Mesh::dir();
     let plan = LedgerPlan {
         epoch_secs: 10,
         grace_secs: 2,
         reconcile_secs: 60,
         ..LedgerPlan::default()
     };
-    let prepared = prepare_ledger(dir.path(), NODES, &plan).unwrap();
-    let config = prepared.config.display().to_string();
-    let extra = args(FAST, &["--config", &config]);
-    let mut mesh = Mesh::start_each(dir, NODES, |_| extra.clone()).await;
-    wait_for_mesh(&mesh, NODES).await;
+    let (mut mesh, prepared, extra) = ledger_mesh(&plan).await;
 
     // Job A; then SIGKILL ledger node 2 while its epoch is still open.
     let victim = 2;
@@ -881,13 +870,7 @@ async fn a_killed_ledger_loses_nothing_and_journal_tampering_is_detected() {
     // Job B while it is down: it misses these events on gossip.
     let second = run_job(&mesh, "4-6").await;
     mesh.restart_with(victim, &extra).await;
-    let restarted_ms = u64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap();
+    let restarted_ms = unix_now_ms();
 
     // It kept everything it had journaled, fetched what it missed, applied
     // nothing twice, and ends with the other peer's balances. Back (with its
