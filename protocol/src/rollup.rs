@@ -726,16 +726,15 @@ impl Rollup {
 
     /// Live ledgers whose header of a closed epoch we lack, when we published
     /// ours (before that there is nothing to compare).
-    fn missing_headers(&self, epoch: u64) -> Vec<NodeId> {
-        match self.epochs.get(&epoch) {
-            Some(ep) if ep.own.is_some() && !ep.is_final => self
-                .ledgers
-                .iter()
-                .filter(|l| !ep.peers.contains_key(l))
-                .copied()
-                .collect(),
-            _ => Vec::new(),
-        }
+    fn missing_headers(&self, epoch: u64) -> impl Iterator<Item = NodeId> + '_ {
+        let ep = self
+            .epochs
+            .get(&epoch)
+            .filter(|ep| ep.own.is_some() && !ep.is_final);
+        self.ledgers
+            .iter()
+            .filter(move |l| ep.is_some_and(|ep| !ep.peers.contains_key(l)))
+            .copied()
     }
 
     /// When epoch `epoch` next asks for missing headers.
@@ -751,7 +750,7 @@ impl Rollup {
         if now < self.next_ask(epoch) {
             return;
         }
-        let missing = self.missing_headers(epoch);
+        let missing: Vec<NodeId> = self.missing_headers(epoch).collect();
         if missing.is_empty() {
             return;
         }
@@ -1091,7 +1090,7 @@ impl Rollup {
                 let before_close = self.now_ms < close;
                 if needs_header || before_close {
                     close
-                } else if self.missing_headers(*e).is_empty() {
+                } else if self.missing_headers(*e).next().is_none() {
                     self.final_time(*e)
                 } else {
                     self.final_time(*e).min(self.next_ask(*e))
